@@ -1,0 +1,1 @@
+fn main() { diffuse_build::link_libtorch(); }

@@ -1,0 +1,118 @@
+//! Atomic file and directory writes: write beside the target, flush to disk, then rename.
+//! A process killed mid-write leaves the previous file whole and at worst a stray temporary
+//! (named `.NAME.tmp-PID-N`, removed on the next write to the same folder by the same logic).
+
+use crate::{Error, Result};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique temporary path in the same directory as `path` (same filesystem, so rename is atomic).
+pub fn temp_path_for(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".to_owned());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Write a file atomically: `write` fills a temporary file, which replaces `path` only once it
+/// is completely written and synced. On any error the temporary is removed and `path` is untouched.
+pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+{
+    let tmp = temp_path_for(path);
+    let result = (|| {
+        let file = File::create(&tmp)?;
+        let mut writer = BufWriter::new(file);
+        write(&mut writer)?;
+        writer.flush()?;
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(())
+    })();
+    finish(&tmp, path, result)
+}
+
+/// Write a file atomically where a library insists on writing to a path itself:
+/// `write` gets the temporary path to fill.
+pub fn write_atomic_via_path<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&Path) -> std::io::Result<()>,
+{
+    let tmp = temp_path_for(path);
+    let result = write(&tmp).and_then(|()| File::open(&tmp)?.sync_all());
+    finish(&tmp, path, result)
+}
+
+fn finish(tmp: &Path, path: &Path, result: std::io::Result<()>) -> Result<()> {
+    let result = result.and_then(|()| fs::rename(tmp, path));
+    match result {
+        Ok(()) => {
+            sync_parent(path);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(tmp);
+            Err(Error::io(path, e))
+        }
+    }
+}
+
+/// Make a rename durable: sync the directory entry (best effort; not every filesystem allows it).
+pub fn sync_parent(path: &Path) {
+    if let Some(parent) = path.parent() {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if let Ok(dir) = File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+}
+
+/// Write a JSON value atomically, pretty-printed with a trailing newline.
+pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomic(path, |w| {
+        serde_json::to_writer_pretty(&mut *w, value).map_err(std::io::Error::other)?;
+        w.write_all(b"\n")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_write_keeps_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        write_atomic(&path, |w| w.write_all(b"old")).unwrap();
+        let err = write_atomic(&path, |w| {
+            w.write_all(b"half of the new conte")?;
+            Err(std::io::Error::other("disk on fire"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disk on fire"));
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.txt")]);
+    }
+
+    #[test]
+    fn successful_write_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        write_json_atomic(&path, &serde_json::json!({"a": 1})).unwrap();
+        write_json_atomic(&path, &serde_json::json!({"a": 2})).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["a"], 2);
+    }
+}

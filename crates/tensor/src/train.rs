@@ -1,0 +1,416 @@
+//! The generic training loop every modality uses: gradient accumulation, clipping, AdamW with a
+//! warmup schedule, EMA, a NaN/Inf guard, progress, JSONL metrics, and checkpoints every N steps
+//! (keeping the last K) from which `resume` continues bit for bit on the CPU.
+//!
+//! Checkpoints live in `RUN_DIR/checkpoints/step-NNNNNNNNN/` and hold `model.safetensors`,
+//! `optimizer.safetensors`, `ema.safetensors` (with EMA), whatever the task adds, and
+//! `trainer.json`. Each is written under a `.partial` name and renamed when complete, so a run
+//! killed mid-save leaves the previous checkpoints intact and the half-written one ignored.
+//!
+//! Randomness comes from libtorch's process-global generator, reseeded before every
+//! micro-batch: run one trainer per process (or serialise them) for reproducible results.
+
+use crate::atomic::{sync_parent, write_json_atomic};
+use crate::ema::{Ema, EmaConfig};
+use crate::lr::{LrSchedule, LrScheduleKind};
+use crate::metrics::{truncate_after_step, MetricsWriter};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::precision::Precision;
+use crate::seed::{derive_seed, manual_seed};
+use crate::weights::{load_var_store, save_var_store, Metadata};
+use crate::{grad, progress, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::nn::VarStore;
+use tch::Tensor;
+
+/// Everything the loop needs to know; serialised into every checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Total optimiser steps of the run (the LR schedule spans these).
+    pub steps: u64,
+    /// Micro-batches whose gradients are summed (averaged) into one optimiser step.
+    pub grad_accum: u64,
+    /// Clip the global gradient norm to this value.
+    pub max_grad_norm: Option<f64>,
+    pub optimizer: AdamWConfig,
+    pub lr_schedule: LrScheduleKind,
+    pub warmup_steps: u64,
+    /// Keep an exponential moving average of the weights.
+    pub ema: Option<EmaConfig>,
+    pub seed: u64,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Keep this many most recent checkpoints (0: keep all).
+    pub keep_last: usize,
+    /// Log a metrics record every this many steps.
+    pub log_every: u64,
+    pub precision: Precision,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 1000,
+            grad_accum: 1,
+            max_grad_norm: Some(1.0),
+            optimizer: AdamWConfig::default(),
+            lr_schedule: LrScheduleKind::ConstantWithWarmup,
+            warmup_steps: 0,
+            ema: None,
+            seed: 0,
+            checkpoint_every: 500,
+            keep_last: 3,
+            log_every: 10,
+            precision: Precision::F32,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.steps == 0 {
+            return bad("the number of training steps must be at least 1".into());
+        }
+        if self.grad_accum == 0 {
+            return bad("gradient accumulation must be at least 1 micro-batch".into());
+        }
+        if let Some(n) = self.max_grad_norm {
+            if !(n > 0.0 && n.is_finite()) {
+                return bad(format!("the gradient clipping norm must be a positive number, got {n}"));
+            }
+        }
+        if self.log_every == 0 {
+            return bad("log_every must be at least 1".into());
+        }
+        self.optimizer.validate()?;
+        if let Some(ema) = &self.ema {
+            ema.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// The model-specific part of training: the loss of one micro-batch, plus optional hooks.
+pub trait TrainTask {
+    /// Loss of micro-batch `micro_batch` of optimiser step `step` (0-based). libtorch's
+    /// generators are already seeded from (run seed, step, micro-batch); pick the data with
+    /// [`crate::data::EpochSampler`] so it too depends on the step alone.
+    fn loss(&mut self, step: u64, micro_batch: u64) -> Result<Tensor>;
+
+    /// Called after each optimiser step (e.g. to write a sample grid every N steps).
+    fn after_step(&mut self, _report: &StepReport, _trainer: &Trainer<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Add task files (model config, tokenizer...) to a checkpoint being written in `dir`.
+    fn write_checkpoint_extras(&mut self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What one optimiser step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// Steps completed, counting this one (1-based).
+    pub step: u64,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping (when clipping).
+    pub grad_norm: Option<f64>,
+    pub ema_decay: Option<f64>,
+}
+
+/// How a call to [`Trainer::run`] ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainSummary {
+    pub steps_done: u64,
+    pub last_loss: Option<f64>,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Runs a [`TrainTask`] over a var store.
+pub struct Trainer<'a> {
+    vs: &'a VarStore,
+    config: TrainConfig,
+    run_dir: PathBuf,
+    optimizer: AdamW,
+    ema: Option<Ema>,
+    schedule: LrSchedule,
+    step: u64,
+    last_checkpoint: Option<PathBuf>,
+}
+
+const CHECKPOINTS: &str = "checkpoints";
+const TRAINER_JSON: &str = "trainer.json";
+const MODEL_FILE: &str = "model.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const EMA_FILE: &str = "ema.safetensors";
+const METRICS_FILE: &str = "metrics.jsonl";
+
+/// The contents of `trainer.json` in each checkpoint.
+#[derive(Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    config: TrainConfig,
+}
+
+impl<'a> Trainer<'a> {
+    /// A trainer at step 0 writing into `run_dir` (created if needed).
+    pub fn new(vs: &'a VarStore, config: TrainConfig, run_dir: &Path) -> Result<Self> {
+        config.validate()?;
+        config.precision.check_device(vs.device())?;
+        fs::create_dir_all(run_dir.join(CHECKPOINTS)).map_err(|e| Error::io(run_dir, e))?;
+        let optimizer = AdamW::new(vs, config.optimizer.clone())?;
+        let ema = config.ema.clone().map(|c| Ema::new(vs, c)).transpose()?;
+        let schedule = LrSchedule {
+            kind: config.lr_schedule,
+            warmup_steps: config.warmup_steps,
+            total_steps: config.steps,
+        };
+        Ok(Trainer {
+            vs,
+            config,
+            run_dir: run_dir.to_path_buf(),
+            optimizer,
+            ema,
+            schedule,
+            step: 0,
+            last_checkpoint: None,
+        })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+    /// Optimiser steps completed.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+    pub fn var_store(&self) -> &VarStore {
+        self.vs
+    }
+    pub fn ema(&self) -> Option<&Ema> {
+        self.ema.as_ref()
+    }
+    pub fn optimizer(&self) -> &AdamW {
+        self.optimizer_ref()
+    }
+    fn optimizer_ref(&self) -> &AdamW {
+        &self.optimizer
+    }
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Complete checkpoints of a run directory, oldest first: (step, directory).
+    pub fn checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+        let dir = run_dir.join(CHECKPOINTS);
+        let mut found = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+                if entry.path().join(TRAINER_JSON).is_file() {
+                    found.push((step, entry.path()));
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Continue from a checkpoint: `from` is a checkpoint directory, or `None` for the latest
+    /// one of this run. Restores weights, optimiser, EMA and step, and drops metrics logged
+    /// after that checkpoint. Returns the step resumed at.
+    pub fn resume(&mut self, from: Option<&Path>) -> Result<u64> {
+        let dir = match from {
+            Some(dir) => dir.to_path_buf(),
+            None => Self::checkpoints(&self.run_dir)?
+                .pop()
+                .map(|(_, dir)| dir)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "--resume: no checkpoint in {} to resume from",
+                        self.run_dir.join(CHECKPOINTS).display()
+                    ))
+                })?,
+        };
+        let state_path = dir.join(TRAINER_JSON);
+        let text = fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let state: TrainerState = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&state_path, format!("not a trainer state: {e}")))?;
+        load_var_store(self.vs, &dir.join(MODEL_FILE), true)?;
+        self.optimizer.load(&dir.join(OPTIMIZER_FILE))?;
+        if self.optimizer.step_count() != state.step {
+            return Err(Error::format(
+                dir.join(OPTIMIZER_FILE),
+                format!("optimizer is at step {} but the checkpoint is step {}", self.optimizer.step_count(), state.step),
+            ));
+        }
+        if let Some(ema) = &mut self.ema {
+            let path = dir.join(EMA_FILE);
+            if path.exists() {
+                ema.load(&path)?;
+            } else {
+                tracing::warn!("{} has no EMA; starting the average from the resumed weights", dir.display());
+                *ema = Ema::new(self.vs, ema.config().clone())?;
+            }
+        }
+        if state.config != self.config {
+            tracing::info!("resuming with settings that differ from the checkpoint's; the new ones apply from here on");
+        }
+        self.step = state.step;
+        self.last_checkpoint = Some(dir.clone());
+        truncate_after_step(&self.run_dir.join(METRICS_FILE), state.step)?;
+        tracing::info!(step = state.step, checkpoint = %dir.display(), "resumed");
+        Ok(state.step)
+    }
+
+    /// Train to the configured number of steps.
+    pub fn run(&mut self, task: &mut dyn TrainTask) -> Result<TrainSummary> {
+        let steps = self.config.steps;
+        self.run_until(task, steps)
+    }
+
+    /// Train until `until` steps are done (capped at the configured total), then return without
+    /// a final checkpoint unless one falls due. The LR schedule still spans the configured total.
+    pub fn run_until(&mut self, task: &mut dyn TrainTask, until: u64) -> Result<TrainSummary> {
+        let until = until.min(self.config.steps);
+        write_json_atomic(&self.run_dir.join("train_config.json"), &self.config)?;
+        let mut metrics = MetricsWriter::open(&self.run_dir.join(METRICS_FILE))?;
+        let bar = progress::progress_bar(self.config.steps, "train", "step");
+        bar.set_position(self.step);
+        bar.reset_eta();
+        let device = self.vs.device();
+        let started = Instant::now();
+        let first_step = self.step;
+        let (mut window_loss, mut window_len) = (0.0, 0u64);
+        let mut last_loss = None;
+        while self.step < until {
+            let index = self.step;
+            let number = index + 1;
+            self.optimizer.zero_grad();
+            let mut loss_sum = 0.0;
+            for micro in 0..self.config.grad_accum {
+                manual_seed(derive_seed(self.config.seed, index * self.config.grad_accum + micro));
+                let loss = self.config.precision.autocast(device, || task.loss(index, micro))?;
+                let value = loss.double_value(&[]);
+                if !value.is_finite() {
+                    bar.abandon();
+                    return Err(Error::NonFinite { what: "loss".into(), step: number, value });
+                }
+                (loss / self.config.grad_accum as f64).backward();
+                loss_sum += value;
+            }
+            let grad_norm = match self.config.max_grad_norm {
+                Some(max) => {
+                    let norm = grad::clip_grad_norm(self.optimizer.parameters(), max);
+                    if !norm.is_finite() {
+                        bar.abandon();
+                        return Err(Error::NonFinite { what: "gradient norm".into(), step: number, value: norm });
+                    }
+                    Some(norm)
+                }
+                None => None,
+            };
+            let lr = self.schedule.lr(self.config.optimizer.lr, index);
+            self.optimizer.step(lr);
+            let ema_decay = self.ema.as_mut().map(|ema| ema.update(self.vs));
+            self.step = number;
+            let loss = loss_sum / self.config.grad_accum as f64;
+            last_loss = Some(loss);
+            window_loss += loss;
+            window_len += 1;
+            let report = StepReport { step: number, loss, lr, grad_norm, ema_decay };
+            if number % self.config.log_every == 0 || number == until {
+                let elapsed = started.elapsed().as_secs_f64();
+                let rate = (number - first_step) as f64 / elapsed.max(1e-9);
+                let mean = window_loss / window_len as f64;
+                metrics.write(&serde_json::json!({
+                    "step": number,
+                    "loss": mean,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "ema_decay": ema_decay,
+                    "steps_per_sec": rate,
+                    "elapsed_s": elapsed,
+                }))?;
+                tracing::info!(step = number, loss = mean, lr, grad_norm, "train");
+                bar.set_message(format!("loss {mean:.4}"));
+                (window_loss, window_len) = (0.0, 0);
+            }
+            bar.set_position(number);
+            task.after_step(&report, self)?;
+            let due = self.config.checkpoint_every > 0 && number % self.config.checkpoint_every == 0;
+            if due || number == self.config.steps {
+                self.save_checkpoint(task)?;
+            }
+        }
+        if self.step >= self.config.steps {
+            bar.finish();
+        } else {
+            bar.abandon();
+        }
+        Ok(TrainSummary {
+            steps_done: self.step,
+            last_loss,
+            last_checkpoint: self.last_checkpoint.clone(),
+        })
+    }
+
+    /// Write a checkpoint of the current step now, and prune old ones.
+    pub fn save_checkpoint(&mut self, task: &mut dyn TrainTask) -> Result<PathBuf> {
+        let root = self.run_dir.join(CHECKPOINTS);
+        let name = format!("step-{:09}", self.step);
+        let partial = root.join(format!(".{name}.partial"));
+        let dir = root.join(&name);
+        if partial.exists() {
+            fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        }
+        fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        let mut metadata = Metadata::new();
+        metadata.insert("step".into(), self.step.to_string());
+        save_var_store(self.vs, &partial.join(MODEL_FILE), Some(metadata))?;
+        self.optimizer.save(&partial.join(OPTIMIZER_FILE))?;
+        if let Some(ema) = &self.ema {
+            ema.save(&partial.join(EMA_FILE))?;
+        }
+        task.write_checkpoint_extras(&partial)?;
+        write_json_atomic(
+            &partial.join(TRAINER_JSON),
+            &TrainerState { step: self.step, config: self.config.clone() },
+        )?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        fs::rename(&partial, &dir).map_err(|e| Error::io(&dir, e))?;
+        sync_parent(&dir);
+        tracing::info!(step = self.step, checkpoint = %dir.display(), "checkpoint");
+        self.last_checkpoint = Some(dir.clone());
+        self.prune()?;
+        Ok(dir)
+    }
+
+    fn prune(&self) -> Result<()> {
+        if self.config.keep_last == 0 {
+            return Ok(());
+        }
+        let all = Self::checkpoints(&self.run_dir)?;
+        let excess = all.len().saturating_sub(self.config.keep_last);
+        for (_, dir) in all.into_iter().take(excess) {
+            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        Ok(())
+    }
+}
