@@ -1,0 +1,37 @@
+//! The `diffuse` command-line program: argument parsing (the only crate that knows clap),
+//! logging setup, one-line error reporting, and the commands themselves, each in its own
+//! module and built on the library crates. `diffuse-bench`, the Rust side of
+//! `cargo xtask bench`, shares the timing code in [`measure`].
+
+pub mod doctor;
+pub mod inspect;
+pub mod measure;
+
+use anyhow::Result;
+use tracing_subscriber::EnvFilter;
+
+/// Send `tracing` logs to stderr: `RUST_LOG` if set, else warnings, or info/debug with -v/-vv.
+pub fn init_logging(verbosity: u8) {
+    let default = match verbosity {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Print an error as one line (`error: outer: inner: cause`) and give the process exit code.
+pub fn report(result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            let text = format!("{err:#}").replace('\n', " ");
+            eprintln!("error: {text}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

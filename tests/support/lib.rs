@@ -1,0 +1,97 @@
+//! Helpers for the end-to-end tests: find (and if needed build) the `diffuse` binary, run it
+//! as a user would, and check that failures are one clear line with a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The `diffuse` binary of this build profile (target/debug or target/release), built with
+/// cargo first so the tests never run a stale binary.
+pub fn diffuse_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/e2e-HASH -> target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "diffuse-cli", "--bin", "diffuse"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo to build the diffuse binary");
+        assert!(status.success(), "building the diffuse binary failed");
+        let bin = profile_dir.join("diffuse");
+        assert!(bin.exists(), "{} missing after cargo build", bin.display());
+        bin
+    })
+}
+
+/// What a run of the binary printed.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Run `diffuse ARGS...` in `dir` (or the current directory).
+pub fn diffuse(args: &[&str], dir: Option<&Path>) -> Run {
+    let mut cmd = Command::new(diffuse_bin());
+    cmd.args(args).env_remove("RUST_LOG").env("RUST_BACKTRACE", "1");
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("running diffuse");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A user mistake: non-zero exit, exactly one line on stderr starting `error:` and containing
+/// every `needle`, no panic or backtrace (RUST_BACKTRACE is on, so a panic would show one).
+pub fn assert_user_error(run: &Run, needles: &[&str]) {
+    assert!(!run.success(), "expected failure, got success; stdout: {}", run.stdout);
+    assert_ne!(run.code, Some(101), "exit code 101 is a panic: {}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {}", run.stderr);
+    assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+    for needle in needles {
+        assert!(lines[0].contains(needle), "'{needle}' not in: {}", lines[0]);
+    }
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}
+
+/// Write a minimal safetensors file by hand (8-byte header length, JSON header, raw data), so
+/// these tests do not depend on the library they are testing to make their inputs.
+pub fn write_safetensors(path: &Path, tensors: &[(&str, &[usize], &[f32])]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape, values) in tensors {
+        let start = data.len();
+        for v in *values {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            (*name).to_owned(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    header.insert("__metadata__".into(), serde_json::json!({"made_by": "e2e"}));
+    let mut text = serde_json::to_string(&header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(text.as_bytes());
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, bytes).unwrap();
+}
