@@ -1,1 +1,3 @@
-fn main() { diffuse_build::link_libtorch(); }
+fn main() {
+    diffuse_build::link_libtorch();
+}

@@ -7,7 +7,11 @@ fn doctor_reports_libtorch_2_11_and_cpu_gflops() {
     let run = diffuse(&["doctor"], None);
     assert!(run.success(), "{}", run.stderr);
     assert!(run.stdout.contains("libtorch     2.11.0"), "{}", run.stdout);
-    let line = run.stdout.lines().find(|l| l.starts_with("matmul cpu")).expect("a cpu matmul line");
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("matmul cpu"))
+        .expect("a cpu matmul line");
     let gflops: f64 = line
         .split_whitespace()
         .rev()
@@ -32,7 +36,12 @@ fn doctor_json_lists_every_device() {
     }
     let gpus = report["cuda_devices"].as_array().unwrap().len();
     assert_eq!(report["cuda_available"], gpus > 0);
-    let timed: Vec<&str> = report["matmul"].as_array().unwrap().iter().map(|m| m["device"].as_str().unwrap()).collect();
+    let timed: Vec<&str> = report["matmul"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["device"].as_str().unwrap())
+        .collect();
     assert_eq!(timed.len(), 1 + gpus);
     assert_eq!(timed[0], "cpu");
 }
@@ -40,7 +49,14 @@ fn doctor_json_lists_every_device() {
 #[test]
 fn an_unknown_device_is_one_clear_error() {
     let run = diffuse(&["doctor", "--device", "tpu:0"], None);
-    assert_user_error(&run, &["--device", "unknown device 'tpu:0'", "expected auto, cpu, cuda or cuda:N"]);
+    assert_user_error(
+        &run,
+        &[
+            "--device",
+            "unknown device 'tpu:0'",
+            "expected auto, cpu, cuda or cuda:N",
+        ],
+    );
 }
 
 #[test]

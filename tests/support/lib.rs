@@ -12,7 +12,11 @@ pub fn diffuse_bin() -> &'static Path {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/e2e-HASH -> target/<profile>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
@@ -20,7 +24,9 @@ pub fn diffuse_bin() -> &'static Path {
         if release {
             build.arg("--release");
         }
-        let status = build.status().expect("running cargo to build the diffuse binary");
+        let status = build
+            .status()
+            .expect("running cargo to build the diffuse binary");
         assert!(status.success(), "building the diffuse binary failed");
         let bin = profile_dir.join("diffuse");
         assert!(bin.exists(), "{} missing after cargo build", bin.display());
@@ -44,7 +50,9 @@ impl Run {
 /// Run `diffuse ARGS...` in `dir` (or the current directory).
 pub fn diffuse(args: &[&str], dir: Option<&Path>) -> Run {
     let mut cmd = Command::new(diffuse_bin());
-    cmd.args(args).env_remove("RUST_LOG").env("RUST_BACKTRACE", "1");
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1");
     if let Some(dir) = dir {
         cmd.current_dir(dir);
     }
@@ -59,10 +67,28 @@ pub fn diffuse(args: &[&str], dir: Option<&Path>) -> Run {
 /// A user mistake: non-zero exit, exactly one line on stderr starting `error:` and containing
 /// every `needle`, no panic or backtrace (RUST_BACKTRACE is on, so a panic would show one).
 pub fn assert_user_error(run: &Run, needles: &[&str]) {
-    assert!(!run.success(), "expected failure, got success; stdout: {}", run.stdout);
-    assert_ne!(run.code, Some(101), "exit code 101 is a panic: {}", run.stderr);
-    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {}", run.stderr);
+    assert!(
+        !run.success(),
+        "expected failure, got success; stdout: {}",
+        run.stdout
+    );
+    assert_ne!(
+        run.code,
+        Some(101),
+        "exit code 101 is a panic: {}",
+        run.stderr
+    );
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one error line, got: {}",
+        run.stderr
+    );
     assert!(lines[0].starts_with("error: "), "{}", lines[0]);
     for needle in needles {
         assert!(lines[0].contains(needle), "'{needle}' not in: {}", lines[0]);

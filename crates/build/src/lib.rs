@@ -40,7 +40,9 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
     if let Ok(lib) = env::var("LIBTORCH_LIB") {
         return Some(PathBuf::from(lib).join("lib"));
     }
-    env::var("LIBTORCH").ok().map(|root| PathBuf::from(root).join("lib"))
+    env::var("LIBTORCH")
+        .ok()
+        .map(|root| PathBuf::from(root).join("lib"))
 }
 
 /// The libtorch version string (e.g. `2.11.0+cu130`), read from the files a libtorch ships:

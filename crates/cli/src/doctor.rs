@@ -103,7 +103,9 @@ fn cuda_devices(count: usize) -> Vec<CudaDevice> {
             if name_of(buf.as_mut_ptr(), buf.len() as i32, dev) != 0 {
                 return None;
             }
-            let name = std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
+            let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned();
             let memory = lib
                 .get::<CuDeviceTotalMem>(b"cuDeviceTotalMem_v2")
                 .ok()
@@ -116,8 +118,13 @@ fn cuda_devices(count: usize) -> Vec<CudaDevice> {
     };
     (0..count)
         .map(|index| {
-            let (name, memory_gib) = query(index).unwrap_or_else(|| (format!("CUDA device {index}"), None));
-            CudaDevice { index, name, memory_gib }
+            let (name, memory_gib) =
+                query(index).unwrap_or_else(|| (format!("CUDA device {index}"), None));
+            CudaDevice {
+                index,
+                name,
+                memory_gib,
+            }
         })
         .collect()
 }
@@ -135,16 +142,20 @@ pub fn run(device: Option<&str>, json: bool) -> Result<()> {
     let libs = loaded_libraries();
     let libtorch_dir = libs
         .iter()
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libtorch_cpu.so")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libtorch_cpu.so"))
+        })
         .and_then(|p| p.parent())
         .map(Path::to_path_buf);
     let libtorch = libtorch_dir
         .as_deref()
         .and_then(libtorch_version_at)
         .or_else(|| diffuse_tensor::LIBTORCH_VERSION.map(str::to_owned));
-    let libtorch_cuda_loaded = libs
-        .iter()
-        .any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libtorch_cuda.so")));
+    let libtorch_cuda_loaded = libs.iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("libtorch_cuda.so"))
+    });
     let count = cuda_device_count();
     let mut devices = Vec::new();
     match only {
@@ -158,8 +169,17 @@ pub fn run(device: Option<&str>, json: bool) -> Result<()> {
         .iter()
         .map(|&d| {
             let n = if d.is_cuda() { 4096 } else { 1024 };
-            let (ms, gflops) = measure::matmul(d, n, Duration::from_millis(if d.is_cuda() { 300 } else { 600 }));
-            MatmulResult { device: device_name(d), n, ms, gflops }
+            let (ms, gflops) = measure::matmul(
+                d,
+                n,
+                Duration::from_millis(if d.is_cuda() { 300 } else { 600 }),
+            );
+            MatmulResult {
+                device: device_name(d),
+                n,
+                ms,
+                gflops,
+            }
         })
         .collect();
     let report = Report {
@@ -170,7 +190,9 @@ pub fn run(device: Option<&str>, json: bool) -> Result<()> {
         libtorch_cuda_loaded,
         threads: tch::get_num_threads(),
         cpu: cpu_model(),
-        logical_cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        logical_cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         cuda_available: count > 0,
         cudnn_available: tch::Cuda::cudnn_is_available(),
         cuda_devices: cuda_devices(count),
@@ -193,16 +215,31 @@ fn print_human(r: &Report) {
         format!(
             "{}  ({})",
             r.libtorch.as_deref().unwrap_or("unknown version"),
-            r.libtorch_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "path unknown".into())
+            r.libtorch_dir
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "path unknown".into())
         ),
     );
     row("threads", format!("{} (libtorch intra-op)", r.threads));
-    row("cpu", format!("{} ({} logical cores)", r.cpu, r.logical_cores));
+    row(
+        "cpu",
+        format!("{} ({} logical cores)", r.cpu, r.logical_cores),
+    );
     if r.cuda_available {
-        row("cuda", format!("available, {} device(s)", r.cuda_devices.len()));
+        row(
+            "cuda",
+            format!("available, {} device(s)", r.cuda_devices.len()),
+        );
         for d in &r.cuda_devices {
-            let memory = d.memory_gib.map(|m| format!(", {m:.1} GiB")).unwrap_or_default();
-            row(&format!("  cuda:{}", d.index), format!("{}{memory}", d.name));
+            let memory = d
+                .memory_gib
+                .map(|m| format!(", {m:.1} GiB"))
+                .unwrap_or_default();
+            row(
+                &format!("  cuda:{}", d.index),
+                format!("{}{memory}", d.name),
+            );
         }
     } else {
         let why = if r.libtorch_cuda_loaded {
@@ -212,11 +249,23 @@ fn print_human(r: &Report) {
         };
         row("cuda", format!("not available ({why})"));
     }
-    row("cudnn", if r.cudnn_available { "available".into() } else { "not available".into() });
+    row(
+        "cudnn",
+        if r.cudnn_available {
+            "available".into()
+        } else {
+            "not available".into()
+        },
+    );
     for m in &r.matmul {
         row(
             &format!("matmul {}", m.device),
-            format!("f32 {n}x{n}: {:.2} ms, {:.1} GFLOP/s", m.ms, m.gflops, n = m.n),
+            format!(
+                "f32 {n}x{n}: {:.2} ms, {:.1} GFLOP/s",
+                m.ms,
+                m.gflops,
+                n = m.n
+            ),
         );
     }
 }

@@ -20,9 +20,18 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!("{}: {} tensors, {} values", path.display(), loaded.tensors.len(), total);
+    println!(
+        "{}: {} tensors, {} values",
+        path.display(),
+        loaded.tensors.len(),
+        total
+    );
     for (name, t) in &loaded.tensors {
-        println!("  {name:<48} {:<9} {:?}", format!("{:?}", t.kind()), t.size());
+        println!(
+            "  {name:<48} {:<9} {:?}",
+            format!("{:?}", t.kind()),
+            t.size()
+        );
     }
     for (k, v) in metadata {
         println!("  metadata {k} = {v}");

@@ -13,7 +13,13 @@ pub fn sync(device: Device) {
 
 /// Median milliseconds per call of `f` on `device`, after `warmup` calls, timing at least
 /// `min_iters` calls and at least `min_time`.
-pub fn time_ms(device: Device, warmup: usize, min_iters: usize, min_time: Duration, mut f: impl FnMut()) -> f64 {
+pub fn time_ms(
+    device: Device,
+    warmup: usize,
+    min_iters: usize,
+    min_time: Duration,
+    mut f: impl FnMut(),
+) -> f64 {
     for _ in 0..warmup {
         f();
     }

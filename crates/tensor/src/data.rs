@@ -15,7 +15,10 @@ pub struct EpochSampler {
 impl EpochSampler {
     /// Panics if `len` or `batch_size` is zero (a programming error; validate user input first).
     pub fn new(len: usize, batch_size: usize, seed: u64) -> Self {
-        assert!(len > 0 && batch_size > 0, "EpochSampler needs examples and a batch size");
+        assert!(
+            len > 0 && batch_size > 0,
+            "EpochSampler needs examples and a batch size"
+        );
         EpochSampler {
             len,
             batch_size,
@@ -26,7 +29,10 @@ impl EpochSampler {
 
     /// Restrict to one rank's share of every epoch (data-parallel training).
     pub fn with_shard(mut self, rank: usize, world_size: usize) -> Self {
-        assert!(world_size > 0 && rank < world_size, "rank {rank} outside world of {world_size}");
+        assert!(
+            world_size > 0 && rank < world_size,
+            "rank {rank} outside world of {world_size}"
+        );
         self.shard = (rank, world_size);
         self
     }
@@ -93,7 +99,9 @@ mod tests {
     fn shards_partition_the_global_batch() {
         let a = EpochSampler::new(12, 3, 9).with_shard(0, 2);
         let b = EpochSampler::new(12, 3, 9).with_shard(1, 2);
-        let mut seen: Vec<usize> = (0..2).flat_map(|s| [a.batch(s), b.batch(s)].concat()).collect();
+        let mut seen: Vec<usize> = (0..2)
+            .flat_map(|s| [a.batch(s), b.batch(s)].concat())
+            .collect();
         seen.sort();
         assert_eq!(seen, (0..12).collect::<Vec<_>>());
     }

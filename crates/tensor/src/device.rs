@@ -112,7 +112,10 @@ mod tests {
     fn rejects_unknown_strings_with_the_accepted_forms() {
         for bad in ["tpu", "cuda:", "cuda:x", "cuda:-1", "", "mps0"] {
             let err = bad.parse::<DeviceSpec>().unwrap_err().to_string();
-            assert!(err.contains("expected auto, cpu, cuda or cuda:N"), "{bad}: {err}");
+            assert!(
+                err.contains("expected auto, cpu, cuda or cuda:N"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -126,7 +129,9 @@ mod tests {
     #[test]
     fn cuda_beyond_the_machine_is_an_error() {
         let count = cuda_device_count();
-        let err = parse_device(&format!("cuda:{count}")).unwrap_err().to_string();
+        let err = parse_device(&format!("cuda:{count}"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("CUDA device"), "{err}");
     }
 }

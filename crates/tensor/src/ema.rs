@@ -54,14 +54,19 @@ impl EmaConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if !(0.0..=1.0).contains(&self.decay) || !(0.0..=1.0).contains(&self.min_decay) || self.min_decay > self.decay {
+        if !(0.0..=1.0).contains(&self.decay)
+            || !(0.0..=1.0).contains(&self.min_decay)
+            || self.min_decay > self.decay
+        {
             return Err(Error::InvalidArgument(format!(
                 "EMA decay must satisfy 0 <= min_decay <= decay <= 1, got min_decay {} and decay {}",
                 self.min_decay, self.decay
             )));
         }
         if self.inv_gamma <= 0.0 || self.power <= 0.0 {
-            return Err(Error::InvalidArgument("EMA inv_gamma and power must be positive".into()));
+            return Err(Error::InvalidArgument(
+                "EMA inv_gamma and power must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -144,14 +149,20 @@ impl Ema {
 
     /// The averaged tensors by name.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        self.shadow.iter().map(|(n, t, _)| (n.clone(), t.shallow_clone())).collect()
+        self.shadow
+            .iter()
+            .map(|(n, t, _)| (n.clone(), t.shallow_clone()))
+            .collect()
     }
 
     /// Save the average as an ordinary weights file (loadable as the model itself), with the
     /// step count and config in the metadata.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut metadata = Metadata::new();
-        metadata.insert("ema_optimization_step".into(), self.optimization_step.to_string());
+        metadata.insert(
+            "ema_optimization_step".into(),
+            self.optimization_step.to_string(),
+        );
         metadata.insert(
             "ema_config".into(),
             serde_json::to_string(&self.config).expect("EMA config serialises"),
@@ -166,15 +177,23 @@ impl Ema {
             .metadata
             .get("ema_optimization_step")
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::format(path, "not an EMA file: no ema_optimization_step in its metadata"))?;
-        let mut by_name: std::collections::HashMap<String, Tensor> = loaded.tensors.into_iter().collect();
+            .ok_or_else(|| {
+                Error::format(
+                    path,
+                    "not an EMA file: no ema_optimization_step in its metadata",
+                )
+            })?;
+        let mut by_name: std::collections::HashMap<String, Tensor> =
+            loaded.tensors.into_iter().collect();
         let mut problems = Vec::new();
         for (name, shadow, _) in &self.shadow {
             match by_name.get(name) {
                 None => problems.push(format!("missing {name}")),
-                Some(t) if t.size() != shadow.size() => {
-                    problems.push(format!("{name} has shape {:?}, expected {:?}", t.size(), shadow.size()))
-                }
+                Some(t) if t.size() != shadow.size() => problems.push(format!(
+                    "{name} has shape {:?}, expected {:?}",
+                    t.size(),
+                    shadow.size()
+                )),
                 Some(_) => {}
             }
         }

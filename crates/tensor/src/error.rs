@@ -26,11 +26,7 @@ pub enum Error {
     Mismatch { path: PathBuf, report: String },
     /// A loss or gradient that became NaN or infinite.
     #[error("{what} is not finite at step {step}: {value} (lower the learning rate, enable gradient clipping, or resume from an earlier checkpoint)")]
-    NonFinite {
-        what: String,
-        step: u64,
-        value: f64,
-    },
+    NonFinite { what: String, step: u64, value: f64 },
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -5,8 +5,18 @@ use tch::{Kind, Tensor};
 extern "C" {
     fn diffuse_autocast_set_cuda_dtype(scalar_type: i32) -> i32;
     fn diffuse_autocast_get_cuda_dtype() -> i32;
-    fn diffuse_addcmul_(s: *mut std::ffi::c_void, t1: *const std::ffi::c_void, t2: *const std::ffi::c_void, value: f64) -> i32;
-    fn diffuse_addcdiv_(s: *mut std::ffi::c_void, t1: *const std::ffi::c_void, t2: *const std::ffi::c_void, value: f64) -> i32;
+    fn diffuse_addcmul_(
+        s: *mut std::ffi::c_void,
+        t1: *const std::ffi::c_void,
+        t2: *const std::ffi::c_void,
+        value: f64,
+    ) -> i32;
+    fn diffuse_addcdiv_(
+        s: *mut std::ffi::c_void,
+        t1: *const std::ffi::c_void,
+        t2: *const std::ffi::c_void,
+        value: f64,
+    ) -> i32;
 }
 
 /// c10::ScalarType codes of the kinds autocast can cast to.
@@ -39,7 +49,12 @@ pub fn cuda_autocast_kind() -> Option<Kind> {
 /// Panics on shape or device mismatch, like tch's own in-place ops.
 pub fn addcmul_(dst: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) {
     let rc = unsafe {
-        diffuse_addcmul_(dst.as_mut_ptr().cast(), t1.as_ptr().cast(), t2.as_ptr().cast(), value)
+        diffuse_addcmul_(
+            dst.as_mut_ptr().cast(),
+            t1.as_ptr().cast(),
+            t2.as_ptr().cast(),
+            value,
+        )
     };
     assert_eq!(rc, 0, "addcmul_: libtorch rejected the operands");
 }
@@ -47,7 +62,12 @@ pub fn addcmul_(dst: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) {
 /// `dst += value * t1 / t2` in place (PyTorch's `addcdiv_` with its `value` argument).
 pub fn addcdiv_(dst: &mut Tensor, t1: &Tensor, t2: &Tensor, value: f64) {
     let rc = unsafe {
-        diffuse_addcdiv_(dst.as_mut_ptr().cast(), t1.as_ptr().cast(), t2.as_ptr().cast(), value)
+        diffuse_addcdiv_(
+            dst.as_mut_ptr().cast(),
+            t1.as_ptr().cast(),
+            t2.as_ptr().cast(),
+            value,
+        )
     };
     assert_eq!(rc, 0, "addcdiv_: libtorch rejected the operands");
 }

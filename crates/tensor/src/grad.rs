@@ -20,7 +20,11 @@ pub fn grad_norm<'a>(params: impl IntoIterator<Item = &'a Tensor>) -> f64 {
 /// Scale gradients so their global norm is at most `max_norm`; returns the norm before clipping
 /// (possibly NaN or infinite: the caller decides what that means).
 pub fn clip_grad_norm<'a>(params: impl IntoIterator<Item = &'a Tensor>, max_norm: f64) -> f64 {
-    let grads: Vec<Tensor> = params.into_iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+    let grads: Vec<Tensor> = params
+        .into_iter()
+        .map(|p| p.grad())
+        .filter(|g| g.defined())
+        .collect();
     if grads.is_empty() {
         return 0.0;
     }

@@ -145,12 +145,18 @@ impl AdamW {
         let mut tensors = Vec::with_capacity(self.params.len() * 2);
         for p in &self.params {
             tensors.push((format!("{}.exp_avg", p.name), p.exp_avg.shallow_clone()));
-            tensors.push((format!("{}.exp_avg_sq", p.name), p.exp_avg_sq.shallow_clone()));
+            tensors.push((
+                format!("{}.exp_avg_sq", p.name),
+                p.exp_avg_sq.shallow_clone(),
+            ));
         }
         let mut metadata = Metadata::new();
         metadata.insert("optimizer".into(), "adamw".into());
         metadata.insert("step".into(), self.step.to_string());
-        metadata.insert("config".into(), serde_json::to_string(&self.config).expect("config serialises"));
+        metadata.insert(
+            "config".into(),
+            serde_json::to_string(&self.config).expect("config serialises"),
+        );
         save_tensors(path, &tensors, Some(metadata))
     }
 
@@ -162,7 +168,12 @@ impl AdamW {
             .get("step")
             .and_then(|s| s.parse().ok())
             .filter(|_| loaded.metadata.get("optimizer").map(String::as_str) == Some("adamw"))
-            .ok_or_else(|| Error::format(path, "not an AdamW state file (metadata lacks optimizer=adamw and step)"))?;
+            .ok_or_else(|| {
+                Error::format(
+                    path,
+                    "not an AdamW state file (metadata lacks optimizer=adamw and step)",
+                )
+            })?;
         let mut by_name: HashMap<String, Tensor> = loaded.tensors.into_iter().collect();
         let mut problems = Vec::new();
         let mut updates = Vec::new();
@@ -193,7 +204,11 @@ impl AdamW {
         tch::no_grad(|| {
             for (index, which, t) in updates {
                 let p = &mut self.params[index];
-                let dst = if which == 0 { &mut p.exp_avg } else { &mut p.exp_avg_sq };
+                let dst = if which == 0 {
+                    &mut p.exp_avg
+                } else {
+                    &mut p.exp_avg_sq
+                };
                 dst.copy_(&t.to_kind(dst.kind()).to_device(dst.device()));
             }
         });

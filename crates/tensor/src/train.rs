@@ -81,7 +81,9 @@ impl TrainConfig {
         }
         if let Some(n) = self.max_grad_norm {
             if !(n > 0.0 && n.is_finite()) {
-                return bad(format!("the gradient clipping norm must be a positive number, got {n}"));
+                return bad(format!(
+                    "the gradient clipping norm must be a positive number, got {n}"
+                ));
             }
         }
         if self.log_every == 0 {
@@ -220,7 +222,10 @@ impl<'a> Trainer<'a> {
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(&dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(step) = name
+                .strip_prefix("step-")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 if entry.path().join(TRAINER_JSON).is_file() {
                     found.push((step, entry.path()));
                 }
@@ -255,7 +260,11 @@ impl<'a> Trainer<'a> {
         if self.optimizer.step_count() != state.step {
             return Err(Error::format(
                 dir.join(OPTIMIZER_FILE),
-                format!("optimizer is at step {} but the checkpoint is step {}", self.optimizer.step_count(), state.step),
+                format!(
+                    "optimizer is at step {} but the checkpoint is step {}",
+                    self.optimizer.step_count(),
+                    state.step
+                ),
             ));
         }
         if let Some(ema) = &mut self.ema {
@@ -263,7 +272,10 @@ impl<'a> Trainer<'a> {
             if path.exists() {
                 ema.load(&path)?;
             } else {
-                tracing::warn!("{} has no EMA; starting the average from the resumed weights", dir.display());
+                tracing::warn!(
+                    "{} has no EMA; starting the average from the resumed weights",
+                    dir.display()
+                );
                 *ema = Ema::new(self.vs, ema.config().clone())?;
             }
         }
@@ -303,12 +315,22 @@ impl<'a> Trainer<'a> {
             self.optimizer.zero_grad();
             let mut loss_sum = 0.0;
             for micro in 0..self.config.grad_accum {
-                manual_seed(derive_seed(self.config.seed, index * self.config.grad_accum + micro));
-                let loss = self.config.precision.autocast(device, || task.loss(index, micro))?;
+                manual_seed(derive_seed(
+                    self.config.seed,
+                    index * self.config.grad_accum + micro,
+                ));
+                let loss = self
+                    .config
+                    .precision
+                    .autocast(device, || task.loss(index, micro))?;
                 let value = loss.double_value(&[]);
                 if !value.is_finite() {
                     bar.abandon();
-                    return Err(Error::NonFinite { what: "loss".into(), step: number, value });
+                    return Err(Error::NonFinite {
+                        what: "loss".into(),
+                        step: number,
+                        value,
+                    });
                 }
                 (loss / self.config.grad_accum as f64).backward();
                 loss_sum += value;
@@ -318,7 +340,11 @@ impl<'a> Trainer<'a> {
                     let norm = grad::clip_grad_norm(self.optimizer.parameters(), max);
                     if !norm.is_finite() {
                         bar.abandon();
-                        return Err(Error::NonFinite { what: "gradient norm".into(), step: number, value: norm });
+                        return Err(Error::NonFinite {
+                            what: "gradient norm".into(),
+                            step: number,
+                            value: norm,
+                        });
                     }
                     Some(norm)
                 }
@@ -332,7 +358,13 @@ impl<'a> Trainer<'a> {
             last_loss = Some(loss);
             window_loss += loss;
             window_len += 1;
-            let report = StepReport { step: number, loss, lr, grad_norm, ema_decay };
+            let report = StepReport {
+                step: number,
+                loss,
+                lr,
+                grad_norm,
+                ema_decay,
+            };
             if number % self.config.log_every == 0 || number == until {
                 let elapsed = started.elapsed().as_secs_f64();
                 let rate = (number - first_step) as f64 / elapsed.max(1e-9);
@@ -352,7 +384,8 @@ impl<'a> Trainer<'a> {
             }
             bar.set_position(number);
             task.after_step(&report, self)?;
-            let due = self.config.checkpoint_every > 0 && number % self.config.checkpoint_every == 0;
+            let due =
+                self.config.checkpoint_every > 0 && number % self.config.checkpoint_every == 0;
             if due || number == self.config.steps {
                 self.save_checkpoint(task)?;
             }
@@ -389,7 +422,10 @@ impl<'a> Trainer<'a> {
         task.write_checkpoint_extras(&partial)?;
         write_json_atomic(
             &partial.join(TRAINER_JSON),
-            &TrainerState { step: self.step, config: self.config.clone() },
+            &TrainerState {
+                step: self.step,
+                config: self.config.clone(),
+            },
         )?;
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;

@@ -50,13 +50,19 @@ fn dtype_to_kind(dtype: Dtype) -> Option<Kind> {
 
 /// Save named tensors (any device; copied to the CPU) to `path` atomically, with optional metadata.
 /// Tensors are laid out in name order, so the same tensors give the same data section.
-pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: Option<Metadata>) -> Result<()> {
+pub fn save_tensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<Metadata>,
+) -> Result<()> {
     let mut buffers = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         let cpu = tensor.to_device(Device::Cpu).contiguous();
         let kind = cpu.kind();
         let dtype = kind_to_dtype(kind).ok_or_else(|| {
-            Error::InvalidArgument(format!("tensor '{name}' has kind {kind:?}, which safetensors cannot hold"))
+            Error::InvalidArgument(format!(
+                "tensor '{name}' has kind {kind:?}, which safetensors cannot hold"
+            ))
         })?;
         let shape: Vec<usize> = cpu.size().iter().map(|&d| d as usize).collect();
         let numel = cpu.numel();
@@ -69,7 +75,9 @@ pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: Option<
         let view = TensorView::new(*dtype, shape.clone(), bytes)
             .map_err(|e| Error::InvalidArgument(format!("tensor '{name}': {e}")))?;
         if views.insert(name.clone(), view).is_some() {
-            return Err(Error::InvalidArgument(format!("tensor name '{name}' appears twice")));
+            return Err(Error::InvalidArgument(format!(
+                "tensor name '{name}' appears twice"
+            )));
         }
     }
     write_atomic_via_path(path, |tmp| {
@@ -87,7 +95,10 @@ pub struct LoadedTensors {
 pub fn load_tensors(path: &Path) -> Result<LoadedTensors> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| {
-        Error::format(path, format!("not a valid safetensors file (corrupt or truncated?): {e}"))
+        Error::format(
+            path,
+            format!("not a valid safetensors file (corrupt or truncated?): {e}"),
+        )
     })?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::format(path, format!("unreadable safetensors header: {e}")))?;
@@ -99,7 +110,13 @@ pub fn load_tensors(path: &Path) -> Result<LoadedTensors> {
             .tensor(&name)
             .map_err(|e| Error::format(path, format!("tensor '{name}': {e}")))?;
         let kind = dtype_to_kind(view.dtype()).ok_or_else(|| {
-            Error::format(path, format!("tensor '{name}' has dtype {:?}, which libtorch cannot hold", view.dtype()))
+            Error::format(
+                path,
+                format!(
+                    "tensor '{name}' has dtype {:?}, which libtorch cannot hold",
+                    view.dtype()
+                ),
+            )
         })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)?;
@@ -162,7 +179,11 @@ pub fn load_named_into(
             None => report.unexpected.push((name, tensor.size())),
             Some(var) => {
                 if var.size() != tensor.size() {
-                    mismatched.push(format!("{name} (model {:?}, file {:?})", var.size(), tensor.size()));
+                    mismatched.push(format!(
+                        "{name} (model {:?}, file {:?})",
+                        var.size(),
+                        tensor.size()
+                    ));
                 } else {
                     matched.push((var, tensor));
                 }
@@ -174,13 +195,25 @@ pub fn load_named_into(
     report.unexpected.sort();
     let mut problems = Vec::new();
     if strict && !report.missing.is_empty() {
-        problems.push(format!("{} missing: {}", report.missing.len(), list(&report.missing)));
+        problems.push(format!(
+            "{} missing: {}",
+            report.missing.len(),
+            list(&report.missing)
+        ));
     }
     if strict && !report.unexpected.is_empty() {
-        problems.push(format!("{} unexpected: {}", report.unexpected.len(), list(&report.unexpected)));
+        problems.push(format!(
+            "{} unexpected: {}",
+            report.unexpected.len(),
+            list(&report.unexpected)
+        ));
     }
     if !mismatched.is_empty() {
-        problems.push(format!("{} with the wrong shape: {}", mismatched.len(), mismatched.join(", ")));
+        problems.push(format!(
+            "{} with the wrong shape: {}",
+            mismatched.len(),
+            mismatched.join(", ")
+        ));
     }
     if !problems.is_empty() {
         return Err(Error::Mismatch {

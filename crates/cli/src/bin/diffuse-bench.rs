@@ -10,11 +10,18 @@ use tch::nn::{self, ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
 fn emit(case: &str, ms: f64, work: &str) {
-    println!("{}", serde_json::json!({"case": case, "ms": ms, "work": work}));
+    println!(
+        "{}",
+        serde_json::json!({"case": case, "ms": ms, "work": work})
+    );
 }
 
 fn bench_matmul(device: Device) {
-    let sizes: &[i64] = if device.is_cuda() { &[2048, 8192] } else { &[512, 1024, 2048] };
+    let sizes: &[i64] = if device.is_cuda() {
+        &[2048, 8192]
+    } else {
+        &[512, 1024, 2048]
+    };
     for &n in sizes {
         let (ms, gflops) = matmul(device, n, Duration::from_secs(2));
         emit(&format!("f32 {n}x{n}"), ms, &format!("{gflops:.1} GFLOP/s"));
@@ -25,7 +32,17 @@ fn bench_matmul(device: Device) {
 /// layers with the same shapes, so the two time identical work.
 fn conv_net(p: &nn::Path) -> nn::SequentialT {
     let conv = |name: &str, i, o, stride| {
-        nn::conv2d(p / name, i, o, 3, nn::ConvConfig { stride, padding: 1, ..Default::default() })
+        nn::conv2d(
+            p / name,
+            i,
+            o,
+            3,
+            nn::ConvConfig {
+                stride,
+                padding: 1,
+                ..Default::default()
+            },
+        )
     };
     nn::seq_t()
         .add(conv("conv1", 1, 32, 1))
@@ -47,17 +64,29 @@ fn bench_train_step(device: Device) -> Result<()> {
     tch::manual_seed(0);
     let vs = VarStore::new(device);
     let net = conv_net(&vs.root());
-    let mut opt = AdamW::new(&vs, AdamWConfig { lr: 1e-4, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        &vs,
+        AdamWConfig {
+            lr: 1e-4,
+            ..Default::default()
+        },
+    )?;
     let batch = 64;
     let x = Tensor::randn([batch, 1, 28, 28], (Kind::Float, device));
     let target = Tensor::randn([batch, 1, 28, 28], (Kind::Float, device));
     let ms = time_ms(device, 3, 10, Duration::from_secs(3), || {
         opt.zero_grad();
-        let loss = (net.forward_t(&x, true) - &target).square().mean(Kind::Float);
+        let loss = (net.forward_t(&x, true) - &target)
+            .square()
+            .mean(Kind::Float);
         loss.backward();
         opt.step(1e-4);
     });
-    emit("conv net b64 28x28 fwd+bwd+adamw", ms, &format!("{:.1} steps/s", 1e3 / ms));
+    emit(
+        "conv net b64 28x28 fwd+bwd+adamw",
+        ms,
+        &format!("{:.1} steps/s", 1e3 / ms),
+    );
     Ok(())
 }
 
@@ -76,7 +105,9 @@ fn run() -> Result<()> {
                 device = diffuse_tensor::parse_device(&value).context("--device")?;
             }
             other if !other.starts_with('-') && name.is_none() => name = Some(other.to_owned()),
-            other => bail!("unexpected argument '{other}' (usage: diffuse-bench NAME [--device DEV])"),
+            other => {
+                bail!("unexpected argument '{other}' (usage: diffuse-bench NAME [--device DEV])")
+            }
         }
     }
     match name.as_deref() {

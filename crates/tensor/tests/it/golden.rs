@@ -18,11 +18,19 @@ fn golden() -> &'static Value {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn shape(v: &Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
 }
 
 fn values(t: &Tensor) -> Vec<f64> {
@@ -30,7 +38,9 @@ fn values(t: &Tensor) -> Vec<f64> {
 }
 
 fn f32_tensor(v: &Value, shape: &[i64]) -> Tensor {
-    Tensor::from_slice(&floats(v)).to_kind(Kind::Float).reshape(shape)
+    Tensor::from_slice(&floats(v))
+        .to_kind(Kind::Float)
+        .reshape(shape)
 }
 
 #[test]
@@ -114,14 +124,30 @@ fn ema_matches_diffusers_ema_model() {
         let mut w = vs.root().var_copy("w", &p0);
         let mut ema = Ema::new(&vs, config).unwrap();
         let decays = floats(&case["decays"]);
-        for (k, (decay, shadow)) in decays.iter().zip(case["shadow"].as_array().unwrap()).enumerate() {
+        for (k, (decay, shadow)) in decays
+            .iter()
+            .zip(case["shadow"].as_array().unwrap())
+            .enumerate()
+        {
             tch::no_grad(|| w.copy_(&(&p0 * (k as f64).cos() + 0.25 * k as f64)));
             let used = ema.update(&vs);
-            assert!((used - decay).abs() < 1e-15, "{} step {k}: decay {used} vs {decay}", case["name"]);
+            assert!(
+                (used - decay).abs() < 1e-15,
+                "{} step {k}: decay {used} vs {decay}",
+                case["name"]
+            );
             let got = values(&ema.tensors()[0].1);
             let want = floats(shadow);
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            assert!(worst <= 2e-7, "{} step {k}: shadow differs by {worst}", case["name"]);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst <= 2e-7,
+                "{} step {k}: shadow differs by {worst}",
+                case["name"]
+            );
         }
     }
 }
@@ -137,7 +163,11 @@ fn lr_schedules_match_diffusers_get_scheduler() {
         };
         for (step, want) in floats(&case["factors"]).into_iter().enumerate() {
             let got = schedule.factor(step as u64);
-            assert!((got - want).abs() < 1e-12, "{:?} step {step}: {got} vs {want}", kind);
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{:?} step {step}: {got} vs {want}",
+                kind
+            );
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Strict loading, corrupt-file detection and crash-safe saving of safetensors files.
 
-use diffuse_tensor::weights::{load_tensors, load_var_store, save_tensors, save_var_store, Metadata};
+use diffuse_tensor::weights::{
+    load_tensors, load_var_store, save_tensors, save_var_store, Metadata,
+};
 use diffuse_tensor::Error;
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +19,7 @@ fn model(names: &[(&str, &[i64])]) -> VarStore {
         for part in &parts[..parts.len() - 1] {
             path = path.sub(*part);
         }
-        path.randn_standard(parts[parts.len() - 1], shape);
+        let _ = path.randn_standard(parts[parts.len() - 1], shape);
     }
     vs
 }
@@ -28,12 +30,30 @@ fn round_trip_keeps_every_dtype_and_value() {
     let path = dir.path().join("t.safetensors");
     tch::manual_seed(1);
     let tensors = vec![
-        ("a.f32".to_owned(), Tensor::randn([3, 5], (Kind::Float, Device::Cpu))),
-        ("b.bf16".to_owned(), Tensor::randn([4], (Kind::BFloat16, Device::Cpu))),
-        ("c.f16".to_owned(), Tensor::randn([2, 2], (Kind::Half, Device::Cpu))),
-        ("d.i64".to_owned(), Tensor::arange(7, (Kind::Int64, Device::Cpu))),
-        ("e.u8".to_owned(), Tensor::arange(9, (Kind::Uint8, Device::Cpu))),
-        ("f.bool".to_owned(), Tensor::from_slice(&[true, false, true])),
+        (
+            "a.f32".to_owned(),
+            Tensor::randn([3, 5], (Kind::Float, Device::Cpu)),
+        ),
+        (
+            "b.bf16".to_owned(),
+            Tensor::randn([4], (Kind::BFloat16, Device::Cpu)),
+        ),
+        (
+            "c.f16".to_owned(),
+            Tensor::randn([2, 2], (Kind::Half, Device::Cpu)),
+        ),
+        (
+            "d.i64".to_owned(),
+            Tensor::arange(7, (Kind::Int64, Device::Cpu)),
+        ),
+        (
+            "e.u8".to_owned(),
+            Tensor::arange(9, (Kind::Uint8, Device::Cpu)),
+        ),
+        (
+            "f.bool".to_owned(),
+            Tensor::from_slice(&[true, false, true]),
+        ),
         ("g.f64.scalar".to_owned(), Tensor::from(2.5f64)),
     ];
     let mut meta = Metadata::new();
@@ -54,9 +74,19 @@ fn round_trip_keeps_every_dtype_and_value() {
 fn strict_load_lists_every_missing_unexpected_and_misshapen_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.safetensors");
-    let saved = model(&[("keep", &[2, 2]), ("extra.one", &[3]), ("extra.two", &[1, 4]), ("wrong", &[5])]);
+    let saved = model(&[
+        ("keep", &[2, 2]),
+        ("extra.one", &[3]),
+        ("extra.two", &[1, 4]),
+        ("wrong", &[5]),
+    ]);
     save_var_store(&saved, &path, None).unwrap();
-    let target = model(&[("keep", &[2, 2]), ("gone.a", &[7]), ("gone.b", &[8, 1]), ("wrong", &[6])]);
+    let target = model(&[
+        ("keep", &[2, 2]),
+        ("gone.a", &[7]),
+        ("gone.b", &[8, 1]),
+        ("wrong", &[6]),
+    ]);
     let err = load_var_store(&target, &path, true).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::Mismatch { .. }), "{text}");
@@ -99,7 +129,9 @@ fn half_precision_checkpoints_load_into_f32_models() {
 }
 
 fn assert_corrupt(path: &Path) {
-    let err = load_tensors(path).err().expect("a damaged file must not load");
+    let err = load_tensors(path)
+        .err()
+        .expect("a damaged file must not load");
     let text = err.to_string();
     assert!(matches!(err, Error::Format { .. }), "{text}");
     assert!(text.contains("not a valid safetensors file"), "{text}");
@@ -122,7 +154,11 @@ fn corrupt_and_truncated_files_are_named_as_such() {
     assert_corrupt(&header_cut);
 
     let garbage = dir.path().join("garbage.safetensors");
-    std::fs::write(&garbage, b"PNG\x89 this is not a weights file at all, just some text").unwrap();
+    std::fs::write(
+        &garbage,
+        b"PNG\x89 this is not a weights file at all, just some text",
+    )
+    .unwrap();
     assert_corrupt(&garbage);
 
     let empty = dir.path().join("empty.safetensors");
@@ -141,7 +177,9 @@ const LOOP_ELEMENTS: i64 = 4 << 20; // 16 MB per save: long enough to be killed 
 #[test]
 #[ignore = "child process of a_kill_during_save_leaves_the_previous_file_readable"]
 fn save_loop_child() {
-    let Ok(path) = std::env::var(CHILD_ENV) else { return };
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     for k in 0u64.. {
         let t = Tensor::full([LOOP_ELEMENTS], k as f64, (Kind::Float, Device::Cpu));
         let mut meta = Metadata::new();
@@ -156,7 +194,12 @@ fn a_kill_during_save_leaves_the_previous_file_readable() {
     let path = dir.path().join("model.safetensors");
     for (round, delay_ms) in [37u64, 113, 251].into_iter().enumerate() {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "weights_io::save_loop_child", "--ignored", "--test-threads=1"])
+            .args([
+                "--exact",
+                "weights_io::save_loop_child",
+                "--ignored",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &path)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -182,14 +225,16 @@ fn a_kill_during_save_leaves_the_previous_file_readable() {
 
 #[test]
 fn weights_round_trip_through_cuda_when_present() {
-    let Some(device) = crate::cuda_or_skip("weights_round_trip_through_cuda_when_present") else { return };
+    let Some(device) = crate::cuda_or_skip("weights_round_trip_through_cuda_when_present") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.safetensors");
     let vs = VarStore::new(device);
-    vs.root().randn_standard("a", &[4, 4]);
+    let _ = vs.root().randn_standard("a", &[4, 4]);
     save_var_store(&vs, &path, None).unwrap();
     let back = VarStore::new(device);
-    back.root().zeros("a", &[4, 4]);
+    let _ = back.root().zeros("a", &[4, 4]);
     load_var_store(&back, &path, true).unwrap();
     assert!(back.variables()["a"].equal(&vs.variables()["a"]));
 }
