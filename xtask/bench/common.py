@@ -1,0 +1,37 @@
+"""Timing shared by the PyTorch peers of `cargo xtask bench`: the same protocol as
+crates/cli/src/measure.rs (warm-up calls, then the median of timed calls, CUDA synchronised)."""
+import argparse
+import json
+import time
+
+import torch
+
+
+def args():
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cpu")
+    return p.parse_args()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(device, warmup, min_iters, min_time_s, f):
+    for _ in range(warmup):
+        f()
+    sync(device)
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < min_iters or time.perf_counter() - start < min_time_s:
+        t = time.perf_counter()
+        f()
+        sync(device)
+        samples.append((time.perf_counter() - t) * 1e3)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def emit(case, ms, work):
+    print(json.dumps({"case": case, "ms": ms, "work": work}), flush=True)

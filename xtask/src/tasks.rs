@@ -1,0 +1,98 @@
+//! `test` and `demo`: thin sequences of cargo runs that first make sure libtorch is there. The demo is a list
+//! of steps so that later steps (an image grid, a WAV, a text sample into `out/`) are one entry each.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{cargo, describe};
+
+/// Run `cmd` in the foreground and return its exit code (1 when killed by a signal).
+fn status_code(cmd: &mut Command) -> Result<i32> {
+    println!("xtask: {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {}", describe(cmd)))?;
+    Ok(status.code().unwrap_or(1))
+}
+
+fn cargo_in(repo: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(cargo());
+    cmd.args(args).current_dir(repo);
+    cmd
+}
+
+/// Build the `diffuse` binary the end-to-end tests drive, then `cargo test --workspace EXTRA...`;
+/// returns cargo's exit code.
+pub fn test(repo: &Path, extra: &[String]) -> Result<i32> {
+    let code = status_code(&mut cargo_in(
+        repo,
+        &["build", "-p", "diffuse-cli", "--bin", "diffuse"],
+    ))?;
+    if code != 0 {
+        return Ok(code);
+    }
+    let mut cmd = cargo_in(repo, &["test", "--workspace"]);
+    cmd.args(extra);
+    status_code(&mut cmd)
+}
+
+/// What demo steps share.
+pub struct Demo {
+    pub repo: PathBuf,
+    /// Where steps write what they make (`<repo>/out`).
+    pub out: PathBuf,
+}
+
+/// One demo step.
+struct Step {
+    name: &'static str,
+    run: fn(&Demo) -> Result<()>,
+}
+
+/// The demo, in order.
+const STEPS: &[Step] = &[Step {
+    name: "doctor",
+    run: doctor,
+}];
+
+/// Run every demo step, stopping at the first that fails.
+pub fn demo(repo: &Path) -> Result<()> {
+    let ctx = Demo {
+        repo: repo.to_path_buf(),
+        out: repo.join("out"),
+    };
+    for (i, step) in STEPS.iter().enumerate() {
+        println!("demo: step {}/{}: {}", i + 1, STEPS.len(), step.name);
+        (step.run)(&ctx).with_context(|| format!("demo step {}", step.name))?;
+    }
+    println!("demo: done");
+    Ok(())
+}
+
+/// Run `diffuse ARGS...` (release build) through cargo.
+fn diffuse(ctx: &Demo, args: &[&str]) -> Result<()> {
+    let mut cmd = cargo_in(
+        &ctx.repo,
+        &[
+            "run",
+            "--release",
+            "-p",
+            "diffuse-cli",
+            "--bin",
+            "diffuse",
+            "--",
+        ],
+    );
+    cmd.args(args);
+    let code = status_code(&mut cmd)?;
+    if code != 0 {
+        bail!("`diffuse {}` exited with {code}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn doctor(ctx: &Demo) -> Result<()> {
+    diffuse(ctx, &["doctor"])
+}
