@@ -20,10 +20,17 @@ struct SineTask {
 
 impl TrainTask for SineTask {
     fn loss(&mut self, step: u64, _micro_batch: u64) -> diffuse_tensor::Result<Tensor> {
-        let idx: Vec<i64> = self.sampler.batch(step).into_iter().map(|i| i as i64).collect();
+        let idx: Vec<i64> = self
+            .sampler
+            .batch(step)
+            .into_iter()
+            .map(|i| i as i64)
+            .collect();
         let idx = Tensor::from_slice(&idx);
         let pred = self.net.forward_t(&self.xs.index_select(0, &idx), true);
-        Ok((pred - self.ys.index_select(0, &idx)).square().mean(Kind::Float))
+        Ok((pred - self.ys.index_select(0, &idx))
+            .square()
+            .mean(Kind::Float))
     }
 }
 
@@ -40,14 +47,25 @@ fn main() -> anyhow::Result<()> {
         .add(nn::linear(&p / "fc2", 64, 1, Default::default()));
     let xs = Tensor::linspace(-1.0, 1.0, 256, (Kind::Float, vs.device())).unsqueeze(1);
     let ys = (&xs * 3.0).sin();
-    let mut task = SineTask { net, xs, ys, sampler: EpochSampler::new(256, 32, 0) };
+    let mut task = SineTask {
+        net,
+        xs,
+        ys,
+        sampler: EpochSampler::new(256, 32, 0),
+    };
 
     let config = TrainConfig {
         steps: 500,
-        optimizer: AdamWConfig { lr: 1e-2, ..Default::default() },
+        optimizer: AdamWConfig {
+            lr: 1e-2,
+            ..Default::default()
+        },
         lr_schedule: LrScheduleKind::Cosine,
         warmup_steps: 20,
-        ema: Some(EmaConfig { decay: 0.99, ..Default::default() }),
+        ema: Some(EmaConfig {
+            decay: 0.99,
+            ..Default::default()
+        }),
         checkpoint_every: 100,
         ..Default::default()
     };
@@ -57,8 +75,14 @@ fn main() -> anyhow::Result<()> {
     }
     let summary = trainer.run(&mut task)?;
     match summary.last_loss {
-        Some(loss) => println!("trained to step {}, last loss {loss:.5}", summary.steps_done),
-        None => println!("nothing to do: the run is already at step {}", summary.steps_done),
+        Some(loss) => println!(
+            "trained to step {}, last loss {loss:.5}",
+            summary.steps_done
+        ),
+        None => println!(
+            "nothing to do: the run is already at step {}",
+            summary.steps_done
+        ),
     }
     if let Some(dir) = summary.last_checkpoint {
         println!("latest checkpoint: {}", dir.display());
