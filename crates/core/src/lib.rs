@@ -3,7 +3,12 @@
 //! samplers, guidance, inpainting and likelihood bounds. Built on `diffuse-tensor`; the image,
 //! audio and text crates supply the networks and data.
 //!
-//! This crate is filled in by the Gaussian-core, text and count-data work; until then it only
-//! fixes its place in the dependency order (cli -> modalities -> core -> tensor -> tch).
+//! What is here so far: [`schedule`], the discrete-time Gaussian noise schedules of diffusers
+//! (betas, cumulative alphas, zero-terminal-SNR rescaling), their continuous-time view (log-SNR
+//! and sigma at any real t), the inference timestep spacings, and the Karras/exponential sigma
+//! spacings. Schedule maths runs in f64 on the CPU; tensors are made from it once.
+
+pub mod schedule;
 
 pub use diffuse_tensor as tensor;
+pub use diffuse_tensor::{Error, Result};

@@ -1,0 +1,4 @@
+//! Integration tests of diffuse-core against values recorded from diffusers 0.42.1
+//! (`tests/golden/make_golden.py`).
+
+mod schedules;
