@@ -1,4 +1,5 @@
 //! Integration tests of diffuse-core against values recorded from diffusers 0.42.1
 //! (`tests/golden/make_golden.py`).
 
+mod prediction;
 mod schedules;
