@@ -3,12 +3,14 @@
 //! samplers, guidance, inpainting and likelihood bounds. Built on `diffuse-tensor`; the image,
 //! audio and text crates supply the networks and data.
 //!
-//! What is here so far: [`prediction`] (epsilon, sample and v parameterisations and their
+//! What is here so far: [`likelihood`] (Gaussian posteriors, KL, the discretised decoder),
+//! [`prediction`] (epsilon, sample and v parameterisations and their
 //! conversions) and [`schedule`], the discrete-time Gaussian noise schedules of diffusers
 //! (betas, cumulative alphas, zero-terminal-SNR rescaling), their continuous-time view (log-SNR
 //! and sigma at any real t), the inference timestep spacings, and the Karras/exponential sigma
 //! spacings. Schedule maths runs in f64 on the CPU; tensors are made from it once.
 
+pub mod likelihood;
 pub mod prediction;
 pub mod schedule;
 
