@@ -10,8 +10,10 @@
 //! and sigma at any real t), the inference timestep spacings, and the Karras/exponential sigma
 //! spacings. Schedule maths runs in f64 on the CPU; tensors are made from it once.
 
+pub mod denoiser;
 pub mod likelihood;
 pub mod prediction;
+pub mod samplers;
 pub mod schedule;
 
 pub use diffuse_tensor as tensor;

@@ -34,6 +34,7 @@ fn single_step_posterior_matches_ho_et_al() {
 
 #[test]
 fn strided_posterior_steps_keep_the_forward_marginals() {
+    let _rng = crate::rng_lock();
     // x_t ~ q(x_t | x0), then x_s ~ q(x_s | x_t, x0): x_s must be distributed as q(x_s | x0).
     let s = schedule();
     let steps = spaced_timesteps(1000, 10, TimestepSpacing::Trailing, 0).unwrap();

@@ -1,6 +1,14 @@
 //! Integration tests of diffuse-core against values recorded from diffusers 0.42.1
-//! (`tests/golden/make_golden.py`).
+//! (`tests/golden/make_golden.py`, `make_sampler_golden.py`) and against closed forms.
 
 mod likelihood;
 mod prediction;
+mod samplers;
 mod schedules;
+
+/// libtorch's generator is process-global and tests run on several threads: tests whose results
+/// depend on the exact random stream hold this lock.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

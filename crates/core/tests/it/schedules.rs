@@ -209,6 +209,7 @@ fn continuous_view_agrees_with_the_discrete_schedule() {
 
 #[test]
 fn forward_process_has_the_scheduled_moments() {
+    let _rng = crate::rng_lock();
     let schedule = NoiseSchedule::new(&BetaScheduleConfig::default()).unwrap();
     let x0 = tch::Tensor::full([4096], 2.0, (tch::Kind::Float, tch::Device::Cpu));
     tch::manual_seed(0);

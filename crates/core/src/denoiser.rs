@@ -1,0 +1,28 @@
+//! The network as losses and samplers see it.
+
+use crate::prediction::PredictionType;
+use tch::Tensor;
+
+/// A denoising network: given x_t `[B, C, ...]` and timesteps `t` `[B]` (f32, in the training
+/// schedule's units, possibly fractional), returns its prediction in [`Denoiser::prediction_type`]
+/// (with learned variance: 2C channels, the second half the variance output).
+/// Conditioning (class labels, guidance) lives in the implementing type.
+pub trait Denoiser {
+    fn forward(&self, x_t: &Tensor, t: &Tensor) -> Tensor;
+    fn prediction_type(&self) -> PredictionType;
+}
+
+/// A denoiser from a closure, for tests, examples and wrapping models.
+pub struct FnDenoiser<F: Fn(&Tensor, &Tensor) -> Tensor> {
+    pub f: F,
+    pub prediction_type: PredictionType,
+}
+
+impl<F: Fn(&Tensor, &Tensor) -> Tensor> Denoiser for FnDenoiser<F> {
+    fn forward(&self, x_t: &Tensor, t: &Tensor) -> Tensor {
+        (self.f)(x_t, t)
+    }
+    fn prediction_type(&self) -> PredictionType {
+        self.prediction_type
+    }
+}
