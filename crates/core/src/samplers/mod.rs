@@ -6,6 +6,10 @@
 
 pub mod ddim;
 pub mod ddpm;
+pub mod euler;
+pub mod euler_ancestral;
+pub mod heun;
+pub mod sigmas;
 
 use crate::denoiser::Denoiser;
 use crate::{Error, Result};

@@ -5,6 +5,7 @@ mod likelihood;
 mod prediction;
 mod samplers;
 mod schedules;
+mod sigma_samplers;
 
 /// libtorch's generator is process-global and tests run on several threads: tests whose results
 /// depend on the exact random stream hold this lock.
