@@ -161,7 +161,7 @@ impl Sampler for EulerSampler {
         let mut x = sample.shallow_clone();
         if gamma > 0.0 {
             let noise = Tensor::randn_like(model_output) * self.s_noise;
-            x = x + noise * (sigma_hat * sigma_hat - sigma * sigma).sqrt();
+            x += noise * (sigma_hat * sigma_hat - sigma * sigma).sqrt();
         }
         let x0 = match self.config.prediction_type {
             PredictionType::Epsilon => &x - model_output * sigma_hat,
