@@ -15,6 +15,7 @@ pub mod likelihood;
 pub mod prediction;
 pub mod samplers;
 pub mod schedule;
+pub mod scheduler_config;
 
 pub use diffuse_tensor as tensor;
 pub use diffuse_tensor::{Error, Result};

@@ -4,6 +4,7 @@
 mod likelihood;
 mod prediction;
 mod samplers;
+mod scheduler_config;
 mod schedules;
 mod sigma_samplers;
 
