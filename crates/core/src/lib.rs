@@ -11,6 +11,8 @@
 //! spacings. Schedule maths runs in f64 on the CPU; tensors are made from it once.
 
 pub mod denoiser;
+pub mod editing;
+pub mod guidance;
 pub mod likelihood;
 pub mod prediction;
 pub mod samplers;

@@ -105,6 +105,25 @@ impl Sampler for DdimSampler {
         &self.timesteps
     }
 
+    fn level(&self, done: usize) -> Option<(f64, f64)> {
+        let abar = match self.timesteps.get(done) {
+            Some(&t) => self.schedule.alpha_bar(t),
+            None if self.config.set_alpha_to_one => 1.0,
+            None => self.schedule.alphas_cumprod()[0],
+        };
+        Some((abar.sqrt(), (1.0 - abar).sqrt()))
+    }
+
+    fn start_at(&mut self, index: usize) -> Result<()> {
+        if index > self.timesteps.len() {
+            return Err(Error::InvalidArgument(format!(
+                "start step {index} is past the {} steps",
+                self.timesteps.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor) -> Result<StepOutput> {
         let index = index_of(&self.timesteps, t)?;
         let abar_t = self.schedule.alpha_bar(t);

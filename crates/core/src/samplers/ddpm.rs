@@ -151,6 +151,27 @@ impl Sampler for DdpmSampler {
         &self.timesteps
     }
 
+    fn level(&self, done: usize) -> Option<(f64, f64)> {
+        Some(match self.timesteps.get(done) {
+            Some(&t) => {
+                let abar = self.schedule.alpha_bar(t);
+                (abar.sqrt(), (1.0 - abar).sqrt())
+            }
+            None => (1.0, 0.0),
+        })
+    }
+
+    fn start_at(&mut self, index: usize) -> Result<()> {
+        // Stateless between steps: the previous timestep is read from the list.
+        if index > self.timesteps.len() {
+            return Err(Error::InvalidArgument(format!(
+                "start step {index} is past the {} steps",
+                self.timesteps.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor) -> Result<StepOutput> {
         let index = index_of(&self.timesteps, t)?;
         let prev = self.timesteps.get(index + 1).copied();

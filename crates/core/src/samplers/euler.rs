@@ -147,6 +147,21 @@ impl Sampler for EulerSampler {
         sample / (sigma * sigma + 1.0).sqrt()
     }
 
+    fn level(&self, done: usize) -> Option<(f64, f64)> {
+        self.sigmas.get(done).map(|&sigma| (1.0, sigma))
+    }
+
+    fn start_at(&mut self, index: usize) -> Result<()> {
+        if index > self.timesteps.len() {
+            return Err(Error::InvalidArgument(format!(
+                "start step {index} is past the {} steps",
+                self.timesteps.len()
+            )));
+        }
+        self.step_index = index;
+        Ok(())
+    }
+
     fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor) -> Result<StepOutput> {
         expect_step(&self.timesteps, self.step_index, t)?;
         let i = self.step_index;

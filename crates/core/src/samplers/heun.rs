@@ -7,7 +7,7 @@ use super::sigmas::{euler_sigmas, init_noise_sigma, FinalSigma, SigmaOptions};
 use super::{Sampler, StepOutput};
 use crate::prediction::PredictionType;
 use crate::schedule::{BetaSchedule, BetaScheduleConfig, NoiseSchedule, TimestepSpacing};
-use crate::Result;
+use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -142,6 +142,23 @@ impl Sampler for HeunSampler {
     fn scale_model_input(&self, sample: &Tensor, _t: f64) -> Tensor {
         let sigma = self.current_sigma();
         sample / (sigma * sigma + 1.0).sqrt()
+    }
+
+    fn level(&self, done: usize) -> Option<(f64, f64)> {
+        self.sigmas.get(done).map(|&sigma| (1.0, sigma))
+    }
+
+    fn start_at(&mut self, index: usize) -> Result<()> {
+        // Only at a predictor step: a corrector needs the predictor's state.
+        if index > self.timesteps.len() || index % 2 == 1 {
+            return Err(Error::InvalidArgument(format!(
+                "Heun can start only at an even step (a predictor) within its {} steps, not {index}",
+                self.timesteps.len()
+            )));
+        }
+        self.step_index = index;
+        self.pending = None;
+        Ok(())
     }
 
     fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor) -> Result<StepOutput> {

@@ -39,6 +39,25 @@ pub trait Sampler {
     }
     /// One reverse step from timestep `t` given the model output there.
     fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor) -> Result<StepOutput>;
+
+    /// The noise level of the sample after `done` steps (0: the starting noise) as (a, s): that
+    /// sample is distributed as a x_0 + s eps. Inpainting and SDEdit use it to noise known data to
+    /// the sampler's current level. `None` where a sampler cannot say.
+    fn level(&self, _done: usize) -> Option<(f64, f64)> {
+        None
+    }
+
+    /// Continue from step `index` (after `index` steps were taken elsewhere, or to repeat steps as
+    /// RePaint does): resets whatever the sampler carries between steps.
+    fn start_at(&mut self, index: usize) -> Result<()> {
+        if index == 0 {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(
+                "this sampler cannot start part-way through its timesteps".into(),
+            ))
+        }
+    }
 }
 
 /// Progress of a sampling loop, passed to the per-step callback.
@@ -57,6 +76,17 @@ pub fn sample(
     sampler: &mut dyn Sampler,
     model: &dyn Denoiser,
     x_t: Tensor,
+    on_step: impl FnMut(&StepInfo<'_>),
+) -> Result<Tensor> {
+    sample_from(sampler, model, x_t, 0, on_step)
+}
+
+/// [`sample`] starting at step `start` with `x` at that step's noise level (SDEdit, resuming).
+pub fn sample_from(
+    sampler: &mut dyn Sampler,
+    model: &dyn Denoiser,
+    x: Tensor,
+    start: usize,
     mut on_step: impl FnMut(&StepInfo<'_>),
 ) -> Result<Tensor> {
     let timesteps = sampler.timesteps().to_vec();
@@ -65,23 +95,34 @@ pub fn sample(
             "set_timesteps must be called before sampling".into(),
         ));
     }
-    let batch = x_t.size()[0];
-    let mut x = x_t;
-    for (index, &t) in timesteps.iter().enumerate() {
-        let input = sampler.scale_model_input(&x, t);
-        let t_batch = Tensor::full([batch], t, (Kind::Float, x.device()));
-        let output = tch::no_grad(|| model.forward(&input, &t_batch));
-        let step = sampler.step(&output, t, &x)?;
-        x = step.prev_sample;
+    sampler.start_at(start)?;
+    let mut x = x;
+    for (index, &t) in timesteps.iter().enumerate().skip(start) {
+        let (next, pred) = model_step(sampler, model, &x, t)?;
+        x = next;
         on_step(&StepInfo {
             index,
             total: timesteps.len(),
             t,
             sample: &x,
-            pred_original_sample: &step.pred_original_sample,
+            pred_original_sample: &pred,
         });
     }
     Ok(x)
+}
+
+/// One model evaluation and sampler step at timestep `t`: (next sample, predicted x0).
+pub(crate) fn model_step(
+    sampler: &mut dyn Sampler,
+    model: &dyn Denoiser,
+    x: &Tensor,
+    t: f64,
+) -> Result<(Tensor, Tensor)> {
+    let input = sampler.scale_model_input(x, t);
+    let t_batch = Tensor::full([x.size()[0]], t, (Kind::Float, x.device()));
+    let output = tch::no_grad(|| model.forward(&input, &t_batch));
+    let step = sampler.step(&output, t, x)?;
+    Ok((step.prev_sample, step.pred_original_sample))
 }
 
 /// Dynamic thresholding (Saharia et al. 2022, sec. 2.3): per example, s = the `ratio` quantile of
