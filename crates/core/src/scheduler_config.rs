@@ -4,6 +4,7 @@
 
 use crate::samplers::ddim::{DdimConfig, DdimSampler};
 use crate::samplers::ddpm::{DdpmConfig, DdpmSampler};
+use crate::samplers::dpm_solver::{DpmSolverConfig, DpmSolverSampler};
 use crate::samplers::euler::{EulerConfig, EulerSampler};
 use crate::samplers::euler_ancestral::{EulerAncestralConfig, EulerAncestralSampler};
 use crate::samplers::heun::{HeunConfig, HeunSampler};
@@ -20,6 +21,7 @@ pub enum SchedulerConfig {
     Euler(EulerConfig),
     EulerAncestral(EulerAncestralConfig),
     Heun(HeunConfig),
+    DpmSolver(DpmSolverConfig),
 }
 
 /// The `_class_name`s this module reads.
@@ -29,6 +31,7 @@ pub const SUPPORTED: &[&str] = &[
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
     "HeunDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
 ];
 
 /// The diffusers version written into configs diffuse saves (the version its formats follow).
@@ -121,6 +124,7 @@ impl SchedulerConfig {
                 SchedulerConfig::EulerAncestral(parse(value, source)?)
             }
             "HeunDiscreteScheduler" => SchedulerConfig::Heun(parse(value, source)?),
+            "DPMSolverMultistepScheduler" => SchedulerConfig::DpmSolver(parse(value, source)?),
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "{source}: unknown scheduler \"_class_name\": \"{other}\" (supported: {})",
@@ -144,6 +148,7 @@ impl SchedulerConfig {
             SchedulerConfig::Euler(_) => "EulerDiscreteScheduler",
             SchedulerConfig::EulerAncestral(_) => "EulerAncestralDiscreteScheduler",
             SchedulerConfig::Heun(_) => "HeunDiscreteScheduler",
+            SchedulerConfig::DpmSolver(_) => "DPMSolverMultistepScheduler",
         }
     }
 
@@ -155,6 +160,7 @@ impl SchedulerConfig {
             SchedulerConfig::Euler(c) => serde_json::to_value(c),
             SchedulerConfig::EulerAncestral(c) => serde_json::to_value(c),
             SchedulerConfig::Heun(c) => serde_json::to_value(c),
+            SchedulerConfig::DpmSolver(c) => serde_json::to_value(c),
         }
         .expect("scheduler configs serialise");
         let map = value.as_object_mut().expect("configs are objects");
@@ -176,6 +182,7 @@ impl SchedulerConfig {
             SchedulerConfig::Euler(c) => Box::new(EulerSampler::new(c.clone())?),
             SchedulerConfig::EulerAncestral(c) => Box::new(EulerAncestralSampler::new(c.clone())?),
             SchedulerConfig::Heun(c) => Box::new(HeunSampler::new(c.clone())?),
+            SchedulerConfig::DpmSolver(c) => Box::new(DpmSolverSampler::new(c.clone())?),
         })
     }
 }
