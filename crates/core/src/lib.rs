@@ -14,6 +14,7 @@ pub mod denoiser;
 pub mod editing;
 pub mod guidance;
 pub mod likelihood;
+pub mod losses;
 pub mod prediction;
 pub mod samplers;
 pub mod schedule;

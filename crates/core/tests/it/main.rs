@@ -3,6 +3,7 @@
 
 mod dpm_solver;
 mod editing;
+mod learning;
 mod likelihood;
 mod prediction;
 mod samplers;
