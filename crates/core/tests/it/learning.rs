@@ -12,7 +12,7 @@ use diffuse_core::samplers::euler::{EulerConfig, EulerSampler};
 use diffuse_core::samplers::euler_ancestral::{EulerAncestralConfig, EulerAncestralSampler};
 use diffuse_core::samplers::heun::{HeunConfig, HeunSampler};
 use diffuse_core::samplers::{sample, Sampler};
-use diffuse_core::schedule::{BetaSchedule, BetaScheduleConfig, NoiseSchedule};
+use diffuse_core::schedule::{BetaScheduleConfig, NoiseSchedule};
 use diffuse_tensor::ema::{Ema, EmaConfig};
 use diffuse_tensor::lr::{LrSchedule, LrScheduleKind};
 use diffuse_tensor::optim::{AdamW, AdamWConfig};
