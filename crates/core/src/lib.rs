@@ -19,6 +19,7 @@ pub mod prediction;
 pub mod samplers;
 pub mod schedule;
 pub mod scheduler_config;
+pub mod vlb;
 
 pub use diffuse_tensor as tensor;
 pub use diffuse_tensor::{Error, Result};

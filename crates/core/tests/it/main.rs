@@ -10,6 +10,7 @@ mod samplers;
 mod scheduler_config;
 mod schedules;
 mod sigma_samplers;
+mod vlb;
 
 /// libtorch's generator is process-global and tests run on several threads: tests whose results
 /// depend on the exact random stream hold this lock.
