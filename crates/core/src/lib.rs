@@ -3,15 +3,18 @@
 //! samplers, guidance, inpainting and likelihood bounds. Built on `diffuse-tensor`; the image,
 //! audio and text crates supply the networks and data.
 //!
-//! What is here so far: [`likelihood`] (Gaussian posteriors, KL, the discretised decoder),
-//! [`prediction`] (epsilon, sample and v parameterisations and their
-//! conversions) and [`schedule`], the discrete-time Gaussian noise schedules of diffusers
-//! (betas, cumulative alphas, zero-terminal-SNR rescaling), their continuous-time view (log-SNR
-//! and sigma at any real t), the inference timestep spacings, and the Karras/exponential sigma
-//! spacings. Schedule maths runs in f64 on the CPU; tensors are made from it once.
+//! What is here: [`schedule`] (diffusers' noise schedules, spacings and their continuous-time
+//! view), [`prediction`] (epsilon / x0 / v and conversions), [`denoiser`] (the network as the maths
+//! sees it), [`samplers`] (one per file, each with diffusers' step API and a loop), [`scheduler_config`]
+//! (diffusers' scheduler_config.json), [`guidance`] and [`editing`] (classifier-free guidance,
+//! inpainting, RePaint, SDEdit), [`losses`] (the denoising objective and its weightings),
+//! [`likelihood`] and [`vlb`] (the variational bound and bits/dim), and [`edm`] (Karras et al.'s
+//! preconditioning, loss and sampler). Schedule maths runs in f64 on the CPU; tensors are made from
+//! it once. The categorical and Poisson processes will sit beside these, not inside them.
 
 pub mod denoiser;
 pub mod editing;
+pub mod edm;
 pub mod guidance;
 pub mod likelihood;
 pub mod losses;

@@ -3,6 +3,7 @@
 
 mod dpm_solver;
 mod editing;
+mod edm;
 mod learning;
 mod likelihood;
 mod prediction;
