@@ -17,7 +17,7 @@ use crate::prediction::PredictionType;
 use crate::samplers::StepInfo;
 use crate::schedule::{karras_sigmas, NoiseSchedule};
 use crate::{Error, Result};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 /// The settings of EDM training and sampling; defaults are the paper's (Table 1, Algorithm 2 with
@@ -44,8 +44,8 @@ pub struct EdmConfig {
     /// Upper end of the churn range; infinite by default (JSON: null, "Infinity" or any number at or
     /// above 1e300 read as infinity; written as 1e308).
     #[serde(
-        deserialize_with = "float_or_infinity",
-        serialize_with = "write_float_or_infinity"
+        deserialize_with = "crate::json_float::null_is_infinity",
+        serialize_with = "crate::json_float::write_finite"
     )]
     pub s_tmax: f64,
     /// S_noise: the added noise's standard deviation relative to the churned sigma increment.
@@ -67,34 +67,6 @@ impl Default for EdmConfig {
             s_noise: 1.0,
         }
     }
-}
-
-fn float_or_infinity<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Number(f64),
-        Text(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(f64::INFINITY),
-        Some(Raw::Number(x)) if x >= 1e300 => Ok(f64::INFINITY),
-        Some(Raw::Number(x)) => Ok(x),
-        Some(Raw::Text(t)) => match t.as_str() {
-            "Infinity" | "inf" => Ok(f64::INFINITY),
-            other => Err(serde::de::Error::custom(format!(
-                "s_tmax must be a number or Infinity, got \"{other}\""
-            ))),
-        },
-    }
-}
-
-/// Infinity is not JSON: write it as 1e308, which reads back as infinity.
-fn write_float_or_infinity<S: serde::Serializer>(
-    x: &f64,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_f64(if *x == f64::INFINITY { 1e308 } else { *x })
 }
 
 impl EdmConfig {

@@ -16,6 +16,7 @@ pub mod denoiser;
 pub mod editing;
 pub mod edm;
 pub mod guidance;
+mod json_float;
 pub mod likelihood;
 pub mod losses;
 pub mod prediction;

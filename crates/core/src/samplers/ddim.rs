@@ -74,17 +74,7 @@ impl DdimSampler {
 
     /// Visit exactly these timesteps (strictly descending, within the training range).
     pub fn set_custom_timesteps(&mut self, timesteps: &[f64]) -> Result<()> {
-        let t_max = (self.schedule.len() - 1) as f64;
-        if timesteps.is_empty() || timesteps.windows(2).any(|w| w[1] >= w[0]) {
-            return Err(Error::InvalidArgument(
-                "custom timesteps must be non-empty and strictly descending".into(),
-            ));
-        }
-        if timesteps[0] > t_max || *timesteps.last().expect("non-empty") < 0.0 {
-            return Err(Error::InvalidArgument(format!(
-                "custom timesteps must lie in [0, {t_max}]"
-            )));
-        }
+        super::check_custom_timesteps(timesteps, self.schedule.len())?;
         self.timesteps = timesteps.to_vec();
         Ok(())
     }

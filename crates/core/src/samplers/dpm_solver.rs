@@ -17,7 +17,7 @@ use crate::schedule::{
     TimestepSpacing,
 };
 use crate::{Error, Result};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use tch::{Kind, Tensor};
 
@@ -109,8 +109,8 @@ pub struct DpmSolverConfig {
     /// Timesteps whose lambda is below this are never visited (for the cosine schedule, whose last
     /// timesteps have near-infinite sigma). -inf (JSON null) keeps every timestep.
     #[serde(
-        deserialize_with = "float_or_minus_infinity",
-        serialize_with = "write_float_or_minus_infinity"
+        deserialize_with = "crate::json_float::null_is_neg_infinity",
+        serialize_with = "crate::json_float::write_finite"
     )]
     pub lambda_min_clipped: f64,
     /// With `learned`/`learned_range` the model outputs 2C channels and only the first C are used;
@@ -118,39 +118,6 @@ pub struct DpmSolverConfig {
     pub variance_type: Option<VarianceType>,
     pub timestep_spacing: TimestepSpacing,
     pub steps_offset: usize,
-}
-
-/// -inf is not JSON. diffusers writes Python's bare `-Infinity` (which
-/// [`crate::scheduler_config::quote_non_finite`] turns into the string "-Infinity"); other writers
-/// give null. All of them, and any number at or below -1e300, read as -inf.
-fn float_or_minus_infinity<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Number(f64),
-        Text(String),
-        Null(()),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None | Some(Raw::Null(())) => Ok(f64::NEG_INFINITY),
-        Some(Raw::Number(x)) if x <= -1e300 => Ok(f64::NEG_INFINITY),
-        Some(Raw::Number(x)) => Ok(x),
-        Some(Raw::Text(t)) => match t.as_str() {
-            "-Infinity" | "-inf" => Ok(f64::NEG_INFINITY),
-            "Infinity" | "inf" => Ok(f64::INFINITY),
-            other => Err(serde::de::Error::custom(format!(
-                "lambda_min_clipped must be a number or -Infinity, got \"{other}\""
-            ))),
-        },
-    }
-}
-
-/// Write -inf as -1e308: valid JSON that diffusers (and diffuse) treat exactly as -inf.
-fn write_float_or_minus_infinity<S: serde::Serializer>(
-    x: &f64,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_f64(if *x == f64::NEG_INFINITY { -1e308 } else { *x })
 }
 
 impl Default for DpmSolverConfig {

@@ -141,6 +141,22 @@ pub fn dynamic_threshold(x0: &Tensor, ratio: f64, max_value: f64) -> Tensor {
     clamped.reshape(&size).to_kind(kind)
 }
 
+/// Custom timesteps must be strictly descending and within [0, num_train - 1].
+pub(crate) fn check_custom_timesteps(timesteps: &[f64], num_train: usize) -> Result<()> {
+    let t_max = (num_train - 1) as f64;
+    if timesteps.is_empty() || timesteps.windows(2).any(|w| w[1] >= w[0]) {
+        return Err(Error::InvalidArgument(
+            "custom timesteps must be non-empty and strictly descending".into(),
+        ));
+    }
+    if timesteps[0] > t_max || *timesteps.last().expect("non-empty") < 0.0 {
+        return Err(Error::InvalidArgument(format!(
+            "custom timesteps must lie in [0, {t_max}]"
+        )));
+    }
+    Ok(())
+}
+
 /// The index of `t` in `timesteps` (the samplers step along the list, never by arithmetic on t).
 pub(crate) fn index_of(timesteps: &[f64], t: f64) -> Result<usize> {
     timesteps.iter().position(|&s| s == t).ok_or_else(|| {

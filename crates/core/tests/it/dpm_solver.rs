@@ -1,6 +1,7 @@
 //! DPM-Solver multistep against diffusers 0.42.1 (`tests/golden/make_dpm_golden.py`): the dummy
 //! model of make_sampler_golden.py, the same seeded noise, every intermediate sample compared.
 
+use crate::floats;
 use diffuse_core::denoiser::FnDenoiser;
 use diffuse_core::prediction::PredictionType;
 use diffuse_core::samplers::dpm_solver::{DpmSolverConfig, DpmSolverSampler, FinalSigmasType};
@@ -11,14 +12,6 @@ use tch::{Device, Kind, Tensor};
 
 fn golden() -> Value {
     serde_json::from_str(include_str!("../golden/dpm_solver.json")).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 fn to_vec(t: &Tensor) -> Vec<f64> {

@@ -2,6 +2,7 @@
 //! model, the same seeded noise, every intermediate sample within 1e-5 (f32; diffuse computes the
 //! coefficients in f64, diffusers in f32).
 
+use crate::floats;
 use diffuse_core::denoiser::{Denoiser, FnDenoiser};
 use diffuse_core::prediction::PredictionType;
 use diffuse_core::samplers::ddim::{DdimConfig, DdimSampler};
@@ -12,14 +13,6 @@ use tch::{Device, Kind, Tensor};
 
 fn golden() -> Value {
     serde_json::from_str(include_str!("../golden/samplers.json")).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 /// The dummy model of make_sampler_golden.py.

@@ -5,6 +5,7 @@
 //! 1 - ratio of cumulative alphas when rescaling to zero SNR) its own error is ~1e-7 absolute,
 //! which the atol covers; timesteps are integers and match exactly.
 
+use crate::floats;
 use diffuse_core::schedule::{
     exponential_sigmas, karras_sigmas, linspace, spaced_timesteps, BetaScheduleConfig,
     NoiseSchedule, TimestepSpacing,
@@ -15,14 +16,6 @@ use std::sync::OnceLock;
 fn golden() -> &'static Value {
     static G: OnceLock<Value> = OnceLock::new();
     G.get_or_init(|| serde_json::from_str(include_str!("../golden/schedules.json")).unwrap())
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 /// Largest |a - b| / (atol + rtol |b|): at most 1 when every value is within tolerance.

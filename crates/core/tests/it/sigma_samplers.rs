@@ -7,6 +7,7 @@
 //! f32 sigmas (measured ~2e-5 relative, ~4e-4 at the Karras/exponential endpoints; see schedules.rs);
 //! measured worst: 1e-7 for the step maths, 1.8e-5 for the pipelines.
 
+use crate::floats;
 use diffuse_core::denoiser::FnDenoiser;
 use diffuse_core::samplers::euler::{EulerConfig, EulerSampler};
 use diffuse_core::samplers::euler_ancestral::{EulerAncestralConfig, EulerAncestralSampler};
@@ -14,14 +15,6 @@ use diffuse_core::samplers::heun::{HeunConfig, HeunSampler};
 use diffuse_core::samplers::{sample, Sampler};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
 
 fn dummy(x: &Tensor, t: &Tensor) -> Tensor {
     let tt = t.view([-1, 1, 1, 1]);
