@@ -10,7 +10,9 @@
 
 use crate::denoiser::Denoiser;
 use crate::prediction::PredictionType;
+use crate::samplers::ddpm::VarianceType;
 use crate::schedule::NoiseSchedule;
+use crate::vlb::{hybrid_terms, VlbTables};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -67,6 +69,25 @@ pub struct ObjectiveConfig {
     /// Offset noise (Guttenberg 2023): add this times per-channel constant noise, so the model
     /// learns to change an image's mean brightness. 0 disables it; 0.1 is the usual value.
     pub offset_noise: f64,
+    /// Train a learned variance with the hybrid loss (model outputs 2C channels).
+    pub learned_variance: Option<LearnedVariance>,
+}
+
+/// The hybrid objective's settings: which learned variance, and the bound's weight lambda.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LearnedVariance {
+    pub variance_type: VarianceType,
+    pub lambda: f64,
+}
+
+impl Default for LearnedVariance {
+    fn default() -> Self {
+        LearnedVariance {
+            variance_type: VarianceType::LearnedRange,
+            lambda: 0.001,
+        }
+    }
 }
 
 impl Default for ObjectiveConfig {
@@ -76,6 +97,7 @@ impl Default for ObjectiveConfig {
             weighting: Weighting::Uniform,
             timestep_sampling: TimestepSampling::Uniform,
             offset_noise: 0.0,
+            learned_variance: None,
         }
     }
 }
@@ -134,6 +156,7 @@ pub struct Objective {
     pub config: ObjectiveConfig,
     schedule: NoiseSchedule,
     resampler: Option<LossSecondMoment>,
+    vlb: Option<VlbTables>,
 }
 
 /// What one loss evaluation drew and computed (for logging and tests).
@@ -166,10 +189,22 @@ impl Objective {
         }
         let resampler = (config.timestep_sampling == TimestepSampling::LossSecondMoment)
             .then(|| LossSecondMoment::new(schedule.len()));
+        if let Some(lv) = &config.learned_variance {
+            if !lv.variance_type.is_learned() || lv.lambda.is_nan() || lv.lambda < 0.0 {
+                return Err(Error::InvalidArgument(format!(
+                    "learned variance needs variance type learned or learned_range and lambda >= 0, got {:?} and {}",
+                    lv.variance_type, lv.lambda
+                )));
+            }
+        }
+        let vlb = config
+            .learned_variance
+            .map(|_| VlbTables::new(schedule.clone()));
         Ok(Objective {
             config,
             schedule,
             resampler,
+            vlb,
         })
     }
 
@@ -232,16 +267,38 @@ impl Objective {
             .to_kind(Kind::Float)
             .to_device(x0.device());
         let pred = model.forward(&x_t, &t_in);
-        if pred.size() != size {
-            return Err(Error::InvalidArgument(format!(
-                "the model returned shape {:?} for inputs of shape {size:?}",
-                pred.size()
-            )));
-        }
-        let dims: Vec<i64> = (1..size.len() as i64).collect();
-        let mse = (pred - target)
-            .square()
-            .mean_dim(Some(dims.as_slice()), false, Kind::Float);
+        let (mse, vb) = match (&self.vlb, self.config.learned_variance) {
+            (Some(tables), Some(lv)) => {
+                let (mse, vb) = hybrid_terms(
+                    tables,
+                    &pred,
+                    &target,
+                    x0,
+                    &x_t,
+                    &timesteps,
+                    p,
+                    lv.variance_type,
+                )?;
+                (mse, Some(vb * (lv.lambda * self.schedule.len() as f64)))
+            }
+            _ => {
+                if pred.size() != size {
+                    return Err(Error::InvalidArgument(format!(
+                        "the model returned shape {:?} for inputs of shape {size:?}",
+                        pred.size()
+                    )));
+                }
+                let dims: Vec<i64> = (1..size.len() as i64).collect();
+                (
+                    pred.g_sub(&target).square().mean_dim(
+                        Some(dims.as_slice()),
+                        false,
+                        Kind::Float,
+                    ),
+                    None,
+                )
+            }
+        };
         let weights: Vec<f64> = timesteps
             .iter()
             .zip(&importance)
@@ -253,7 +310,10 @@ impl Objective {
         let weights = Tensor::from_slice(&weights)
             .to_kind(Kind::Float)
             .to_device(x0.device());
-        let per_example = &mse * weights;
+        let mut per_example = &mse * weights;
+        if let Some(vb) = vb {
+            per_example += vb;
+        }
         let values = Vec::<f64>::try_from(
             per_example
                 .detach()

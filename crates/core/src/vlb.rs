@@ -241,12 +241,11 @@ pub fn bits_per_dim(
     Ok(total.to_device(Device::Cpu))
 }
 
-/// The hybrid objective of Nichol & Dhariwal 2021 (eq. 16) for a model with learned variance:
-/// mean squared error on the model's target plus `lambda` times the bound's term at the drawn
-/// timestep, scaled by T (the bound sums T such terms), with gradients of the bound term reaching
-/// only the variance channels. lambda = 0.001 is the paper's. Returns the scalar loss.
+/// The two parts of the hybrid objective of Nichol & Dhariwal 2021 (eq. 16) for a model with
+/// learned variance, per example: (mean squared error of the mean channels on `target`, the bound's
+/// term at each example's timestep in bits/dim with gradients reaching only the variance channels).
 #[allow(clippy::too_many_arguments)]
-pub fn hybrid_loss(
+pub fn hybrid_terms(
     tables: &VlbTables,
     output: &Tensor,
     target: &Tensor,
@@ -255,14 +254,20 @@ pub fn hybrid_loss(
     timesteps: &[i64],
     prediction: PredictionType,
     variance: VarianceType,
-    lambda: f64,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Tensor)> {
     if !variance.is_learned() {
         return Err(Error::InvalidArgument(format!(
             "the hybrid loss trains a learned variance; variance type {variance:?} has none"
         )));
     }
     let channels = x0.size()[1];
+    if output.size()[1] != 2 * channels {
+        return Err(Error::InvalidArgument(format!(
+            "a learned-variance model must output {} channels (mean and variance), got {}",
+            2 * channels,
+            output.size()[1]
+        )));
+    }
     let parts = output.split(channels, 1);
     let (mean_out, var_out) = (&parts[0], &parts[1]);
     let dims: Vec<i64> = (1..x0.dim() as i64).collect();
@@ -275,6 +280,26 @@ pub fn hybrid_loss(
     let vb = tables
         .term_bpd(&frozen, x0, x_t, &t, prediction, variance, false)?
         .to_kind(Kind::Float);
+    Ok((mse, vb))
+}
+
+/// The hybrid loss L_simple + lambda L_vlb (Nichol & Dhariwal 2021, eq. 16): the bound's term at the
+/// drawn timestep is scaled by T because the bound sums T such terms; lambda = 0.001 is the paper's.
+#[allow(clippy::too_many_arguments)]
+pub fn hybrid_loss(
+    tables: &VlbTables,
+    output: &Tensor,
+    target: &Tensor,
+    x0: &Tensor,
+    x_t: &Tensor,
+    timesteps: &[i64],
+    prediction: PredictionType,
+    variance: VarianceType,
+    lambda: f64,
+) -> Result<Tensor> {
+    let (mse, vb) = hybrid_terms(
+        tables, output, target, x0, x_t, timesteps, prediction, variance,
+    )?;
     let scale = lambda * tables.schedule().len() as f64;
     Ok((mse + vb * scale).mean(Kind::Float))
 }
