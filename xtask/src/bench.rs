@@ -34,6 +34,10 @@ pub const BENCHES: &[Bench] = &[
         name: "train_step",
         description: "forward+backward+AdamW step of a small conv net",
     },
+    Bench {
+        name: "sampler_step",
+        description: "per-step overhead of each sampler, model excluded, beside one forward of a 1M-parameter conv net",
+    },
 ];
 
 /// The pip requirements of the Python reference environment; torch is not among them (setup's is reused).
