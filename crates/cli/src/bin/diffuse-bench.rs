@@ -93,28 +93,78 @@ fn bench_train_step(device: Device) -> Result<()> {
 /// A 1.04M-parameter stack of 3x3 convolutions (3 -> 128, 7 x 128 -> 128, 128 -> 3): the model
 /// the sampler overhead is compared with.
 fn reference_net(p: &nn::Path) -> nn::SequentialT {
-    let conv = |name: String, i, o| nn::conv2d(p / name, i, o, 3, nn::ConvConfig { padding: 1, ..Default::default() });
-    let mut net = nn::seq_t().add(conv("in".into(), 3, 128)).add_fn(|x| x.silu());
+    let conv = |name: String, i, o| {
+        nn::conv2d(
+            p / name,
+            i,
+            o,
+            3,
+            nn::ConvConfig {
+                padding: 1,
+                ..Default::default()
+            },
+        )
+    };
+    let mut net = nn::seq_t()
+        .add(conv("in".into(), 3, 128))
+        .add_fn(|x| x.silu());
     for i in 0..7 {
-        net = net.add(conv(format!("c{i}"), 128, 128)).add_fn(|x| x.silu());
+        net = net
+            .add(conv(format!("c{i}"), 128, 128))
+            .add_fn(|x| x.silu());
     }
     net.add(conv("out".into(), 128, 3))
 }
+
+/// Builds a fresh sampler for each timed loop.
+type SamplerFactory = Box<dyn Fn() -> Result<Box<dyn diffuse_core::samplers::Sampler>>>;
 
 fn bench_sampler_step(device: Device) -> Result<()> {
     use diffuse_core::samplers::{ddim, ddpm, dpm_solver, euler, euler_ancestral, heun, Sampler};
     let shape = [16i64, 3, 32, 32];
     let steps = 50;
-    let samplers: Vec<(&str, Box<dyn Fn() -> Result<Box<dyn Sampler>>>)> = vec![
-        ("ddpm", Box::new(|| Ok(Box::new(ddpm::DdpmSampler::new(Default::default())?) as Box<dyn Sampler>))),
-        ("ddim", Box::new(|| Ok(Box::new(ddim::DdimSampler::new(Default::default())?) as Box<dyn Sampler>))),
-        ("euler", Box::new(|| Ok(Box::new(euler::EulerSampler::new(Default::default())?) as Box<dyn Sampler>))),
+    let samplers: Vec<(&str, SamplerFactory)> = vec![
+        (
+            "ddpm",
+            Box::new(|| {
+                Ok(Box::new(ddpm::DdpmSampler::new(Default::default())?) as Box<dyn Sampler>)
+            }),
+        ),
+        (
+            "ddim",
+            Box::new(|| {
+                Ok(Box::new(ddim::DdimSampler::new(Default::default())?) as Box<dyn Sampler>)
+            }),
+        ),
+        (
+            "euler",
+            Box::new(|| {
+                Ok(Box::new(euler::EulerSampler::new(Default::default())?) as Box<dyn Sampler>)
+            }),
+        ),
         (
             "euler_ancestral",
-            Box::new(|| Ok(Box::new(euler_ancestral::EulerAncestralSampler::new(Default::default())?) as Box<dyn Sampler>)),
+            Box::new(|| {
+                Ok(Box::new(euler_ancestral::EulerAncestralSampler::new(
+                    Default::default(),
+                )?) as Box<dyn Sampler>)
+            }),
         ),
-        ("heun", Box::new(|| Ok(Box::new(heun::HeunSampler::new(Default::default())?) as Box<dyn Sampler>))),
-        ("dpm++2m", Box::new(|| Ok(Box::new(dpm_solver::DpmSolverSampler::new(Default::default())?) as Box<dyn Sampler>))),
+        (
+            "heun",
+            Box::new(|| {
+                Ok(Box::new(heun::HeunSampler::new(Default::default())?) as Box<dyn Sampler>)
+            }),
+        ),
+        (
+            "dpm++2m",
+            Box::new(|| {
+                Ok(
+                    Box::new(dpm_solver::DpmSolverSampler::new(Default::default())?)
+                        as Box<dyn Sampler>,
+                )
+            }),
+        ),
     ];
     tch::manual_seed(0);
     let x0 = Tensor::randn(shape, (Kind::Float, device));
@@ -140,16 +190,32 @@ fn bench_sampler_step(device: Device) -> Result<()> {
         if let Some(e) = failed {
             return Err(e);
         }
-        let evaluations = if *name == "heun" { 2 * steps - 1 } else { steps };
-        emit(&format!("{name} step, b16 3x32x32"), ms / evaluations as f64, &format!("{evaluations} steps per loop"));
+        let evaluations = if *name == "heun" {
+            2 * steps - 1
+        } else {
+            steps
+        };
+        emit(
+            &format!("{name} step, b16 3x32x32"),
+            ms / evaluations as f64,
+            &format!("{evaluations} steps per loop"),
+        );
     }
     let vs = VarStore::new(device);
     let net = reference_net(&vs.root());
-    let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
     let ms = time_ms(device, 1, 3, Duration::from_secs(3), || {
         let _ = tch::no_grad(|| net.forward_t(&x0, false));
     });
-    emit("conv net forward (reference model), b16 3x32x32", ms, &format!("{:.2}M parameters", params as f64 / 1e6));
+    emit(
+        "conv net forward (reference model), b16 3x32x32",
+        ms,
+        &format!("{:.2}M parameters", params as f64 / 1e6),
+    );
     Ok(())
 }
 
@@ -177,8 +243,12 @@ fn run() -> Result<()> {
         Some("matmul") => bench_matmul(device),
         Some("train_step") => bench_train_step(device)?,
         Some("sampler_step") => bench_sampler_step(device)?,
-        Some(other) => bail!("unknown benchmark '{other}': expected matmul, train_step or sampler_step"),
-        None => bail!("usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step)"),
+        Some(other) => {
+            bail!("unknown benchmark '{other}': expected matmul, train_step or sampler_step")
+        }
+        None => bail!(
+            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step)"
+        ),
     }
     Ok(())
 }
