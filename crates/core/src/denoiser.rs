@@ -10,6 +10,18 @@ use tch::Tensor;
 pub trait Denoiser {
     fn forward(&self, x_t: &Tensor, t: &Tensor) -> Tensor;
     fn prediction_type(&self) -> PredictionType;
+
+    /// Whether the network also takes its own previous estimate of x0 (self-conditioning,
+    /// Chen et al. 2022, "Analog Bits", sec. 3.2). Samplers and the objective then call
+    /// [`Denoiser::forward_self_cond`] instead of [`Denoiser::forward`].
+    fn self_conditioning(&self) -> bool {
+        false
+    }
+
+    /// Forward given the previous x0 estimate `x0_prev` (zeros when there is none yet).
+    fn forward_self_cond(&self, x_t: &Tensor, t: &Tensor, _x0_prev: &Tensor) -> Tensor {
+        self.forward(x_t, t)
+    }
 }
 
 /// A denoiser from a closure, for tests, examples and wrapping models.

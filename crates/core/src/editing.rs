@@ -102,10 +102,14 @@ pub fn inpaint(
     }
     let mut x = keep(&x_t, level_of(sampler, 0)?);
     let mut done = 0;
+    let mut x0_prev: Option<Tensor> = None;
     sampler.start_at(0)?;
     for (count, forward) in moves.into_iter().enumerate() {
         if forward {
-            let (next, _) = model_step(sampler, model, &x, timesteps[done])?;
+            let (next, pred) = model_step(sampler, model, &x, timesteps[done], x0_prev.as_ref())?;
+            if model.self_conditioning() {
+                x0_prev = Some(pred);
+            }
             done += 1;
             x = keep(&next, level_of(sampler, done)?);
         } else {

@@ -71,6 +71,9 @@ pub struct ObjectiveConfig {
     pub offset_noise: f64,
     /// Train a learned variance with the hybrid loss (model outputs 2C channels).
     pub learned_variance: Option<LearnedVariance>,
+    /// Self-conditioning (Chen et al. 2022): on half the batches, first estimate x0 without
+    /// gradients and feed it back; the model must report `self_conditioning()`.
+    pub self_conditioning: bool,
 }
 
 /// The hybrid objective's settings: which learned variance, and the bound's weight lambda.
@@ -98,6 +101,7 @@ impl Default for ObjectiveConfig {
             timestep_sampling: TimestepSampling::Uniform,
             offset_noise: 0.0,
             learned_variance: None,
+            self_conditioning: false,
         }
     }
 }
@@ -212,6 +216,37 @@ impl Objective {
         &self.schedule
     }
 
+    /// Chen et al. 2022, algorithm 1: with probability 1/2 the model first sees zeros as its
+    /// previous estimate, and its x0 estimate (no gradient) is fed back for the pass that is trained.
+    fn self_conditioned_forward(
+        &self,
+        model: &dyn Denoiser,
+        x_t: &Tensor,
+        t: &Tensor,
+        alpha: &Tensor,
+        sigma: &Tensor,
+    ) -> Result<Tensor> {
+        if !model.self_conditioning() {
+            return Err(Error::InvalidArgument(
+                "self-conditioning was asked for, but the model takes no previous x0 estimate"
+                    .into(),
+            ));
+        }
+        let zeros = x_t.zeros_like();
+        let use_estimate = Tensor::rand([1], (Kind::Float, Device::Cpu)).double_value(&[0]) < 0.5;
+        if !use_estimate {
+            return Ok(model.forward_self_cond(x_t, t, &zeros));
+        }
+        let channels = x_t.size()[1];
+        let first = tch::no_grad(|| model.forward_self_cond(x_t, t, &zeros)).narrow(1, 0, channels);
+        let x0_estimate = self
+            .config
+            .prediction_type
+            .to_x0(&first, x_t, alpha, sigma)
+            .detach();
+        Ok(model.forward_self_cond(x_t, t, &x0_estimate))
+    }
+
     /// Draw timesteps for a batch: (timesteps, importance weights 1 / (T p_t)).
     fn draw_timesteps(&self, batch: i64) -> (Vec<i64>, Vec<f64>) {
         let n = self.schedule.len();
@@ -266,7 +301,11 @@ impl Objective {
         let t_in = Tensor::from_slice(&t_f64)
             .to_kind(Kind::Float)
             .to_device(x0.device());
-        let pred = model.forward(&x_t, &t_in);
+        let pred = if self.config.self_conditioning {
+            self.self_conditioned_forward(model, &x_t, &t_in, &alpha, &sigma)?
+        } else {
+            model.forward(&x_t, &t_in)
+        };
         let (mse, vb) = match (&self.vlb, self.config.learned_variance) {
             (Some(tables), Some(lv)) => {
                 let (mse, vb) = hybrid_terms(

@@ -98,9 +98,13 @@ pub fn sample_from(
     }
     sampler.start_at(start)?;
     let mut x = x;
+    let mut x0_prev: Option<Tensor> = None;
     for (index, &t) in timesteps.iter().enumerate().skip(start) {
-        let (next, pred) = model_step(sampler, model, &x, t)?;
+        let (next, pred) = model_step(sampler, model, &x, t, x0_prev.as_ref())?;
         x = next;
+        if model.self_conditioning() {
+            x0_prev = Some(pred.shallow_clone());
+        }
         on_step(&StepInfo {
             index,
             total: timesteps.len(),
@@ -113,15 +117,31 @@ pub fn sample_from(
 }
 
 /// One model evaluation and sampler step at timestep `t`: (next sample, predicted x0).
+/// A self-conditioned model gets `x0_prev`, the previous step's x0 estimate (zeros at the start).
 pub(crate) fn model_step(
     sampler: &mut dyn Sampler,
     model: &dyn Denoiser,
     x: &Tensor,
     t: f64,
+    x0_prev: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
     let input = sampler.scale_model_input(x, t);
     let t_batch = Tensor::full([x.size()[0]], t, (Kind::Float, x.device()));
-    let output = tch::no_grad(|| model.forward(&input, &t_batch));
+    let output = tch::no_grad(|| {
+        if model.self_conditioning() {
+            let zeros;
+            let prev = match x0_prev {
+                Some(p) => p,
+                None => {
+                    zeros = x.zeros_like();
+                    &zeros
+                }
+            };
+            model.forward_self_cond(&input, &t_batch, prev)
+        } else {
+            model.forward(&input, &t_batch)
+        }
+    });
     let step = sampler.step(&output, t, x)?;
     Ok((step.prev_sample, step.pred_original_sample))
 }

@@ -10,6 +10,7 @@ mod prediction;
 mod samplers;
 mod scheduler_config;
 mod schedules;
+mod self_conditioning;
 mod sigma_samplers;
 mod vlb;
 
