@@ -9,7 +9,8 @@
 //! (diffusers' scheduler_config.json), [`guidance`] and [`editing`] (classifier-free guidance,
 //! inpainting, RePaint, SDEdit), [`losses`] (the denoising objective and its weightings),
 //! [`likelihood`] and [`vlb`] (the variational bound and bits/dim), and [`edm`] (Karras et al.'s
-//! preconditioning, loss and sampler). Schedule maths runs in f64 on the CPU; tensors are made from
+//! preconditioning, loss and sampler), and [`toy`] (2-D data with known modes and a small MLP, for
+//! learning tests and benchmarks). Schedule maths runs in f64 on the CPU; tensors are made from
 //! it once. The categorical and Poisson processes will sit beside these, not inside them.
 
 pub mod denoiser;
@@ -23,6 +24,7 @@ pub mod prediction;
 pub mod samplers;
 pub mod schedule;
 pub mod scheduler_config;
+pub mod toy;
 pub mod vlb;
 
 pub use diffuse_tensor as tensor;
