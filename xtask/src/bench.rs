@@ -38,6 +38,10 @@ pub const BENCHES: &[Bench] = &[
         name: "sampler_step",
         description: "per-step overhead of each sampler, model excluded, beside one forward of a 1M-parameter conv net",
     },
+    Bench {
+        name: "sampler_quality",
+        description: "8-Gaussian mixture, one trained MLP: quality per model evaluation, diffuse's samplers vs diffusers' (CPU only)",
+    },
 ];
 
 /// The pip requirements of the Python reference environment; torch is not among them (setup's is reused).
@@ -125,7 +129,13 @@ pub fn match_cases(diffuse: &[Case], torch: &[Case]) -> Vec<Row> {
                 case: d.case.clone(),
                 diffuse_ms: Some(d.ms),
                 torch_ms: t.map(|t| t.ms),
-                work: d.work.clone().or_else(|| t.and_then(|t| t.work.clone())),
+                // Where the two sides describe their result differently (e.g. sample quality), show both.
+                work: match (d.work.clone(), t.and_then(|t| t.work.clone())) {
+                    (Some(dw), Some(tw)) if dw != tw => {
+                        Some(format!("diffuse: {dw}; PyTorch: {tw}"))
+                    }
+                    (dw, tw) => dw.or(tw),
+                },
             }
         })
         .collect();

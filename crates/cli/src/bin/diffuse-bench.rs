@@ -219,6 +219,121 @@ fn bench_sampler_step(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// Where benchmarks leave files for their Python peer: target/bench-cache (beside target/release).
+fn bench_cache() -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().context("locating diffuse-bench")?;
+    let target = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .context("diffuse-bench is not inside target/")?;
+    let dir = target.join("bench-cache");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Quality per model evaluation on the 8-Gaussian mixture: one MLP trained here (and saved for the
+/// peer, which runs diffusers' schedulers on the same weights), sampled by DPM-Solver++ 2M and Heun
+/// at 10 and 20 steps and by DDPM at 1000; mode-mass error and MMD^2 against held-out data.
+fn bench_sampler_quality() -> Result<()> {
+    use diffuse_core::samplers::{ddpm, dpm_solver, heun, sample, Sampler};
+    use diffuse_core::schedule::{BetaScheduleConfig, NoiseSchedule};
+    use diffuse_core::toy::{mmd2, mode_mass_error, train_toy, ToyData};
+    let data = ToyData::EightGaussians;
+    tch::manual_seed(1);
+    let (vs, model) = train_toy(
+        data,
+        NoiseSchedule::new(&BetaScheduleConfig::default())?,
+        Default::default(),
+        3000,
+    )?;
+    let weights = bench_cache()?.join("toy_mixture_mlp.safetensors");
+    diffuse_tensor::weights::save_var_store(&vs, &weights, None)?;
+    tch::manual_seed(3);
+    let reference = data.sample(2000);
+    let cases: Vec<(&str, usize, SamplerFactory)> = vec![
+        (
+            "dpm++2m",
+            10,
+            Box::new(|| {
+                Ok(
+                    Box::new(dpm_solver::DpmSolverSampler::new(Default::default())?)
+                        as Box<dyn Sampler>,
+                )
+            }),
+        ),
+        (
+            "dpm++2m",
+            20,
+            Box::new(|| {
+                Ok(
+                    Box::new(dpm_solver::DpmSolverSampler::new(Default::default())?)
+                        as Box<dyn Sampler>,
+                )
+            }),
+        ),
+        (
+            "heun",
+            10,
+            Box::new(|| Ok(Box::new(heun::HeunSampler::new(linear_heun())?) as Box<dyn Sampler>)),
+        ),
+        (
+            "heun",
+            20,
+            Box::new(|| Ok(Box::new(heun::HeunSampler::new(linear_heun())?) as Box<dyn Sampler>)),
+        ),
+        (
+            "ddpm",
+            1000,
+            Box::new(|| {
+                let config = ddpm::DdpmConfig {
+                    clip_sample: false,
+                    ..Default::default()
+                };
+                Ok(Box::new(ddpm::DdpmSampler::new(config)?) as Box<dyn Sampler>)
+            }),
+        ),
+    ];
+    for (name, steps, make) in cases {
+        // One untimed run, then the fastest of 3 identical seeded runs (single runs of tens of ms
+        // are noisy here, and the first sampling after training ran measurably slower).
+        let mut best = f64::INFINITY;
+        let mut result = None;
+        for run in 0..4 {
+            let mut sampler = make()?;
+            sampler.set_timesteps(steps)?;
+            tch::manual_seed(2);
+            let x =
+                Tensor::randn([2000, 2], (Kind::Float, Device::Cpu)) * sampler.init_noise_sigma();
+            let start = std::time::Instant::now();
+            let out = sample(sampler.as_mut(), &model, x, |_| {})?;
+            if run > 0 {
+                best = best.min(start.elapsed().as_secs_f64() * 1e3);
+            }
+            result = Some((out, sampler.timesteps().len()));
+        }
+        let (out, evaluations) = result.expect("four runs");
+        let ms = best;
+        let (masses, _) = data.mode_masses(&out);
+        let work = format!(
+            "{evaluations} evaluations, mode-mass error {:.1}%, MMD^2 {:.2e}",
+            100.0 * mode_mass_error(&masses),
+            mmd2(&out, &reference, 0.2)
+        );
+        emit(&format!("{name} {steps} steps"), ms, &work);
+    }
+    Ok(())
+}
+
+/// Heun on the linear 1e-4..0.02 schedule the toy model was trained with (Heun's own default
+/// betas differ).
+fn linear_heun() -> diffuse_core::samplers::heun::HeunConfig {
+    diffuse_core::samplers::heun::HeunConfig {
+        beta_start: 0.0001,
+        beta_end: 0.02,
+        ..Default::default()
+    }
+}
+
 fn main() -> std::process::ExitCode {
     diffuse_cli::report(run())
 }
@@ -243,11 +358,12 @@ fn run() -> Result<()> {
         Some("matmul") => bench_matmul(device),
         Some("train_step") => bench_train_step(device)?,
         Some("sampler_step") => bench_sampler_step(device)?,
+        Some("sampler_quality") => bench_sampler_quality()?,
         Some(other) => {
-            bail!("unknown benchmark '{other}': expected matmul, train_step or sampler_step")
+            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step or sampler_quality")
         }
         None => bail!(
-            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step)"
+            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality)"
         ),
     }
     Ok(())
