@@ -221,6 +221,14 @@ pub trait SigmaDenoiser {
     fn denoise(&self, x: &Tensor, sigma: &Tensor) -> Tensor;
 }
 
+/// A borrowed denoiser is a denoiser too (one network can serve `edm_sample` and the
+/// [`EdmAsEpsilon`] bridge at once).
+impl<T: SigmaDenoiser + ?Sized> SigmaDenoiser for &T {
+    fn denoise(&self, x: &Tensor, sigma: &Tensor) -> Tensor {
+        (**self).denoise(x, sigma)
+    }
+}
+
 /// D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (Table 1, eq. 7).
 pub struct EdmDenoiser<N> {
     pub net: N,
