@@ -241,6 +241,50 @@ pub fn bits_per_dim(
     Ok(total.to_device(Device::Cpu))
 }
 
+/// Bits per dimension of a whole dataset (improved-diffusion's evaluation protocol): the full bound
+/// of every batch, averaged over examples, with a progress bar over batches x timesteps (drawn on
+/// stderr when it is a terminal) and a log line per batch. `total_examples` sizes the bar.
+pub fn dataset_bits_per_dim(
+    tables: &VlbTables,
+    model: &dyn Denoiser,
+    batches: impl IntoIterator<Item = Tensor>,
+    total_examples: Option<u64>,
+    variance: VarianceType,
+) -> Result<f64> {
+    let t = tables.schedule().len() as u64;
+    let bar = diffuse_tensor::progress::progress_bar(
+        total_examples.map_or(0, |n| n * t),
+        "bits/dim",
+        "term",
+    );
+    let (mut sum, mut count) = (0.0, 0usize);
+    for (index, batch) in batches.into_iter().enumerate() {
+        let size = batch.size()[0] as u64;
+        let per_example = bits_per_dim(tables, model, &batch, variance, |_| bar.inc(size))?;
+        let values =
+            Vec::<f64>::try_from(per_example.to_kind(Kind::Double)).expect("per-example bits/dim");
+        sum += values.iter().sum::<f64>();
+        count += values.len();
+        tracing::info!(
+            batch = index,
+            examples = count,
+            bits_per_dim = sum / count as f64,
+            "bits/dim"
+        );
+        bar.set_message(format!(
+            "{:.4} bits/dim over {count} examples",
+            sum / count as f64
+        ));
+    }
+    bar.finish();
+    if count == 0 {
+        return Err(Error::InvalidArgument(
+            "bits/dim of an empty dataset".into(),
+        ));
+    }
+    Ok(sum / count as f64)
+}
+
 /// The two parts of the hybrid objective of Nichol & Dhariwal 2021 (eq. 16) for a model with
 /// learned variance, per example: (mean squared error of the mean channels on `target`, the bound's
 /// term at each example's timestep in bits/dim with gradients reaching only the variance channels).

@@ -5,7 +5,7 @@ use diffuse_core::denoiser::FnDenoiser;
 use diffuse_core::prediction::PredictionType;
 use diffuse_core::samplers::ddpm::VarianceType;
 use diffuse_core::schedule::NoiseSchedule;
-use diffuse_core::vlb::{bits_per_dim, hybrid_loss, VlbTables};
+use diffuse_core::vlb::{bits_per_dim, dataset_bits_per_dim, hybrid_loss, VlbTables};
 use tch::{Device, Kind, Tensor};
 
 const S0: f64 = 0.5;
@@ -156,4 +156,43 @@ fn hybrid_loss_trains_only_the_variance_through_the_bound() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("learned variance"), "{err}");
+}
+
+#[test]
+fn dataset_bits_per_dim_averages_the_batches() {
+    let _rng = crate::rng_lock();
+    let schedule = NoiseSchedule::new(&Default::default()).unwrap();
+    let tables = VlbTables::new(schedule);
+    let zero = FnDenoiser {
+        f: |x: &Tensor, _t: &Tensor| x.zeros_like(),
+        prediction_type: PredictionType::Epsilon,
+    };
+    tch::manual_seed(34);
+    let data =
+        (Tensor::rand([12, 1, 2, 2], (Kind::Float, Device::Cpu)) * 255.0).round() / 127.5 - 1.0;
+    let batches: Vec<Tensor> = data.split(4, 0);
+    tch::manual_seed(35);
+    let whole =
+        dataset_bits_per_dim(&tables, &zero, batches, Some(12), VarianceType::FixedSmall).unwrap();
+    tch::manual_seed(35);
+    let mut per_batch = 0.0;
+    for batch in data.split(4, 0) {
+        per_batch += bits_per_dim(&tables, &zero, &batch, VarianceType::FixedSmall, |_| {})
+            .unwrap()
+            .sum(Kind::Double)
+            .double_value(&[]);
+    }
+    assert!(
+        (whole - per_batch / 12.0).abs() < 1e-9,
+        "{whole} vs {}",
+        per_batch / 12.0
+    );
+    assert!(dataset_bits_per_dim(
+        &tables,
+        &zero,
+        Vec::<Tensor>::new(),
+        None,
+        VarianceType::FixedSmall
+    )
+    .is_err());
 }
