@@ -45,6 +45,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    diffuse_tensor::runtime::tune_allocator();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     report(run(cli))

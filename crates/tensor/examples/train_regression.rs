@@ -35,6 +35,7 @@ impl TrainTask for SineTask {
 }
 
 fn main() -> anyhow::Result<()> {
+    diffuse_tensor::runtime::tune_allocator();
     let mut args = std::env::args().skip(1);
     let run_dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "out/regression".into()));
     let resume = args.any(|a| a == "--resume");

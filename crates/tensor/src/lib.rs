@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod optim;
 pub mod precision;
 pub mod progress;
+pub mod runtime;
 pub mod seed;
 pub mod train;
 pub mod weights;

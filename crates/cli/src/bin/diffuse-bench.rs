@@ -335,6 +335,7 @@ fn linear_heun() -> diffuse_core::samplers::heun::HeunConfig {
 }
 
 fn main() -> std::process::ExitCode {
+    diffuse_tensor::runtime::tune_allocator();
     diffuse_cli::report(run())
 }
 
