@@ -3,11 +3,13 @@
 //! (sigma_{i+1} - sigma_i). The churn follows diffusers (noise added inside the step, after the
 //! model saw the un-churned sample).
 
-use super::sigmas::{euler_sigmas, init_noise_sigma, x0_from_ve, FinalSigma, SigmaOptions};
+use super::sigmas::{
+    euler_sigmas, init_noise_sigma, x0_from_ve, FinalSigma, SigmaOptions, SigmaSteps,
+};
 use super::{Sampler, StepOutput};
 use crate::prediction::PredictionType;
 use crate::schedule::{BetaScheduleConfig, NoiseSchedule, TimestepSpacing};
-use crate::{Error, Result};
+use crate::Result;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -55,9 +57,7 @@ impl EulerConfig {
 pub struct EulerSampler {
     config: EulerConfig,
     schedule: NoiseSchedule,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    step_index: usize,
+    steps: SigmaSteps,
     /// Karras et al.'s stochasticity: churn per step, applied for sigma in [s_tmin, s_tmax], noise scale.
     pub s_churn: f64,
     pub s_tmin: f64,
@@ -71,9 +71,7 @@ impl EulerSampler {
         Ok(EulerSampler {
             config,
             schedule,
-            timesteps: Vec::new(),
-            sigmas: Vec::new(),
-            step_index: 0,
+            steps: SigmaSteps::default(),
             s_churn: 0.0,
             s_tmin: 0.0,
             s_tmax: f64::INFINITY,
@@ -83,48 +81,13 @@ impl EulerSampler {
 
     /// The sigmas visited, the final one included.
     pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
+        &self.steps.sigmas
     }
 
     /// Use exactly these timesteps and sigmas (`sigmas` one longer), e.g. to reproduce another
     /// implementation's schedule.
     pub fn set_schedule(&mut self, timesteps: Vec<f64>, sigmas: Vec<f64>) -> Result<()> {
-        check_schedule(&timesteps, &sigmas)?;
-        self.timesteps = timesteps;
-        self.sigmas = sigmas;
-        self.step_index = 0;
-        Ok(())
-    }
-}
-
-/// Timesteps and sigmas must pair up: one sigma more than timesteps, all finite and non-negative.
-pub(crate) fn check_schedule(timesteps: &[f64], sigmas: &[f64]) -> Result<()> {
-    if timesteps.is_empty() || sigmas.len() != timesteps.len() + 1 {
-        return Err(Error::InvalidArgument(format!(
-            "a sigma schedule needs one more sigma than timesteps, got {} timesteps and {} sigmas",
-            timesteps.len(),
-            sigmas.len()
-        )));
-    }
-    if sigmas.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
-        return Err(Error::InvalidArgument(
-            "sigmas must be finite and non-negative".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// The step index for timestep `t`: steps must come in order.
-pub(crate) fn expect_step(timesteps: &[f64], index: usize, t: f64) -> Result<()> {
-    match timesteps.get(index) {
-        Some(&expected) if expected == t => Ok(()),
-        Some(&expected) => Err(Error::InvalidArgument(format!(
-            "step called with timestep {t}, but step {index} of this schedule is timestep {expected}"
-        ))),
-        None => Err(Error::InvalidArgument(format!(
-            "step called after the last of {} steps (call set_timesteps to start again)",
-            timesteps.len()
-        ))),
+        self.steps.set(timesteps, sigmas)
     }
 }
 
@@ -135,38 +98,29 @@ impl Sampler for EulerSampler {
     }
 
     fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+        &self.steps.timesteps
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+        init_noise_sigma(&self.steps.sigmas, self.config.timestep_spacing)
     }
 
     fn scale_model_input(&self, sample: &Tensor, _t: f64) -> Tensor {
-        let sigma = self.sigmas[self.step_index.min(self.sigmas.len() - 1)];
-        sample / (sigma * sigma + 1.0).sqrt()
+        self.steps.scale_input(sample)
     }
 
     fn level(&self, done: usize) -> Option<(f64, f64)> {
-        self.sigmas.get(done).map(|&sigma| (1.0, sigma))
+        self.steps.level(done)
     }
 
     fn start_at(&mut self, index: usize) -> Result<()> {
-        if index > self.timesteps.len() {
-            return Err(Error::InvalidArgument(format!(
-                "start step {index} is past the {} steps",
-                self.timesteps.len()
-            )));
-        }
-        self.step_index = index;
-        Ok(())
+        self.steps.start_at(index)
     }
 
     fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor) -> Result<StepOutput> {
-        expect_step(&self.timesteps, self.step_index, t)?;
-        let i = self.step_index;
-        let sigma = self.sigmas[i];
-        let n = (self.sigmas.len() - 1) as f64;
+        let i = self.steps.expect(t)?;
+        let sigma = self.steps.sigmas[i];
+        let n = (self.steps.sigmas.len() - 1) as f64;
         let gamma = if self.s_tmin <= sigma && sigma <= self.s_tmax {
             (self.s_churn / n).min(2f64.sqrt() - 1.0)
         } else {
@@ -183,8 +137,8 @@ impl Sampler for EulerSampler {
             other => x0_from_ve(other, model_output, &x, sigma),
         };
         let derivative = (&x - &x0) / sigma_hat;
-        let prev_sample = x + derivative * (self.sigmas[i + 1] - sigma_hat);
-        self.step_index += 1;
+        let prev_sample = x + derivative * (self.steps.sigmas[i + 1] - sigma_hat);
+        self.steps.index += 1;
         Ok(StepOutput {
             prev_sample,
             pred_original_sample: x0,

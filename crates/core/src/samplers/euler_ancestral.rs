@@ -2,8 +2,9 @@
 //! `EulerAncestralDiscreteScheduler`): an Euler step down to sigma_down, then fresh noise of
 //! std sigma_up, with sigma_up^2 + sigma_down^2 = sigma_next^2.
 
-use super::euler::{check_schedule, expect_step};
-use super::sigmas::{euler_sigmas, init_noise_sigma, x0_from_ve, FinalSigma, SigmaOptions};
+use super::sigmas::{
+    euler_sigmas, init_noise_sigma, x0_from_ve, FinalSigma, SigmaOptions, SigmaSteps,
+};
 use super::{Sampler, StepOutput};
 use crate::prediction::PredictionType;
 use crate::schedule::{BetaScheduleConfig, NoiseSchedule, TimestepSpacing};
@@ -37,9 +38,7 @@ impl Default for EulerAncestralConfig {
 pub struct EulerAncestralSampler {
     config: EulerAncestralConfig,
     schedule: NoiseSchedule,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    step_index: usize,
+    steps: SigmaSteps,
 }
 
 impl EulerAncestralSampler {
@@ -55,23 +54,17 @@ impl EulerAncestralSampler {
         Ok(EulerAncestralSampler {
             config,
             schedule,
-            timesteps: Vec::new(),
-            sigmas: Vec::new(),
-            step_index: 0,
+            steps: SigmaSteps::default(),
         })
     }
 
     pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
+        &self.steps.sigmas
     }
 
     /// Use exactly these timesteps and sigmas (`sigmas` one longer).
     pub fn set_schedule(&mut self, timesteps: Vec<f64>, sigmas: Vec<f64>) -> Result<()> {
-        check_schedule(&timesteps, &sigmas)?;
-        self.timesteps = timesteps;
-        self.sigmas = sigmas;
-        self.step_index = 0;
-        Ok(())
+        self.steps.set(timesteps, sigmas)
     }
 }
 
@@ -88,37 +81,28 @@ impl Sampler for EulerAncestralSampler {
     }
 
     fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+        &self.steps.timesteps
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+        init_noise_sigma(&self.steps.sigmas, self.config.timestep_spacing)
     }
 
     fn scale_model_input(&self, sample: &Tensor, _t: f64) -> Tensor {
-        let sigma = self.sigmas[self.step_index.min(self.sigmas.len() - 1)];
-        sample / (sigma * sigma + 1.0).sqrt()
+        self.steps.scale_input(sample)
     }
 
     fn level(&self, done: usize) -> Option<(f64, f64)> {
-        self.sigmas.get(done).map(|&sigma| (1.0, sigma))
+        self.steps.level(done)
     }
 
     fn start_at(&mut self, index: usize) -> Result<()> {
-        if index > self.timesteps.len() {
-            return Err(Error::InvalidArgument(format!(
-                "start step {index} is past the {} steps",
-                self.timesteps.len()
-            )));
-        }
-        self.step_index = index;
-        Ok(())
+        self.steps.start_at(index)
     }
 
     fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor) -> Result<StepOutput> {
-        expect_step(&self.timesteps, self.step_index, t)?;
-        let i = self.step_index;
-        let (sigma_from, sigma_to) = (self.sigmas[i], self.sigmas[i + 1]);
+        let i = self.steps.expect(t)?;
+        let (sigma_from, sigma_to) = (self.steps.sigmas[i], self.steps.sigmas[i + 1]);
         let x0 = x0_from_ve(
             self.config.prediction_type,
             model_output,
@@ -133,7 +117,7 @@ impl Sampler for EulerAncestralSampler {
         let derivative = (sample - &x0) / sigma_from;
         let mut prev_sample = sample + derivative * (sigma_down - sigma_from);
         prev_sample += Tensor::randn_like(model_output) * sigma_up;
-        self.step_index += 1;
+        self.steps.index += 1;
         Ok(StepOutput {
             prev_sample,
             pred_original_sample: x0,

@@ -2,7 +2,7 @@
 //! `HeunDiscreteScheduler`: every sigma after the first is visited twice, an Euler predictor and
 //! then a corrector averaging the two slopes, so N steps cost 2N - 1 model evaluations.
 
-use super::euler::{check_schedule, expect_step};
+use super::sigmas::{check_schedule, expect_step};
 use super::sigmas::{euler_sigmas, init_noise_sigma, FinalSigma, SigmaOptions};
 use super::{Sampler, StepOutput};
 use crate::prediction::PredictionType;

@@ -8,6 +8,7 @@ use crate::schedule::{
 };
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 
 /// The sigma the last step goes to (diffusers' `final_sigmas_type`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,5 +98,86 @@ pub fn x0_from_ve(
         VPrediction => {
             output * (-sigma / (sigma * sigma + 1.0).sqrt()) + sample / (sigma * sigma + 1.0)
         }
+    }
+}
+
+/// Timesteps and sigmas must pair up: one sigma more than timesteps, all finite and non-negative.
+pub(crate) fn check_schedule(timesteps: &[f64], sigmas: &[f64]) -> Result<()> {
+    if timesteps.is_empty() || sigmas.len() != timesteps.len() + 1 {
+        return Err(Error::InvalidArgument(format!(
+            "a sigma schedule needs one more sigma than timesteps, got {} timesteps and {} sigmas",
+            timesteps.len(),
+            sigmas.len()
+        )));
+    }
+    if sigmas.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
+        return Err(Error::InvalidArgument(
+            "sigmas must be finite and non-negative".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The step index for timestep `t`: steps must come in order.
+pub(crate) fn expect_step(timesteps: &[f64], index: usize, t: f64) -> Result<()> {
+    match timesteps.get(index) {
+        Some(&expected) if expected == t => Ok(()),
+        Some(&expected) => Err(Error::InvalidArgument(format!(
+            "step called with timestep {t}, but step {index} of this schedule is timestep {expected}"
+        ))),
+        None => Err(Error::InvalidArgument(format!(
+            "step called after the last of {} steps (call set_timesteps to start again)",
+            timesteps.len()
+        ))),
+    }
+}
+
+/// What an Euler-family sampler carries between steps: its timesteps, their sigmas (one more, the
+/// final one appended) and the index of the next step.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SigmaSteps {
+    pub timesteps: Vec<f64>,
+    pub sigmas: Vec<f64>,
+    pub index: usize,
+}
+
+impl SigmaSteps {
+    /// Use these timesteps and sigmas from the first step on.
+    pub fn set(&mut self, timesteps: Vec<f64>, sigmas: Vec<f64>) -> Result<()> {
+        check_schedule(&timesteps, &sigmas)?;
+        *self = SigmaSteps {
+            timesteps,
+            sigmas,
+            index: 0,
+        };
+        Ok(())
+    }
+
+    /// The model sees x / sqrt(sigma^2 + 1) (the VP-scaled sample) at the current step.
+    pub fn scale_input(&self, sample: &Tensor) -> Tensor {
+        let sigma = self.sigmas[self.index.min(self.sigmas.len() - 1)];
+        sample / (sigma * sigma + 1.0).sqrt()
+    }
+
+    /// After `done` steps the sample is x0 + sigma_done eps.
+    pub fn level(&self, done: usize) -> Option<(f64, f64)> {
+        self.sigmas.get(done).map(|&sigma| (1.0, sigma))
+    }
+
+    pub fn start_at(&mut self, index: usize) -> Result<()> {
+        if index > self.timesteps.len() {
+            return Err(Error::InvalidArgument(format!(
+                "start step {index} is past the {} steps",
+                self.timesteps.len()
+            )));
+        }
+        self.index = index;
+        Ok(())
+    }
+
+    /// Check that `t` is the next timestep and return its index.
+    pub fn expect(&self, t: f64) -> Result<usize> {
+        expect_step(&self.timesteps, self.index, t)?;
+        Ok(self.index)
     }
 }
