@@ -107,20 +107,7 @@ impl VlbTables {
         variance: VarianceType,
         clip: bool,
     ) -> Result<(Tensor, Tensor)> {
-        let channels = x_t.size()[1];
-        let (mean_out, var_out) = if variance.is_learned() {
-            if output.size()[1] != 2 * channels {
-                return Err(Error::InvalidArgument(format!(
-                    "variance type {variance:?} needs {} output channels, the model gave {}",
-                    2 * channels,
-                    output.size()[1]
-                )));
-            }
-            let parts = output.split(channels, 1);
-            (parts[0].shallow_clone(), Some(parts[1].shallow_clone()))
-        } else {
-            (output.shallow_clone(), None)
-        };
+        let (mean_out, var_out) = variance.split_output(output, x_t.size()[1])?;
         let abar: Vec<f64> = t
             .iter()
             .map(|&t| self.schedule.alphas_cumprod()[t])
@@ -304,16 +291,9 @@ pub fn hybrid_terms(
             "the hybrid loss trains a learned variance; variance type {variance:?} has none"
         )));
     }
-    let channels = x0.size()[1];
-    if output.size()[1] != 2 * channels {
-        return Err(Error::InvalidArgument(format!(
-            "a learned-variance model must output {} channels (mean and variance), got {}",
-            2 * channels,
-            output.size()[1]
-        )));
-    }
-    let parts = output.split(channels, 1);
-    let (mean_out, var_out) = (&parts[0], &parts[1]);
+    let (mean_out, var_out) = variance.split_output(output, x0.size()[1])?;
+    let var_out = var_out.expect("learned variance has variance channels");
+    let mean_out = &mean_out;
     let dims: Vec<i64> = (1..x0.dim() as i64).collect();
     let mse = (mean_out - target)
         .square()

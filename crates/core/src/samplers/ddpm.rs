@@ -35,6 +35,23 @@ impl VarianceType {
     pub fn is_learned(self) -> bool {
         matches!(self, VarianceType::Learned | VarianceType::LearnedRange)
     }
+
+    /// A model output as (mean part, variance part): with a learned variance the output must have
+    /// 2C channels for C-channel samples and is split along dim 1; otherwise it is all mean.
+    pub fn split_output(self, output: &Tensor, channels: i64) -> Result<(Tensor, Option<Tensor>)> {
+        if !self.is_learned() {
+            return Ok((output.shallow_clone(), None));
+        }
+        if output.size()[1] != 2 * channels {
+            return Err(Error::InvalidArgument(format!(
+                "variance type {self:?} needs a model with {} output channels (mean and variance), got {}",
+                2 * channels,
+                output.size()[1]
+            )));
+        }
+        let parts = output.split(channels, 1);
+        Ok((parts[0].shallow_clone(), Some(parts[1].shallow_clone())))
+    }
 }
 
 /// `DDPMScheduler`'s configuration: keys and defaults as diffusers'.
@@ -165,21 +182,10 @@ impl Sampler for DdpmSampler {
     fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor) -> Result<StepOutput> {
         let index = index_of(&self.timesteps, t)?;
         let prev = self.timesteps.get(index + 1).copied();
-        let channels = sample.size()[1];
-        let (output, predicted_variance) = if self.config.variance_type.is_learned() {
-            if model_output.size()[1] != 2 * channels {
-                return Err(Error::InvalidArgument(format!(
-                    "variance type {:?} needs a model with {} output channels (mean and variance), got {}",
-                    self.config.variance_type,
-                    2 * channels,
-                    model_output.size()[1]
-                )));
-            }
-            let parts = model_output.split(channels, 1);
-            (parts[0].shallow_clone(), Some(parts[1].shallow_clone()))
-        } else {
-            (model_output.shallow_clone(), None)
-        };
+        let (output, predicted_variance) = self
+            .config
+            .variance_type
+            .split_output(model_output, sample.size()[1])?;
         let abar_t = self.schedule.alpha_bar(t);
         let (alpha, sigma) = (abar_t.sqrt(), (1.0 - abar_t).sqrt());
         let (a, s) = (super::scalar(alpha, sample), super::scalar(sigma, sample));

@@ -617,23 +617,10 @@ impl Sampler for DpmSolverSampler {
         }
         let index = self.resolve_index(t)?;
         let n = self.timesteps.len();
-        let channels = sample.size()[1];
-        let output = if self
-            .config
-            .variance_type
-            .is_some_and(VarianceType::is_learned)
-        {
-            if model_output.size()[1] != 2 * channels {
-                return Err(Error::InvalidArgument(format!(
-                    "variance type {:?} needs a model with {} output channels (mean and variance), got {}",
-                    self.config.variance_type,
-                    2 * channels,
-                    model_output.size()[1]
-                )));
-            }
-            model_output.narrow(1, 0, channels)
-        } else {
-            model_output.shallow_clone()
+        // Only the mean channels matter here; the variance channels are checked and dropped.
+        let output = match self.config.variance_type {
+            Some(v) => v.split_output(model_output, sample.size()[1])?.0,
+            None => model_output.shallow_clone(),
         };
         let out_kind = output.kind();
         // Upcast as diffusers does (f64 samples stay f64).
