@@ -2,4 +2,17 @@
 //! PNG/JPEG) and the diffusers-compatible UNet2d. Depends on `diffuse-core`, never on the
 //! other modality crates.
 //!
-//! Filled in by the image work; it exists now so the workspace has its final shape.
+//! `unet` is the network (variable names = diffusers' tensor names); `data` loads datasets into
+//! memory and serves shuffled batches; `io` reads and writes pictures (grids, masks);
+//! `pipeline` is a diffusers pipeline directory (model_index.json, unet/, scheduler/);
+//! `classifier` and `fid` give the classifier-feature Fréchet distance; `plot` draws loss curves.
+//! Tensor shape misuse panics (as tch does); everything touching files or user input returns
+//! [`diffuse_tensor::Error`].
+
+pub mod classifier;
+pub mod data;
+pub mod fid;
+pub mod io;
+pub mod pipeline;
+pub mod plot;
+pub mod unet;
