@@ -2,4 +2,5 @@
 //! command; inputs are made inside the test (no network, no datasets).
 
 mod doctor;
+mod image;
 mod inspect;

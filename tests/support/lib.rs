@@ -121,3 +121,62 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, &[usize], &[f32])]) {
     bytes.extend_from_slice(&data);
     std::fs::write(path, bytes).unwrap();
 }
+
+/// The tensors of a safetensors file as (dtype, shape, raw little-endian bytes), by name.
+pub fn read_safetensors(
+    path: &Path,
+) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = std::collections::BTreeMap::new();
+    for (name, info) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets: Vec<usize> = info["data_offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let shape = info["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        out.insert(
+            name.clone(),
+            (
+                info["dtype"].as_str().unwrap().to_owned(),
+                shape,
+                data[offsets[0]..offsets[1]].to_vec(),
+            ),
+        );
+    }
+    out
+}
+
+/// An F32 tensor of a safetensors file as values.
+pub fn read_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let tensors = read_safetensors(path);
+    let (dtype, shape, bytes) = tensors
+        .get(name)
+        .unwrap_or_else(|| panic!("{}: no tensor {name}", path.display()));
+    assert_eq!(dtype, "F32");
+    let values = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (shape.clone(), values)
+}
+
+/// The repository root (for committed fixtures under data/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}

@@ -4,6 +4,8 @@
 //! `cargo xtask bench`, shares the timing code in [`measure`].
 
 pub mod doctor;
+pub mod fid;
+pub mod image;
 pub mod inspect;
 pub mod measure;
 

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use diffuse_cli::{doctor, init_logging, inspect, report};
+use diffuse_cli::{doctor, fid, image, init_logging, inspect, report};
 use std::path::PathBuf;
 
 /// Train diffusion models and sample images, audio and text with them, on libtorch.
@@ -35,12 +35,55 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train a model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Generate samples from a trained model.
+    #[command(subcommand)]
+    Sample(SampleCommand),
+    /// Fill the masked part of an image (replacement or RePaint), or edit one (SDEdit).
+    #[command(subcommand)]
+    Inpaint(InpaintCommand),
+    /// Measure a model: bits/dim, Fréchet distance.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Train an image diffusion model (UNet2d) on MNIST, Fashion-MNIST or a folder of images.
+    Image(image::TrainImageArgs),
+    /// Train the small classifier whose features `eval image --metric fid` compares.
+    Classifier(fid::TrainClassifierArgs),
+}
+
+#[derive(Subcommand)]
+enum SampleCommand {
+    /// Sample images into a grid picture, a folder and/or raw floats.
+    Image(image::SampleImageArgs),
+}
+
+#[derive(Subcommand)]
+enum InpaintCommand {
+    /// Inpaint or edit an image with an image model.
+    Image(image::InpaintImageArgs),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Bits/dim on the test split, or the classifier-feature Fréchet distance of samples.
+    Image(image::EvalImageArgs),
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Doctor { device, json } => doctor::run(device.as_deref(), json),
         Command::Inspect { file, json } => inspect::run(&file, json),
+        Command::Train(TrainCommand::Image(args)) => image::train(args),
+        Command::Train(TrainCommand::Classifier(args)) => fid::train(args),
+        Command::Sample(SampleCommand::Image(args)) => image::sample(args),
+        Command::Inpaint(InpaintCommand::Image(args)) => image::inpaint(args),
+        Command::Eval(EvalCommand::Image(args)) => image::eval(args),
     }
 }
 

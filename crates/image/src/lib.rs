@@ -15,4 +15,5 @@ pub mod fid;
 pub mod io;
 pub mod pipeline;
 pub mod plot;
+pub mod train;
 pub mod unet;

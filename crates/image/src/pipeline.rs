@@ -1,1 +1,746 @@
-//! (being written)
+//! A model directory is a diffusers pipeline directory: `model_index.json`, `unet/config.json`,
+//! `unet/diffusion_pytorch_model.safetensors` and `scheduler/scheduler_config.json`, so diffusers'
+//! `DDPMPipeline.from_pretrained` loads what diffuse trains and diffuse loads what diffusers
+//! trains. diffuse adds `diffuse.json` (class names, the null class used for guidance, the
+//! objective it was trained with), which diffusers ignores.
+//!
+//! [`ImagePipeline`] samples (every sampler, guidance), inpaints (replacement or RePaint), edits
+//! (SDEdit) and measures bits/dim. Sampling draws the initial noise and every later draw from
+//! libtorch's generator in diffusers' order, so a seeded CPU run reproduces `DDPMPipeline` /
+//! `DDIMPipeline` called with `generator=torch.manual_seed(seed)`.
+
+use crate::unet::{load_unet_weights, save_unet_weights, UNet2d, UNet2dConfig};
+use diffuse_core::denoiser::Denoiser;
+use diffuse_core::editing::{self, Resampling};
+use diffuse_core::guidance::ClassifierFreeGuidance;
+use diffuse_core::losses::ObjectiveConfig;
+use diffuse_core::prediction::PredictionType;
+use diffuse_core::samplers::ddim::DdimSampler;
+use diffuse_core::samplers::ddpm::VarianceType;
+use diffuse_core::samplers::{self, Sampler, StepInfo};
+use diffuse_core::scheduler_config::{SchedulerConfig, DIFFUSERS_VERSION};
+use diffuse_core::vlb::{dataset_bits_per_dim, VlbTables};
+use diffuse_tensor::atomic::write_json_atomic;
+use diffuse_tensor::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// File names inside a pipeline directory (diffusers' layout).
+pub const MODEL_INDEX: &str = "model_index.json";
+pub const UNET_CONFIG: &str = "unet/config.json";
+pub const UNET_WEIGHTS: &str = "unet/diffusion_pytorch_model.safetensors";
+pub const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+/// diffuse's own notes about the model (diffusers ignores the file).
+pub const DIFFUSE_INFO: &str = "diffuse.json";
+
+/// What diffuse knows about a model beyond diffusers' files.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImageModelInfo {
+    /// Names of the classes, index = label (from IDX labels or subfolder names).
+    pub class_names: Option<Vec<String>>,
+    /// The label that means "no class" (trained by label dropout, used by guidance): the UNet
+    /// then has `num_class_embeds = classes + 1`.
+    pub null_class: Option<i64>,
+    /// The dataset the model was trained on, as given to `--data`.
+    pub dataset: Option<String>,
+    /// The objective it was trained with.
+    pub objective: Option<ObjectiveConfig>,
+    /// Optimiser steps it was trained for.
+    pub steps: Option<u64>,
+}
+
+/// Sampler names the command line accepts, with what they build.
+pub const SAMPLER_NAMES: &[&str] = &[
+    "ddpm",
+    "ddim",
+    "euler",
+    "euler-ancestral",
+    "heun",
+    "dpm++2m",
+    "dpm++3m",
+    "sde-dpm++2m",
+];
+
+/// How to sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleOptions {
+    /// Number of images.
+    pub num: usize,
+    /// A name from [`SAMPLER_NAMES`]; `None` = the directory's own scheduler.
+    pub sampler: Option<String>,
+    /// Inference steps; `None` = 1000 for DDPM (diffusers' DDPMPipeline), 50 otherwise.
+    pub steps: Option<usize>,
+    /// DDIM's eta (0 deterministic, 1 ancestral).
+    pub eta: Option<f64>,
+    /// Karras sigma spacing for the samplers that offer it (Euler, Heun, DPM-Solver++).
+    pub karras: bool,
+    /// Seed of libtorch's generator; `None` leaves it as it is.
+    pub seed: Option<u64>,
+    /// Class label for class-conditioned models (`None`: unconditional, i.e. the null class).
+    pub class: Option<i64>,
+    /// Classifier-free guidance scale w (1 = plain conditional sampling).
+    pub guidance: f64,
+    /// Guidance rescale phi (Lin et al. 2023), 0 = off.
+    pub guidance_rescale: f64,
+    /// Images per model call; `None` = all at once (needed for exact parity with diffusers).
+    pub batch_size: Option<usize>,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        SampleOptions {
+            num: 16,
+            sampler: None,
+            steps: None,
+            eta: None,
+            karras: false,
+            seed: Some(0),
+            class: None,
+            guidance: 1.0,
+            guidance_rescale: 0.0,
+            batch_size: None,
+        }
+    }
+}
+
+/// The UNet as a [`Denoiser`]: fixed class labels (or none), train or eval mode, and whether to
+/// drop learned-variance channels for samplers that only use the mean.
+pub struct UNetDenoiser<'a> {
+    pub unet: &'a UNet2d,
+    pub prediction_type: PredictionType,
+    pub class_labels: Option<Tensor>,
+    pub train: bool,
+    /// Keep only the first this many output channels (None: all).
+    pub keep_channels: Option<i64>,
+}
+
+impl Denoiser for UNetDenoiser<'_> {
+    fn forward(&self, x_t: &Tensor, t: &Tensor) -> Tensor {
+        let batch = x_t.size()[0];
+        let labels = self.class_labels.as_ref().map(|l| {
+            if l.size()[0] == batch {
+                l.shallow_clone()
+            } else {
+                l.expand([batch], true)
+            }
+        });
+        let out = self.unet.forward_t(x_t, t, labels.as_ref(), self.train);
+        match self.keep_channels {
+            Some(c) if out.size()[1] > c => out.narrow(1, 0, c),
+            _ => out,
+        }
+    }
+    fn prediction_type(&self) -> PredictionType {
+        self.prediction_type
+    }
+}
+
+/// A loaded image model: the UNet, its weights, its scheduler and diffuse's notes.
+pub struct ImagePipeline {
+    pub vs: VarStore,
+    pub unet: UNet2d,
+    pub scheduler: SchedulerConfig,
+    pub info: ImageModelInfo,
+}
+
+/// Where the model of `dir` lives: `dir` itself, or `dir/model` for a training run directory.
+pub fn resolve_model_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.join(MODEL_INDEX).is_file() || dir.join(UNET_CONFIG).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    if dir.join("model").join(MODEL_INDEX).is_file() {
+        return Ok(dir.join("model"));
+    }
+    if !dir.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: no such model directory",
+            dir.display()
+        )));
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn require_file(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::format(
+            dir,
+            format!(
+                "not a complete model directory: {name} is missing (expected a diffusers pipeline \
+                 directory holding {MODEL_INDEX}, {UNET_CONFIG}, {UNET_WEIGHTS} and {SCHEDULER_CONFIG})"
+            ),
+        ))
+    }
+}
+
+/// The parameterisation the scheduler expects the network to output.
+pub fn scheduler_prediction_type(config: &SchedulerConfig) -> PredictionType {
+    match config {
+        SchedulerConfig::Ddpm(c) => c.prediction_type,
+        SchedulerConfig::Ddim(c) => c.prediction_type,
+        SchedulerConfig::Euler(c) => c.prediction_type,
+        SchedulerConfig::EulerAncestral(c) => c.prediction_type,
+        SchedulerConfig::Heun(c) => c.prediction_type,
+        SchedulerConfig::DpmSolver(c) => c.prediction_type,
+    }
+}
+
+/// The variance type of a DDPM scheduler config (fixed_small for the others).
+pub fn scheduler_variance_type(config: &SchedulerConfig) -> VarianceType {
+    match config {
+        SchedulerConfig::Ddpm(c) => c.variance_type,
+        SchedulerConfig::DpmSolver(c) => c.variance_type.unwrap_or_default(),
+        _ => VarianceType::FixedSmall,
+    }
+}
+
+/// Re-read `config` as scheduler `class`, the way diffusers' `Scheduler.from_config(other.config)`
+/// does: the keys both share (schedule, prediction type, clipping, spacing) carry over, the others
+/// take the new class's defaults.
+pub fn convert_scheduler(config: &SchedulerConfig, class: &str) -> Result<SchedulerConfig> {
+    let mut value = config.to_json();
+    let map = value.as_object_mut().expect("configs are objects");
+    map.insert("_class_name".into(), Value::from(class));
+    // DDPM's variance types mean nothing to DDIM/Euler/Heun; DPM-Solver reads learned ones only.
+    if class != "DDPMScheduler" {
+        let learned = matches!(
+            map.get("variance_type").and_then(Value::as_str),
+            Some("learned" | "learned_range")
+        );
+        if !(class == "DPMSolverMultistepScheduler" && learned) {
+            map.remove("variance_type");
+        }
+    }
+    SchedulerConfig::from_json(&value.to_string(), class)
+}
+
+/// The scheduler config for sampler `name` (one of [`SAMPLER_NAMES`]) built from `base`.
+pub fn scheduler_for(base: &SchedulerConfig, name: &str, karras: bool) -> Result<SchedulerConfig> {
+    let class = match name {
+        "ddpm" => "DDPMScheduler",
+        "ddim" => "DDIMScheduler",
+        "euler" => "EulerDiscreteScheduler",
+        "euler-ancestral" => "EulerAncestralDiscreteScheduler",
+        "heun" => "HeunDiscreteScheduler",
+        "dpm++2m" | "dpm++3m" | "sde-dpm++2m" => "DPMSolverMultistepScheduler",
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "--sampler: unknown sampler '{other}' (expected one of {})",
+                SAMPLER_NAMES.join(", ")
+            )))
+        }
+    };
+    let mut config = if base.class_name() == class {
+        base.clone()
+    } else {
+        convert_scheduler(base, class)?
+    };
+    match &mut config {
+        SchedulerConfig::DpmSolver(c) => {
+            use diffuse_core::samplers::dpm_solver::AlgorithmType;
+            c.solver_order = if name == "dpm++3m" { 3 } else { 2 };
+            c.algorithm_type = if name == "sde-dpm++2m" {
+                AlgorithmType::SdeDpmSolverPlusPlus
+            } else {
+                AlgorithmType::DpmSolverPlusPlus
+            };
+            c.use_karras_sigmas = karras;
+        }
+        SchedulerConfig::Euler(c) => c.use_karras_sigmas = karras,
+        SchedulerConfig::Heun(c) => c.use_karras_sigmas = karras,
+        _ if karras => {
+            return Err(Error::InvalidArgument(format!(
+                "--karras: the {name} sampler has no Karras sigma spacing (euler, heun and the dpm++ samplers do)"
+            )))
+        }
+        _ => {}
+    }
+    Ok(config)
+}
+
+impl ImagePipeline {
+    /// Load a pipeline directory (or a training run directory holding one in `model/`).
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let dir = resolve_model_dir(dir)?;
+        let config_path = require_file(&dir, UNET_CONFIG)?;
+        let weights_path = require_file(&dir, UNET_WEIGHTS)?;
+        let scheduler_path = require_file(&dir, SCHEDULER_CONFIG)?;
+        let config = UNet2dConfig::from_json_file(&config_path)?;
+        let scheduler = SchedulerConfig::load(&scheduler_path)?;
+        let info_path = dir.join(DIFFUSE_INFO);
+        let info = if info_path.is_file() {
+            let text = fs::read_to_string(&info_path).map_err(|e| Error::io(&info_path, e))?;
+            serde_json::from_str(&text)
+                .map_err(|e| Error::format(&info_path, format!("not valid diffuse.json: {e}")))?
+        } else {
+            ImageModelInfo::default()
+        };
+        let vs = VarStore::new(device);
+        let unet = UNet2d::new(&vs.root(), &config)
+            .map_err(|e| Error::format(&config_path, e.to_string()))?;
+        load_unet_weights(&vs, &weights_path)?;
+        Ok(ImagePipeline {
+            vs,
+            unet,
+            scheduler,
+            info,
+        })
+    }
+
+    /// A fresh (untrained) pipeline.
+    pub fn new(
+        config: &UNet2dConfig,
+        scheduler: SchedulerConfig,
+        info: ImageModelInfo,
+        device: Device,
+    ) -> Result<Self> {
+        let vs = VarStore::new(device);
+        let unet = UNet2d::new(&vs.root(), config)?;
+        Ok(ImagePipeline {
+            vs,
+            unet,
+            scheduler,
+            info,
+        })
+    }
+
+    /// Write the directory atomically: everything goes into a sibling temporary directory that
+    /// replaces `dir` only when complete. An existing `dir` must itself be a model directory.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save_pipeline_dir(dir, self.unet.config(), &self.vs, &self.scheduler, &self.info)
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Channels, height and width of the images this model makes.
+    pub fn image_shape(&self) -> Result<(i64, i64, i64)> {
+        let c = self.unet.config();
+        let (h, w) = c.sample_size_hw().ok_or_else(|| {
+            Error::InvalidArgument(
+                "the UNet config has no sample_size, so the image size is unknown".into(),
+            )
+        })?;
+        Ok((c.in_channels, h, w))
+    }
+
+    /// The network's parameterisation (the scheduler's `prediction_type`).
+    pub fn prediction_type(&self) -> PredictionType {
+        scheduler_prediction_type(&self.scheduler)
+    }
+
+    /// Number of classes the model was trained on (without the null class).
+    pub fn num_classes(&self) -> Option<i64> {
+        let embeds = self.unet.config().num_class_embeds?;
+        Some(match self.info.null_class {
+            Some(_) => embeds - 1,
+            None => embeds,
+        })
+    }
+
+    /// The sampler for `options` with its timesteps set.
+    pub fn sampler(&self, options: &SampleOptions) -> Result<Box<dyn Sampler>> {
+        let config = match &options.sampler {
+            Some(name) => scheduler_for(&self.scheduler, name, options.karras)?,
+            None if options.karras => {
+                let name = match self.scheduler.class_name() {
+                    "EulerDiscreteScheduler" => "euler",
+                    "HeunDiscreteScheduler" => "heun",
+                    "DPMSolverMultistepScheduler" => "dpm++2m",
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "--karras: the model's {other} has no Karras sigma spacing"
+                        )))
+                    }
+                };
+                scheduler_for(&self.scheduler, name, true)?
+            }
+            None => self.scheduler.clone(),
+        };
+        let mut sampler: Box<dyn Sampler> = match (&config, options.eta) {
+            (SchedulerConfig::Ddim(c), eta) => {
+                let mut ddim = DdimSampler::new(c.clone())?;
+                let eta = eta.unwrap_or(0.0);
+                if !(eta >= 0.0 && eta.is_finite()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "--eta: must be a number >= 0, got {eta}"
+                    )));
+                }
+                ddim.eta = eta;
+                Box::new(ddim)
+            }
+            (_, Some(_)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "--eta: only the ddim sampler takes eta (this is {})",
+                    config.class_name()
+                )))
+            }
+            (config, None) => config.build()?,
+        };
+        let default_steps = if config.class_name() == "DDPMScheduler" {
+            1000
+        } else {
+            50
+        };
+        let steps = options.steps.unwrap_or(default_steps);
+        sampler.set_timesteps(steps).map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("--steps: {m}")),
+            other => other,
+        })?;
+        Ok(sampler)
+    }
+
+    /// Channels the sampler reads: with a learned variance only DDPM and DPM-Solver use the extra ones.
+    fn keep_channels(&self, sampler_config_learned: bool) -> Option<i64> {
+        let c = self.unet.config();
+        (c.out_channels > c.in_channels && !sampler_config_learned).then_some(c.in_channels)
+    }
+
+    fn class_labels(&self, class: Option<i64>, num: i64) -> Result<Option<Tensor>> {
+        let device = self.device();
+        let embeds = self.unet.config().num_class_embeds;
+        let class_embedded = embeds.is_some() || self.unet.config().class_embed_type.is_some();
+        match (class, class_embedded) {
+            (None, false) => Ok(None),
+            (Some(_), false) => Err(Error::InvalidArgument(
+                "--class: this model is not class-conditioned".into(),
+            )),
+            (None, true) => match self.info.null_class {
+                Some(null) => Ok(Some(Tensor::full([num], null, (Kind::Int64, device)))),
+                None => Err(Error::InvalidArgument(
+                    "this model is class-conditioned and was trained without a null class: give --class".into(),
+                )),
+            },
+            (Some(c), true) => {
+                let n = self.num_classes().unwrap_or(i64::MAX);
+                if c < 0 || c >= n {
+                    return Err(Error::InvalidArgument(format!(
+                        "--class: {c} is out of range (the model has classes 0..{})",
+                        n - 1
+                    )));
+                }
+                Ok(Some(Tensor::full([num], c, (Kind::Int64, device))))
+            }
+        }
+    }
+
+    /// Run `f` with the denoiser `options` describe (guided when asked).
+    fn with_denoiser<T>(
+        &self,
+        options: &SampleOptions,
+        learned_sampler: bool,
+        num: i64,
+        f: impl FnOnce(&dyn Denoiser) -> Result<T>,
+    ) -> Result<T> {
+        if !(options.guidance.is_finite() && options.guidance >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "--guidance: must be a number >= 0, got {}",
+                options.guidance
+            )));
+        }
+        let keep = self.keep_channels(learned_sampler);
+        let denoiser = |labels: Option<Tensor>| UNetDenoiser {
+            unet: &self.unet,
+            prediction_type: self.prediction_type(),
+            class_labels: labels,
+            train: false,
+            keep_channels: keep,
+        };
+        let conditional = denoiser(self.class_labels(options.class, num)?);
+        if options.guidance == 1.0 && options.guidance_rescale == 0.0 {
+            return f(&conditional);
+        }
+        let Some(null) = self.info.null_class else {
+            return Err(Error::InvalidArgument(
+                "--guidance: this model was not trained with a null class (train with --classes and --label-dropout)".into(),
+            ));
+        };
+        if options.class.is_none() {
+            return Err(Error::InvalidArgument(
+                "--guidance needs --class (the class to guide towards)".into(),
+            ));
+        }
+        let unconditional = denoiser(Some(Tensor::full([num], null, (Kind::Int64, self.device()))));
+        let guided = ClassifierFreeGuidance {
+            conditional: &conditional,
+            unconditional: &unconditional,
+            scale: options.guidance,
+            rescale: options.guidance_rescale,
+        };
+        f(&guided)
+    }
+
+    fn learned_sampler(&self, options: &SampleOptions) -> Result<bool> {
+        let config = match &options.sampler {
+            Some(name) => scheduler_for(&self.scheduler, name, options.karras)?,
+            None => self.scheduler.clone(),
+        };
+        Ok(matches!(
+            config,
+            SchedulerConfig::Ddpm(_) | SchedulerConfig::DpmSolver(_)
+        ) && scheduler_variance_type(&config).is_learned())
+    }
+
+    fn check_num(options: &SampleOptions) -> Result<()> {
+        if options.num == 0 {
+            return Err(Error::InvalidArgument("--num: must be at least 1".into()));
+        }
+        if options.batch_size == Some(0) {
+            return Err(Error::InvalidArgument(
+                "--batch-size: must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sample `options.num` images: `[N, C, H, W]` in [-1, 1] (clamped as diffusers' pipelines
+    /// do before quantising). `on_step(done, total)` reports progress.
+    pub fn sample(
+        &self,
+        options: &SampleOptions,
+        mut on_step: impl FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        Self::check_num(options)?;
+        let (c, h, w) = self.image_shape()?;
+        if let Some(seed) = options.seed {
+            diffuse_tensor::manual_seed(seed);
+        }
+        let learned = self.learned_sampler(options)?;
+        let batch = options.batch_size.unwrap_or(options.num).min(options.num);
+        let mut chunks = Vec::new();
+        let mut done = 0;
+        let total_steps = {
+            let s = self.sampler(options)?;
+            s.timesteps().len() * options.num.div_ceil(batch)
+        };
+        let mut global = 0;
+        while done < options.num {
+            let n = batch.min(options.num - done) as i64;
+            let mut sampler = self.sampler(options)?;
+            // diffusers' pipelines draw the initial noise on the CPU generator, then move it.
+            let noise = Tensor::randn([n, c, h, w], (Kind::Float, Device::Cpu)).to(self.device())
+                * sampler.init_noise_sigma();
+            let x = self.with_denoiser(options, learned, n, |model| {
+                samplers::sample(sampler.as_mut(), model, noise, |_: &StepInfo<'_>| {
+                    global += 1;
+                    on_step(global, total_steps);
+                })
+            })?;
+            chunks.push(x.clamp(-1.0, 1.0));
+            done += n as usize;
+        }
+        Ok(Tensor::cat(&chunks, 0))
+    }
+
+    /// Inpaint `image` `[1 or N, C, H, W]` in [-1, 1]: where `mask` `[.., 1, H, W]` is 1 the image is
+    /// kept, elsewhere generated; with `resampling`, RePaint's jumps.
+    pub fn inpaint(
+        &self,
+        image: &Tensor,
+        mask: &Tensor,
+        resampling: Option<Resampling>,
+        options: &SampleOptions,
+        mut on_step: impl FnMut(usize),
+    ) -> Result<Tensor> {
+        Self::check_num(options)?;
+        let (c, h, w) = self.image_shape()?;
+        self.check_image(image, "--image")?;
+        let ms = mask.size();
+        if ms.len() != 4 || ms[2] != h || ms[3] != w || (ms[1] != 1 && ms[1] != c) {
+            return Err(Error::InvalidArgument(format!(
+                "--mask: the mask is {}x{} but the model makes {w}x{h} images",
+                ms.get(3).copied().unwrap_or(0),
+                ms.get(2).copied().unwrap_or(0)
+            )));
+        }
+        if let Some(seed) = options.seed {
+            diffuse_tensor::manual_seed(seed);
+        }
+        let n = options.num as i64;
+        let learned = self.learned_sampler(options)?;
+        let mut sampler = self.sampler(options)?;
+        let known = image.to(self.device()).expand([n, c, h, w], false).contiguous();
+        let mask = mask.to(self.device()).to_kind(Kind::Float);
+        let noise = Tensor::randn([n, c, h, w], (Kind::Float, Device::Cpu)).to(self.device())
+            * sampler.init_noise_sigma();
+        let x = self.with_denoiser(options, learned, n, |model| {
+            editing::inpaint(
+                sampler.as_mut(),
+                model,
+                noise,
+                &known,
+                &mask,
+                resampling,
+                |i, _| on_step(i),
+            )
+        })?;
+        // The known region is exact, not a re-noised copy.
+        let x = &known * &mask + x.clamp(-1.0, 1.0) * (1.0 - &mask);
+        Ok(x)
+    }
+
+    /// SDEdit: noise `image` to `strength` of the schedule and denoise it.
+    pub fn sdedit(
+        &self,
+        image: &Tensor,
+        strength: f64,
+        options: &SampleOptions,
+        mut on_step: impl FnMut(usize),
+    ) -> Result<Tensor> {
+        Self::check_num(options)?;
+        let (c, h, w) = self.image_shape()?;
+        self.check_image(image, "--from")?;
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(Error::InvalidArgument(format!(
+                "--strength: must lie in [0, 1], got {strength}"
+            )));
+        }
+        if let Some(seed) = options.seed {
+            diffuse_tensor::manual_seed(seed);
+        }
+        let n = options.num as i64;
+        let learned = self.learned_sampler(options)?;
+        let mut sampler = self.sampler(options)?;
+        let x0 = image.to(self.device()).expand([n, c, h, w], false).contiguous();
+        let x = self.with_denoiser(options, learned, n, |model| {
+            editing::sdedit(sampler.as_mut(), model, &x0, strength, |s| on_step(s.index))
+        })?;
+        Ok(x.clamp(-1.0, 1.0))
+    }
+
+    fn check_image(&self, image: &Tensor, flag: &str) -> Result<()> {
+        let (c, h, w) = self.image_shape()?;
+        let s = image.size();
+        if s.len() != 4 || s[1] != c || s[2] != h || s[3] != w {
+            let what = |c: i64| match c {
+                1 => "grayscale".to_string(),
+                3 => "RGB".to_string(),
+                n => format!("{n}-channel"),
+            };
+            return Err(Error::InvalidArgument(format!(
+                "{flag}: the image is {} {}x{} but the model makes {} {w}x{h} images",
+                what(s.get(1).copied().unwrap_or(0)),
+                s.get(3).copied().unwrap_or(0),
+                s.get(2).copied().unwrap_or(0),
+                what(c)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Bits per dimension of `batches` (images in [-1, 1]) under the full T-term variational bound
+    /// (Ho et al. 2020 eq. 5; the improved-DDPM protocol: discretised Gaussian decoder, 8-bit data).
+    pub fn bits_per_dim(
+        &self,
+        batches: impl IntoIterator<Item = Tensor>,
+        total_examples: Option<u64>,
+        class: Option<i64>,
+    ) -> Result<f64> {
+        let schedule = match &self.scheduler {
+            SchedulerConfig::Ddpm(c) => diffuse_core::schedule::NoiseSchedule::new(&c.schedule)?,
+            other => {
+                let ddpm = convert_scheduler(other, "DDPMScheduler")?;
+                match ddpm {
+                    SchedulerConfig::Ddpm(c) => {
+                        diffuse_core::schedule::NoiseSchedule::new(&c.schedule)?
+                    }
+                    _ => unreachable!("converted to DDPM"),
+                }
+            }
+        };
+        let variance = scheduler_variance_type(&self.scheduler);
+        let tables = VlbTables::new(schedule);
+        let labels = self.class_labels(class, 1)?;
+        let model = UNetDenoiser {
+            unet: &self.unet,
+            prediction_type: self.prediction_type(),
+            class_labels: labels,
+            train: false,
+            keep_channels: None,
+        };
+        let device = self.device();
+        tch::no_grad(|| {
+            dataset_bits_per_dim(
+                &tables,
+                &model,
+                batches.into_iter().map(|b| b.to(device)),
+                total_examples,
+                variance,
+            )
+        })
+    }
+}
+
+/// diffusers' `model_index.json` for a DDPM-style pipeline.
+fn model_index(scheduler: &SchedulerConfig) -> Value {
+    serde_json::json!({
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "scheduler": ["diffusers", scheduler.class_name()],
+        "unet": ["diffusers", "UNet2DModel"],
+    })
+}
+
+/// Write a pipeline directory from its parts (see [`ImagePipeline::save`]).
+pub fn save_pipeline_dir(
+    dir: &Path,
+    unet: &UNet2dConfig,
+    vs: &VarStore,
+    scheduler: &SchedulerConfig,
+    info: &ImageModelInfo,
+) -> Result<()> {
+    if dir.exists() && !dir.join(MODEL_INDEX).is_file() {
+        let empty = fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(Error::InvalidArgument(format!(
+                "{}: exists and is not a model directory; refusing to overwrite it",
+                dir.display()
+            )));
+        }
+    }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    let write = || -> Result<()> {
+        fs::create_dir_all(staging.join("unet")).map_err(|e| Error::io(&staging, e))?;
+        fs::create_dir_all(staging.join("scheduler")).map_err(|e| Error::io(&staging, e))?;
+        unet.to_json_file(&staging.join(UNET_CONFIG))?;
+        save_unet_weights(vs, &staging.join(UNET_WEIGHTS))?;
+        scheduler.save(&staging.join(SCHEDULER_CONFIG))?;
+        write_json_atomic(&staging.join(DIFFUSE_INFO), info)?;
+        write_json_atomic(&staging.join(MODEL_INDEX), &model_index(scheduler))?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    // Swap: the old directory moves aside first, so at every moment one complete model exists.
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if dir.exists() {
+        fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    fs::rename(&staging, dir).map_err(|e| Error::io(dir, e))?;
+    let _ = fs::remove_dir_all(&old);
+    diffuse_tensor::atomic::sync_parent(dir);
+    Ok(())
+}

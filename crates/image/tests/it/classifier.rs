@@ -1,1 +1,275 @@
+//! The feature classifier and the Fréchet distance: pytorch-fid 0.3.0 golden values
+//! (`tests/golden/make_fid_golden.py`), the distance's algebra, a learning test on the committed
+//! MNIST subset, and the classifier directory round trip.
 
+use diffuse_image::classifier::{
+    accuracy, load_classifier_dir, load_reference_stats, save_classifier_dir, train_classifier,
+    Classifier, ClassifierConfig, ClassifierInfo, ClassifierTrainConfig,
+};
+use diffuse_image::fid::{classifier_features, frechet_distance, FeatureStats, FidReport};
+use diffuse_tensor::{manual_seed, Error};
+use serde_json::Value;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+fn golden() -> Value {
+    serde_json::from_str(include_str!("../golden/fid.json")).unwrap()
+}
+
+fn tensor(values: &Value, shape: &[i64]) -> Tensor {
+    let v: Vec<f64> = values
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    Tensor::from_slice(&v).view(shape)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn frechet_distance_matches_pytorch_fid() {
+    let g = golden();
+    for case in g["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let d = case["d"].as_i64().unwrap();
+        let a = tensor(&case["a"], &[-1, d]);
+        let b = tensor(&case["b"], &[-1, d]);
+        let sa = FeatureStats::from_features(&a);
+        let sb = FeatureStats::from_features(&b.to_kind(Kind::Float));
+        assert_eq!(sa.count, a.size()[0]);
+        assert!(max_abs_diff(&sa.mean, &tensor(&case["mean_a"], &[d])) < 1e-12);
+        assert!(max_abs_diff(&sa.cov, &tensor(&case["cov_a"], &[d, d])) < 1e-12);
+        let got = frechet_distance(&sa, &sb);
+        // The f32 copy of `b` rounds its 4-decimal values, hence 1e-6 rather than f64 precision.
+        for key in ["fid", "fid_eigh"] {
+            let want = case[key].as_f64().unwrap();
+            let rel = (got - want).abs() / want.abs();
+            assert!(rel < 1e-6, "{name}: {got} vs {key} {want} (relative {rel:e})");
+        }
+        // In f64 throughout, the same method as numpy's eigh-based value: only rounding differs, and
+        // the square roots of a singular product's zero eigenvalues magnify it to ~1e-9.
+        let exact = frechet_distance(&sa, &FeatureStats::from_features(&b));
+        let want = case["fid_eigh"].as_f64().unwrap();
+        assert!((exact - want).abs() / want < 1e-8, "{name}: {exact} vs {want}");
+    }
+}
+
+/// Features [N, D] with a random full covariance, drawn under the rng lock.
+fn random_features(n: i64, d: i64, seed: u64) -> Tensor {
+    let _guard = crate::rng_lock();
+    manual_seed(seed);
+    let mix = Tensor::randn([d, d], (Kind::Double, Device::Cpu)) / (d as f64).sqrt();
+    Tensor::randn([n, d], (Kind::Double, Device::Cpu)).matmul(&mix)
+}
+
+#[test]
+fn frechet_distance_algebra() {
+    let d = 128;
+    let a = random_features(2000, d, 1);
+    let b = random_features(1500, d, 2) * 1.3 + 0.2;
+    let sa = FeatureStats::from_features(&a);
+    let sb = FeatureStats::from_features(&b);
+
+    assert!(frechet_distance(&sa, &sa).abs() < 1e-9);
+    let ab = frechet_distance(&sa, &sb);
+    let ba = frechet_distance(&sb, &sa);
+    assert!(ab > 1.0);
+    assert!((ab - ba).abs() / ab < 1e-10, "{ab} vs {ba}");
+
+    // Equal covariances: the distance is exactly the squared mean shift.
+    let shift = Tensor::linspace(-0.5, 0.5, d, (Kind::Double, Device::Cpu));
+    let shifted = FeatureStats::from_features(&(&a + shift.unsqueeze(0)));
+    let want = shift.square().sum(Kind::Double).double_value(&[]);
+    let got = frechet_distance(&sa, &shifted);
+    assert!((got - want).abs() < 1e-9 * want.max(1.0), "{got} vs {want}");
+
+    // One-dimensional Gaussians: (m1 - m2)^2 + (s1 - s2)^2.
+    let one = |mean: f64, var: f64| FeatureStats {
+        mean: Tensor::from_slice(&[mean]),
+        cov: Tensor::from_slice(&[var]).view([1, 1]),
+        count: 10,
+    };
+    let got = frechet_distance(&one(1.0, 4.0), &one(-2.0, 9.0));
+    assert!((got - (9.0 + 1.0)).abs() < 1e-12, "{got}");
+}
+
+#[test]
+fn feature_stats_round_trip_and_reject_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats = FeatureStats::from_features(&random_features(50, 6, 3));
+    let path = dir.path().join("stats.safetensors");
+    stats.save(&path, None).unwrap();
+    let (back, metadata) = FeatureStats::load(&path).unwrap();
+    assert_eq!(back.count, 50);
+    assert_eq!(metadata["format"], "diffuse-feature-stats");
+    assert!(back.mean.equal(&stats.mean) && back.cov.equal(&stats.cov));
+
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"not a safetensors file").unwrap();
+    assert!(matches!(FeatureStats::load(&bad), Err(Error::Format { .. })));
+}
+
+#[test]
+fn classifier_config_is_validated_and_resizes_inputs() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    for bad in [
+        ClassifierConfig {
+            channels: vec![],
+            ..Default::default()
+        },
+        ClassifierConfig {
+            channels: vec![12, 20],
+            ..Default::default()
+        },
+        ClassifierConfig {
+            dropout: 1.0,
+            ..Default::default()
+        },
+    ] {
+        assert!(matches!(
+            Classifier::new(&vs.root(), &bad),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    let cfg: ClassifierConfig = serde_json::from_str(r#"{"channels": [8, 16]}"#).unwrap();
+    assert_eq!(cfg.feature_dim, ClassifierConfig::default().feature_dim);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = {
+        let _guard = crate::rng_lock();
+        manual_seed(0);
+        Classifier::new(&vs.root(), &cfg).unwrap()
+    };
+    let xs = Tensor::zeros([3, 1, 32, 32], (Kind::Float, Device::Cpu));
+    assert_eq!(model.forward_t(&xs, false).size(), [3, 10]);
+    assert_eq!(model.features(&xs).size(), [3, cfg.feature_dim]);
+}
+
+/// Root of the workspace (the test runs in crates/image).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The payload of an IDX file (plain or gzipped) as u8 with the header's dimensions.
+fn read_idx(path: &Path) -> Tensor {
+    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    } else {
+        raw
+    };
+    assert_eq!(&bytes[..3], &[0, 0, 8], "{}: not an unsigned-byte IDX file", path.display());
+    let rank = bytes[3] as usize;
+    let dims: Vec<i64> = (0..rank)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as i64)
+        .collect();
+    Tensor::from_slice(&bytes[4 + 4 * rank..]).view(dims.as_slice())
+}
+
+/// The committed MNIST subset: images [N, 1, 28, 28] u8 and labels [N] i64.
+fn mnist_subset() -> (Tensor, Tensor) {
+    let dir = workspace_root().join("data/fixtures/mnist-subset");
+    let find = |stem: &str| {
+        let plain = dir.join(stem);
+        if plain.exists() {
+            plain
+        } else {
+            dir.join(format!("{stem}.gz"))
+        }
+    };
+    let images = read_idx(&find("train-images-idx3-ubyte")).unsqueeze(1);
+    let labels = read_idx(&find("train-labels-idx1-ubyte")).to_kind(Kind::Int64);
+    (images, labels)
+}
+
+#[test]
+fn classifier_learns_mnist_and_round_trips() {
+    let (images, labels) = mnist_subset();
+    let n = images.size()[0];
+    let held_out = 128.min(n / 4);
+    let (train_x, test_x) = (images.narrow(0, 0, n - held_out), images.narrow(0, n - held_out, held_out));
+    let (train_y, test_y) = (labels.narrow(0, 0, n - held_out), labels.narrow(0, n - held_out, held_out));
+
+    let cfg = ClassifierConfig {
+        channels: vec![8, 16, 32],
+        feature_dim: 32,
+        ..Default::default()
+    };
+    let train_cfg = ClassifierTrainConfig {
+        steps: 200,
+        batch_size: 32,
+        lr: 1e-2,
+        warmup_steps: 20,
+        ..Default::default()
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let (model, loss) = {
+        let _guard = crate::rng_lock();
+        manual_seed(7);
+        let model = Classifier::new(&vs.root(), &cfg).unwrap();
+        let loss = train_classifier(&model, &vs, &train_x, &train_y, &train_cfg).unwrap();
+        (model, loss)
+    };
+    let acc = accuracy(&model, &test_x, &test_y, 50);
+    assert!(loss < 1.0, "final training loss {loss}");
+    assert!(acc > 0.7, "held-out accuracy {acc} (chance is 0.1)");
+
+    // Features of real held-out digits are closer to the training digits' than noise is.
+    let unit = |x: &Tensor| x.to_kind(Kind::Float) / 127.5 - 1.0;
+    let reference = FeatureStats::from_features(&classifier_features(&model, &unit(&train_x), 64));
+    let held = FeatureStats::from_features(&classifier_features(&model, &test_x, 64));
+    let noise = {
+        let _guard = crate::rng_lock();
+        manual_seed(3);
+        Tensor::rand([held_out, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0
+    };
+    let noise = FeatureStats::from_features(&classifier_features(&model, &noise, 64));
+    let (fid_real, fid_noise) = (frechet_distance(&reference, &held), frechet_distance(&reference, &noise));
+    assert!(fid_real * 5.0 < fid_noise, "real {fid_real}, noise {fid_noise}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let info = ClassifierInfo {
+        dataset: "mnist-subset".into(),
+        train_images: n - held_out,
+        train: train_cfg,
+        train_loss: loss,
+        test_images: held_out,
+        test_accuracy: acc,
+        ..Default::default()
+    };
+    save_classifier_dir(dir.path(), &model, &vs, &info, Some(&reference)).unwrap();
+    let (loaded, _loaded_vs, loaded_info) = load_classifier_dir(dir.path(), Device::Cpu).unwrap();
+    assert_eq!(loaded_info, info);
+    assert_eq!(loaded.config(), model.config());
+    let xs = unit(&test_x.narrow(0, 0, 16));
+    assert!(loaded.forward_t(&xs, false).equal(&model.forward_t(&xs, false)));
+    let stats = load_reference_stats(dir.path()).unwrap().unwrap();
+    assert!(stats.mean.equal(&reference.mean) && stats.cov.equal(&reference.cov));
+    assert_eq!(stats.count, n - held_out);
+
+    let report = FidReport::new(fid_real, &held, &stats, loaded.config(), &loaded_info);
+    assert_eq!(report.samples, held_out);
+    assert!(report.protocol.contains("Heusel et al. 2017"));
+    assert!(report.summary().contains("mnist-subset"));
+
+    // A directory with a wrong-shaped weight names it.
+    let other = ClassifierConfig {
+        feature_dim: 48,
+        ..cfg.clone()
+    };
+    diffuse_tensor::atomic::write_json_atomic(&dir.path().join("config.json"), &other).unwrap();
+    let Err(err) = load_classifier_dir(dir.path(), Device::Cpu) else {
+        panic!("a classifier with the wrong feature width loaded");
+    };
+    let err = err.to_string();
+    assert!(err.contains("feature.weight") && err.contains("head.weight"), "{err}");
+    assert!(load_reference_stats(&dir.path().join("absent")).unwrap().is_none());
+}

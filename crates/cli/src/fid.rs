@@ -1,0 +1,183 @@
+//! The classifier-feature Fréchet distance: `diffuse train classifier` makes the small classifier
+//! (shipped in `data/models/<dataset>-classifier`) and `diffuse eval image --metric fid` uses it.
+
+use crate::image::EvalImageArgs;
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use diffuse_image::classifier::{
+    accuracy, load_classifier_dir, load_reference_stats, save_classifier_dir, train_classifier,
+    Classifier, ClassifierConfig, ClassifierInfo, ClassifierTrainConfig, INFO_FILE,
+};
+use diffuse_image::data::{ImageDataset, Split};
+use diffuse_image::fid::{classifier_features, frechet_distance, FeatureStats, FidReport};
+use diffuse_image::pipeline::ImagePipeline;
+use diffuse_tensor::parse_device;
+use std::path::{Path, PathBuf};
+
+/// Where bundled models live: `./data/models` when run from the repository, else the
+/// repository this binary was built from.
+pub fn default_models_dir() -> PathBuf {
+    let local = Path::new("data").join("models");
+    if local.is_dir() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("..")
+        .join("data")
+        .join("models")
+}
+
+/// A dataset's short name: `mnist` stays `mnist`, a path gives its last component.
+fn dataset_short_name(data: &str) -> String {
+    Path::new(data)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| data.to_owned())
+}
+
+pub fn eval_fid(
+    pipeline: &ImagePipeline,
+    data_name: &str,
+    test: &ImageDataset,
+    args: &EvalImageArgs,
+) -> Result<serde_json::Value> {
+    let dir = args.classifier.clone().unwrap_or_else(|| {
+        default_models_dir().join(format!("{}-classifier", dataset_short_name(data_name)))
+    });
+    if !dir.join(INFO_FILE).is_file() {
+        bail!(
+            "--classifier: {} is not a classifier directory (train one with `diffuse train classifier --data {data_name} --out {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let device = pipeline.device();
+    let (classifier, _vs, info) =
+        load_classifier_dir(&dir, device).map_err(|e| anyhow!("--classifier: {e}"))?;
+    let (channels, _, _) = pipeline.image_shape()?;
+    if classifier.config().in_channels != channels {
+        bail!(
+            "--classifier: {} takes {}-channel images but the model makes {channels}-channel ones",
+            dir.display(),
+            classifier.config().in_channels
+        );
+    }
+    let batch = args.batch_size as i64;
+    let reference = match load_reference_stats(&dir)? {
+        Some(stats) => stats,
+        None => FeatureStats::from_features(&classifier_features(&classifier, test.pixels(), batch)),
+    };
+    if args.num < 2 {
+        bail!("--num: the Fréchet distance needs at least 2 samples");
+    }
+    let options = args.sampler.options(args.num, Some(args.batch_size))?;
+    let bar = diffuse_tensor::progress::progress_bar(0, "sample", "step");
+    let samples = pipeline.sample(&options, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let stats = FeatureStats::from_features(&classifier_features(&classifier, &samples, batch));
+    let value = frechet_distance(&stats, &reference);
+    let report = FidReport::new(value, &stats, &reference, classifier.config(), &info);
+    let sampling = format!(
+        "sampler {}, {} steps, seed {}",
+        options.sampler.as_deref().unwrap_or(pipeline.scheduler.class_name()),
+        pipeline.sampler(&options)?.timesteps().len(),
+        args.sampler.seed
+    );
+    let mut json = serde_json::to_value(&report)?;
+    json["sampling"] = sampling.clone().into();
+    json["summary"] = format!("{}; samples: {sampling}", report.summary()).into();
+    Ok(json)
+}
+
+/// `diffuse train classifier`.
+#[derive(Args, Debug)]
+pub struct TrainClassifierArgs {
+    /// Labelled dataset: mnist, fashion-mnist, or a folder with one subfolder per class.
+    #[arg(long)]
+    pub data: String,
+    /// Directory to write (config.json, model.safetensors, info.json, reference_stats.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 2000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image side (default: the dataset's own).
+    #[arg(long)]
+    pub resolution: Option<u32>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn train(args: TrainClassifierArgs) -> Result<()> {
+    let device = parse_device(&args.device).map_err(|e| anyhow!("--device: {e}"))?;
+    if args.out.exists() && !args.out.join(INFO_FILE).is_file() {
+        let empty = args.out.read_dir().map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !empty {
+            bail!(
+                "--out: {} exists and is not a classifier directory; refusing to write into it",
+                args.out.display()
+            );
+        }
+    }
+    let dir = ImageDataset::default_datasets_dir();
+    let load = |split| {
+        ImageDataset::load(&args.data, split, args.resolution, None, &dir)
+            .map_err(|e| anyhow!("--data: {e}"))
+    };
+    let train_set = load(Split::Train)?;
+    let test_set = load(Split::Test)?;
+    let (Some(labels), Some(classes)) = (train_set.labels(), train_set.num_classes()) else {
+        bail!("--data: {} has no class labels to train a classifier on", args.data);
+    };
+    let test_labels = test_set
+        .labels()
+        .ok_or_else(|| anyhow!("--data: the test split of {} has no labels", args.data))?;
+    let config = ClassifierConfig {
+        in_channels: train_set.channels(),
+        resolution: train_set.height(),
+        num_classes: classes,
+        ..ClassifierConfig::default()
+    };
+    let train_config = ClassifierTrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        ..ClassifierTrainConfig::default()
+    };
+    let vs = tch::nn::VarStore::new(device);
+    let model = Classifier::new(&vs.root(), &config)?;
+    let started = std::time::Instant::now();
+    let loss = train_classifier(&model, &vs, train_set.pixels(), labels, &train_config)?;
+    let acc = accuracy(&model, test_set.pixels(), test_labels, 256);
+    let reference =
+        FeatureStats::from_features(&classifier_features(&model, test_set.pixels(), 256));
+    let info = ClassifierInfo {
+        dataset: dataset_short_name(&args.data),
+        train_images: train_set.len() as i64,
+        train: train_config,
+        train_loss: loss,
+        test_images: test_set.len() as i64,
+        test_accuracy: acc,
+        reference_split: "test".into(),
+    };
+    save_classifier_dir(&args.out, &model, &vs, &info, Some(&reference))?;
+    println!(
+        "trained the {} classifier in {:.0} s: test accuracy {:.2}% on {} images; wrote {}",
+        info.dataset,
+        started.elapsed().as_secs_f64(),
+        100.0 * acc,
+        test_set.len(),
+        args.out.display()
+    );
+    Ok(())
+}

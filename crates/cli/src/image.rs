@@ -1,0 +1,719 @@
+//! `diffuse train|sample|inpaint|eval image`: the image commands, thin over `diffuse-image`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use diffuse_core::editing::Resampling;
+use diffuse_core::losses::{TimestepSampling, Weighting};
+use diffuse_core::prediction::PredictionType;
+use diffuse_core::schedule::BetaSchedule;
+use diffuse_image::data::{ImageDataset, Split};
+use diffuse_image::io::{read_image, read_mask, save_grid, save_image, save_images};
+use diffuse_image::pipeline::{ImagePipeline, SampleOptions, SAMPLER_NAMES};
+use diffuse_image::train::{
+    hybrid_objective, read_run_config, train_image_model, ImageTrainConfig, RUN_CONFIG,
+};
+use diffuse_image::unet::{NormType, UNet2dConfig};
+use diffuse_tensor::ema::EmaConfig;
+use diffuse_tensor::progress::progress_bar;
+use diffuse_tensor::{parse_device, Precision};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Tensor;
+
+/// Options shared by every command that samples.
+#[derive(Args, Clone, Debug)]
+pub struct SamplerArgs {
+    /// Sampler: ddpm, ddim, euler, euler-ancestral, heun, dpm++2m, dpm++3m, sde-dpm++2m (default: the model's scheduler).
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Inference steps (default 1000 for ddpm, 50 otherwise).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// DDIM's eta: 0 deterministic, 1 ancestral.
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Karras sigma spacing (euler, heun, dpm++ samplers).
+    #[arg(long)]
+    pub karras: bool,
+    /// Seed of the random generator.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Class label to generate (class-conditioned models).
+    #[arg(long)]
+    pub class: Option<i64>,
+    /// Classifier-free guidance scale (1 = none; needs --class and a model trained with label dropout).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f64,
+    /// Guidance rescale phi in [0, 1] (Lin et al. 2023).
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f64,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+impl SamplerArgs {
+    pub fn options(&self, num: usize, batch_size: Option<usize>) -> Result<SampleOptions> {
+        if let Some(name) = &self.sampler {
+            if !SAMPLER_NAMES.contains(&name.as_str()) {
+                bail!(
+                    "--sampler: unknown sampler '{name}' (expected one of {})",
+                    SAMPLER_NAMES.join(", ")
+                );
+            }
+        }
+        Ok(SampleOptions {
+            num,
+            sampler: self.sampler.clone(),
+            steps: self.steps,
+            eta: self.eta,
+            karras: self.karras,
+            seed: Some(self.seed),
+            class: self.class,
+            guidance: self.guidance,
+            guidance_rescale: self.guidance_rescale,
+            batch_size,
+        })
+    }
+}
+
+/// `diffuse sample image`.
+#[derive(Args, Debug)]
+pub struct SampleImageArgs {
+    /// Model directory (a diffusers pipeline directory, or a training run directory).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 16)]
+    pub num: usize,
+    /// Images per model call (default: all at once, which reproduces diffusers' seeded pipelines).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// Grid picture to write (.png, .jpg or .jpeg).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Images per grid row (default: about the square root of --num).
+    #[arg(long)]
+    pub nrow: Option<usize>,
+    /// Also write every image as DIR/sample-NNNNN.png.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Also save the float samples in [-1, 1], exactly as produced, as safetensors (tensor "samples").
+    #[arg(long)]
+    pub raw: Option<PathBuf>,
+}
+
+/// Check an output picture's extension before any work is done.
+fn check_picture_path(path: &Path, flag: &str) -> Result<()> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if !matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
+        bail!(
+            "{flag}: {}: the picture format is chosen by the extension, expected .png, .jpg or .jpeg",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Read a picture for a model that makes `channels`-channel images: a picture with another
+/// channel count (alpha aside) is refused rather than silently converted.
+fn read_model_image(path: &Path, channels: i64, flag: &str) -> Result<Tensor> {
+    let decoded = diffuse_image::io::decode(path).map_err(|e| anyhow!("{flag}: {e}"))?;
+    let colour = decoded.color();
+    let found = colour.channel_count() as i64 - i64::from(colour.has_alpha());
+    if found != channels {
+        let what = |c: i64| match c {
+            1 => "grayscale".to_string(),
+            3 => "RGB".to_string(),
+            n => format!("{n}-channel"),
+        };
+        bail!(
+            "{flag}: {} is a {} image but the model makes {} images",
+            path.display(),
+            what(found),
+            what(channels)
+        );
+    }
+    read_image(path, channels).map_err(|e| anyhow!("{flag}: {e}"))
+}
+
+fn device(flag_value: &str) -> Result<tch::Device> {
+    parse_device(flag_value).map_err(|e| anyhow!("--device: {e}"))
+}
+
+fn load_pipeline(model: &Path, device: tch::Device) -> Result<ImagePipeline> {
+    ImagePipeline::load(model, device).map_err(|e| anyhow!("--model: {e}"))
+}
+
+fn save_raw(samples: &Tensor, path: &Path) -> Result<()> {
+    diffuse_tensor::weights::save_tensors(
+        path,
+        &[("samples".to_string(), samples.shallow_clone())],
+        None,
+    )
+    .with_context(|| format!("--raw: writing {}", path.display()))
+}
+
+fn sampling_bar(label: &str) -> (indicatif::ProgressBar, impl FnMut(usize, usize)) {
+    let bar = progress_bar(0, label, "step");
+    let b = bar.clone();
+    (bar, move |done: usize, total: usize| {
+        if b.length() != Some(total as u64) {
+            b.set_length(total as u64);
+        }
+        b.set_position(done as u64);
+    })
+}
+
+pub fn sample(args: SampleImageArgs) -> Result<()> {
+    if args.out.is_none() && args.out_dir.is_none() && args.raw.is_none() {
+        bail!("nothing to write: give --out GRID.png, --out-dir DIR or --raw FILE.safetensors");
+    }
+    if let Some(out) = &args.out {
+        check_picture_path(out, "--out")?;
+    }
+    let options = args.sampler.options(args.num, args.batch_size)?;
+    let device = device(&args.sampler.device)?;
+    let pipeline = load_pipeline(&args.model, device)?;
+    // Fail on bad sampler settings before the long part.
+    pipeline.sampler(&options)?;
+    let started = Instant::now();
+    let (bar, on_step) = sampling_bar("sample");
+    let images = pipeline.sample(&options, on_step)?;
+    bar.finish();
+    let images = images.to_device(tch::Device::Cpu);
+    if let Some(raw) = &args.raw {
+        save_raw(&images, raw)?;
+    }
+    if let Some(out) = &args.out {
+        save_grid(&images, out, args.nrow)?;
+        println!("wrote {} ({} images)", out.display(), args.num);
+    }
+    if let Some(dir) = &args.out_dir {
+        let files = save_images(&images, dir, "sample-")?;
+        println!("wrote {} images to {}", files.len(), dir.display());
+    }
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "sampled {} images",
+        args.num
+    );
+    Ok(())
+}
+
+/// `diffuse inpaint image`.
+#[derive(Args, Debug)]
+pub struct InpaintImageArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The image to complete (PNG/JPEG of the model's size).
+    #[arg(long, requires = "mask", conflicts_with = "from")]
+    pub image: Option<PathBuf>,
+    /// Mask picture: white = keep the image's pixels, black = generate them; strictly black and white.
+    #[arg(long, requires = "image")]
+    pub mask: Option<PathBuf>,
+    /// RePaint: resample each jump this many times (1 = plain replacement).
+    #[arg(long, default_value_t = 1)]
+    pub resample: usize,
+    /// RePaint: steps per jump back.
+    #[arg(long, default_value_t = 10)]
+    pub jump: usize,
+    /// SDEdit: the image to edit (instead of --image/--mask).
+    #[arg(long, requires = "strength")]
+    pub from: Option<PathBuf>,
+    /// SDEdit: how far up the noise schedule to go, in [0, 1].
+    #[arg(long)]
+    pub strength: Option<f64>,
+    /// Number of results.
+    #[arg(long, default_value_t = 1)]
+    pub num: usize,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// Output picture (.png, .jpg or .jpeg): the result, or a grid when --num > 1.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also save the float results as safetensors.
+    #[arg(long)]
+    pub raw: Option<PathBuf>,
+}
+
+pub fn inpaint(args: InpaintImageArgs) -> Result<()> {
+    check_picture_path(&args.out, "--out")?;
+    let options = args.sampler.options(args.num, None)?;
+    let device = device(&args.sampler.device)?;
+    let pipeline = load_pipeline(&args.model, device)?;
+    let (channels, _, _) = pipeline.image_shape()?;
+    pipeline.sampler(&options)?;
+    let bar = progress_bar(0, "inpaint", "step");
+    let result = match (&args.image, &args.mask, &args.from, args.strength) {
+        (Some(image), Some(mask), None, _) => {
+            let picture = read_model_image(image, channels, "--image")?;
+            let mask = read_mask(mask).map_err(|e| anyhow!("--mask: {e}"))?;
+            if args.resample == 0 || args.jump == 0 {
+                bail!("--resample and --jump must be at least 1");
+            }
+            let resampling = (args.resample > 1).then_some(Resampling {
+                jump_length: args.jump,
+                jump_n_sample: args.resample,
+            });
+            pipeline.inpaint(&picture, &mask, resampling, &options, |i| {
+                bar.set_position(i as u64)
+            })?
+        }
+        (None, None, Some(from), Some(strength)) => {
+            let picture = read_model_image(from, channels, "--from")?;
+            pipeline.sdedit(&picture, strength, &options, |i| bar.set_position(i as u64))?
+        }
+        _ => bail!("give either --image and --mask (inpainting) or --from and --strength (SDEdit)"),
+    };
+    bar.finish();
+    let result = result.to_device(tch::Device::Cpu);
+    if let Some(raw) = &args.raw {
+        save_raw(&result, raw)?;
+    }
+    if args.num == 1 {
+        save_image(&result, &args.out)?;
+    } else {
+        save_grid(&result, &args.out, None)?;
+    }
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// `diffuse train image`.
+#[derive(Args, Debug)]
+pub struct TrainImageArgs {
+    /// Dataset: mnist, fashion-mnist, a folder of PNG/JPEG images (subfolders = classes), or IDX files.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Run directory (checkpoints, metrics, sample grids, the final model in RUN_DIR/model).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (its run.json settings apply; --steps may extend it).
+    #[arg(long)]
+    pub resume: bool,
+    /// Image side in pixels (resized and centre-cropped); default: the dataset's own.
+    #[arg(long)]
+    pub resolution: Option<u32>,
+    /// 1 (grayscale) or 3 (RGB); default: the dataset's own.
+    #[arg(long)]
+    pub channels: Option<u32>,
+    /// Random horizontal flips.
+    #[arg(long)]
+    pub hflip: bool,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Optimiser steps (default 1000 unless --epochs is given).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Train for this many passes over the data instead of --steps.
+    #[arg(long, conflicts_with = "steps")]
+    pub epochs: Option<u64>,
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// constant, constant_with_warmup, linear or cosine.
+    #[arg(long, default_value = "cosine")]
+    pub lr_schedule: String,
+    #[arg(long, default_value_t = 100)]
+    pub warmup_steps: u64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 1e-6)]
+    pub weight_decay: f64,
+    /// Dropout in the residual blocks.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// EMA decay ceiling (0 = no EMA); warmed up as diffusers' train_unconditional does.
+    #[arg(long, default_value_t = 0.9999)]
+    pub ema_decay: f64,
+    /// Clip the gradient norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Micro-batches accumulated into one optimiser step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: u64,
+    /// f32, or bf16 (autocast; CUDA only).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    /// epsilon, sample or v_prediction.
+    #[arg(long, default_value = "epsilon")]
+    pub prediction_type: String,
+    /// simple (L_simple) or hybrid (learned variance, L_simple + 0.001 L_vlb).
+    #[arg(long, default_value = "simple")]
+    pub objective: String,
+    /// uniform, min-snr or soft-min-snr.
+    #[arg(long, default_value = "uniform")]
+    pub weighting: String,
+    /// gamma of the SNR weightings.
+    #[arg(long, default_value_t = 5.0)]
+    pub snr_gamma: f64,
+    /// uniform or loss-second-moment (importance sampling).
+    #[arg(long, default_value = "uniform")]
+    pub timestep_sampling: String,
+    /// Offset noise strength (0 = off, 0.1 usual).
+    #[arg(long, default_value_t = 0.0)]
+    pub offset_noise: f64,
+    /// linear, scaled_linear, squaredcos_cap_v2 or sigmoid.
+    #[arg(long, default_value = "linear")]
+    pub beta_schedule: String,
+    #[arg(long, default_value_t = 1000)]
+    pub num_train_timesteps: usize,
+    /// Condition on class labels (with label dropout, for guidance).
+    #[arg(long)]
+    pub class_conditional: bool,
+    /// Fraction of labels dropped to the null class.
+    #[arg(long, default_value_t = 0.1)]
+    pub label_dropout: f64,
+    /// A diffusers UNet2DModel config.json to start from (sizes/classes are filled from the data).
+    #[arg(long)]
+    pub unet_config: Option<PathBuf>,
+    /// Channels per level, e.g. 32,64,64.
+    #[arg(long, value_delimiter = ',')]
+    pub block_out_channels: Option<Vec<i64>>,
+    #[arg(long)]
+    pub layers_per_block: Option<i64>,
+    /// Levels (0 = full resolution) with self-attention, e.g. 2 or 1,2; "none" for none.
+    #[arg(long)]
+    pub attention_levels: Option<String>,
+    /// Channels per attention head (0 = one head as wide as the channels).
+    #[arg(long)]
+    pub attention_head_dim: Option<i64>,
+    #[arg(long)]
+    pub norm_num_groups: Option<i64>,
+    /// group (diffusers) or batch (batch-norm variant; diffusers cannot load it).
+    #[arg(long)]
+    pub norm: Option<String>,
+    /// FiLM-style scale-and-shift time conditioning (resnet_time_scale_shift = scale_shift).
+    #[arg(long)]
+    pub scale_shift: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value_t = 3)]
+    pub keep_last: usize,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Write a sample grid every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 500)]
+    pub sample_every: u64,
+    #[arg(long, default_value_t = 16)]
+    pub sample_num: usize,
+    /// DDIM steps for the sample grids.
+    #[arg(long, default_value_t = 50)]
+    pub sample_steps: usize,
+    /// Stop after this many total steps as if interrupted (resume later with --resume).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<u64>,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(flag: &str, value: &str, allowed: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::from(value.replace('-', "_")))
+        .map_err(|_| anyhow!("{flag}: unknown value '{value}' (expected {allowed})"))
+}
+
+fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
+    let data = args
+        .data
+        .clone()
+        .ok_or_else(|| anyhow!("--data: required (mnist, fashion-mnist, or a folder of images)"))?;
+    let mut config = ImageTrainConfig {
+        data,
+        resolution: args.resolution,
+        channels: args.channels,
+        hflip: args.hflip,
+        batch_size: args.batch_size,
+        class_conditional: args.class_conditional,
+        label_dropout: args.label_dropout,
+        sample_every: args.sample_every,
+        sample_num: args.sample_num,
+        sample_steps: args.sample_steps,
+        ..ImageTrainConfig::default()
+    };
+    if let Some(c) = args.channels {
+        if c != 1 && c != 3 {
+            bail!("--channels: expected 1 (grayscale) or 3 (RGB), got {c}");
+        }
+    }
+    // The network.
+    if let Some(path) = &args.unet_config {
+        config.unet = UNet2dConfig::from_json_file(path).map_err(|e| anyhow!("--unet-config: {e}"))?;
+    }
+    let unet = &mut config.unet;
+    if let Some(channels) = &args.block_out_channels {
+        unet.block_out_channels = channels.clone();
+    }
+    let levels = unet.block_out_channels.len();
+    if args.block_out_channels.is_some() || args.attention_levels.is_some() {
+        let attention: Vec<usize> = match args.attention_levels.as_deref() {
+            Some("none") | Some("") => vec![],
+            Some(list) => list
+                .split(',')
+                .map(|s| {
+                    s.trim().parse::<usize>().ok().filter(|&l| l < levels).ok_or_else(|| {
+                        anyhow!("--attention-levels: '{s}' is not a level in 0..{levels}")
+                    })
+                })
+                .collect::<Result<_>>()?,
+            None => vec![levels - 1],
+        };
+        unet.down_block_types = (0..levels)
+            .map(|l| if attention.contains(&l) { "AttnDownBlock2D" } else { "DownBlock2D" }.into())
+            .collect();
+        unet.up_block_types = (0..levels)
+            .rev()
+            .map(|l| if attention.contains(&l) { "AttnUpBlock2D" } else { "UpBlock2D" }.into())
+            .collect();
+    }
+    if let Some(n) = args.layers_per_block {
+        unet.layers_per_block = n;
+    }
+    if let Some(d) = args.attention_head_dim {
+        unet.attention_head_dim = (d > 0).then_some(d);
+    }
+    if let Some(g) = args.norm_num_groups {
+        unet.norm_num_groups = g;
+    }
+    if let Some(norm) = &args.norm {
+        unet.norm_type = match norm.as_str() {
+            "group" => NormType::Group,
+            "batch" => NormType::Batch,
+            other => bail!("--norm: expected group or batch, got '{other}'"),
+        };
+    }
+    if args.scale_shift {
+        unet.resnet_time_scale_shift = "scale_shift".into();
+    }
+    if !(0.0..1.0).contains(&args.dropout) {
+        bail!("--dropout: must lie in [0, 1), got {}", args.dropout);
+    }
+    unet.dropout = args.dropout;
+    // The schedule and objective.
+    config.scheduler.schedule.beta_schedule = parse_enum::<BetaSchedule>(
+        "--beta-schedule",
+        &args.beta_schedule,
+        "linear, scaled_linear, squaredcos_cap_v2 or sigmoid",
+    )?;
+    config.scheduler.schedule.num_train_timesteps = args.num_train_timesteps;
+    let prediction: PredictionType = args
+        .prediction_type
+        .parse()
+        .map_err(|e| anyhow!("--prediction-type: {e}"))?;
+    config.objective.prediction_type = prediction;
+    config.objective.weighting = match args.weighting.as_str() {
+        "uniform" => Weighting::Uniform,
+        "min-snr" | "min_snr" => Weighting::MinSnr {
+            gamma: args.snr_gamma,
+        },
+        "soft-min-snr" | "soft_min_snr" => Weighting::SoftMinSnr {
+            gamma: args.snr_gamma,
+        },
+        other => bail!("--weighting: unknown weighting '{other}' (expected uniform, min-snr or soft-min-snr)"),
+    };
+    config.objective.timestep_sampling = parse_enum::<TimestepSampling>(
+        "--timestep-sampling",
+        &args.timestep_sampling,
+        "uniform or loss-second-moment",
+    )?;
+    config.objective.offset_noise = args.offset_noise;
+    config.objective = match args.objective.as_str() {
+        "simple" => config.objective,
+        "hybrid" => hybrid_objective(config.objective),
+        other => bail!("--objective: unknown objective '{other}' (expected simple or hybrid)"),
+    };
+    // The loop.
+    let t = &mut config.train;
+    t.steps = args.steps.unwrap_or(1000);
+    t.grad_accum = args.grad_accum;
+    t.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
+    t.optimizer.lr = args.lr;
+    t.optimizer.weight_decay = args.weight_decay;
+    t.lr_schedule = args
+        .lr_schedule
+        .parse()
+        .map_err(|e| anyhow!("--lr-schedule: {e}"))?;
+    t.warmup_steps = args.warmup_steps;
+    t.ema = (args.ema_decay > 0.0).then(|| EmaConfig {
+        decay: args.ema_decay,
+        use_ema_warmup: true,
+        inv_gamma: 1.0,
+        power: 0.75,
+        ..EmaConfig::default()
+    });
+    t.seed = args.seed;
+    t.checkpoint_every = args.checkpoint_every;
+    t.keep_last = args.keep_last;
+    t.log_every = args.log_every;
+    t.precision = args
+        .precision
+        .parse::<Precision>()
+        .map_err(|e| anyhow!("--precision: {e}"))?;
+    Ok(config)
+}
+
+pub fn train(args: TrainImageArgs) -> Result<()> {
+    let device = device(&args.device)?;
+    let run_dir = &args.out;
+    let mut config = if args.resume {
+        if !run_dir.join(RUN_CONFIG).is_file() {
+            bail!(
+                "--resume: {} holds no run ({RUN_CONFIG} is missing)",
+                run_dir.display()
+            );
+        }
+        let mut config = read_run_config(run_dir)?;
+        if let Some(steps) = args.steps {
+            config.train.steps = steps;
+        }
+        tracing::info!("resuming with the settings in {}", run_dir.join(RUN_CONFIG).display());
+        config
+    } else {
+        let non_empty = run_dir
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if non_empty {
+            bail!(
+                "--out: {} already exists and is not empty; pass --resume to continue that run, or choose a new directory",
+                run_dir.display()
+            );
+        }
+        build_config(&args)?
+    };
+    if !args.resume {
+        if let Some(epochs) = args.epochs {
+            let data = diffuse_image::train::load_dataset(&config, Split::Train)?;
+            let per_epoch = (data.len() as u64).div_ceil(config.batch_size.max(1) as u64);
+            config.train.steps = (epochs * per_epoch).max(1);
+        }
+    }
+    let started = Instant::now();
+    let outcome = train_image_model(&config, run_dir, device, args.resume, args.stop_after)?;
+    let secs = started.elapsed().as_secs_f64();
+    match outcome.model_dir {
+        Some(dir) => println!(
+            "trained {} steps in {secs:.0} s; model in {} (sample it with `diffuse sample image --model {}`)",
+            outcome.summary.steps_done,
+            dir.display(),
+            dir.display()
+        ),
+        None => println!(
+            "stopped at step {} of {} after {secs:.0} s; continue with --resume",
+            outcome.summary.steps_done, config.train.steps
+        ),
+    }
+    Ok(())
+}
+
+/// `diffuse eval image`.
+#[derive(Args, Debug)]
+pub struct EvalImageArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dataset whose test split to compare with (default: the one the model was trained on).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// bpd (bits/dim from the full variational bound) or fid (Fréchet distance in the features of
+    /// diffuse's classifier for the dataset); comma-separate for both.
+    #[arg(long, default_value = "bpd", value_delimiter = ',')]
+    pub metric: Vec<String>,
+    /// bpd: test images to evaluate (each costs num_train_timesteps model calls); 0 = all.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// fid: samples to generate.
+    #[arg(long, default_value_t = 1000)]
+    pub num: usize,
+    /// Images per model call.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// fid: classifier directory (default: data/models/<dataset>-classifier).
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn eval(args: EvalImageArgs) -> Result<()> {
+    for m in &args.metric {
+        if m != "bpd" && m != "fid" {
+            bail!("--metric: unknown metric '{m}' (expected bpd or fid)");
+        }
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size: must be at least 1");
+    }
+    let device = device(&args.sampler.device)?;
+    let pipeline = load_pipeline(&args.model, device)?;
+    let data_name = args
+        .data
+        .clone()
+        .or_else(|| pipeline.info.dataset.clone())
+        .ok_or_else(|| anyhow!("--data: the model does not say what it was trained on; name the dataset"))?;
+    let (channels, h, w) = pipeline.image_shape()?;
+    if h != w {
+        bail!("eval: only square models are supported (this one makes {w}x{h} images)");
+    }
+    let test = ImageDataset::load(
+        &data_name,
+        Split::Test,
+        Some(h as u32),
+        Some(channels as u32),
+        &ImageDataset::default_datasets_dir(),
+    )
+    .map_err(|e| anyhow!("--data: {e}"))?;
+    let mut report = serde_json::Map::new();
+    report.insert("model".into(), args.model.display().to_string().into());
+    report.insert("data".into(), data_name.clone().into());
+    for metric in &args.metric {
+        match metric.as_str() {
+            "bpd" => {
+                let n = if args.limit == 0 { test.len() } else { args.limit.min(test.len()) };
+                let subset = test.take(n);
+                let batches: Vec<Tensor> = (0..n)
+                    .step_by(args.batch_size)
+                    .map(|start| {
+                        let idx: Vec<usize> = (start..(start + args.batch_size).min(n)).collect();
+                        subset.batch(&idx, false, tch::Device::Cpu).0
+                    })
+                    .collect();
+                diffuse_tensor::manual_seed(args.sampler.seed);
+                let bpd = pipeline.bits_per_dim(batches, Some(n as u64), args.sampler.class)?;
+                let protocol = format!(
+                    "full {}-term variational bound, discretised Gaussian decoder, first {n} test images, seed {}",
+                    match &pipeline.scheduler {
+                        diffuse_core::scheduler_config::SchedulerConfig::Ddpm(c) => c.schedule.num_train_timesteps,
+                        _ => 0,
+                    },
+                    args.sampler.seed
+                );
+                if !args.json {
+                    println!("bits/dim {bpd:.4} ({protocol})");
+                }
+                report.insert("bpd".into(), serde_json::json!({"value": bpd, "images": n, "protocol": protocol}));
+            }
+            "fid" => {
+                let value = crate::fid::eval_fid(&pipeline, &data_name, &test, &args)?;
+                if !args.json {
+                    println!("{}", value["summary"].as_str().unwrap_or_default());
+                }
+                report.insert("fid".into(), value);
+            }
+            _ => unreachable!("checked above"),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}

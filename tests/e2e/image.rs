@@ -1,0 +1,341 @@
+//! The image commands end to end: train on the committed MNIST subset, resume exactly, sample,
+//! inpaint, edit, evaluate; seeded parity with diffusers' pipelines; one-line errors for bad input.
+
+use diffuse_e2e::{assert_user_error, diffuse, read_f32, read_safetensors, repo_root};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("data").join("fixtures").join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A tiny run on the MNIST subset: 50-step schedule so sampling and the bound stay fast.
+fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "image",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--block-out-channels",
+        "16,32",
+        "--layers-per-block",
+        "1",
+        "--norm-num-groups",
+        "8",
+        "--attention-levels",
+        "1",
+        "--attention-head-dim",
+        "8",
+        "--num-train-timesteps",
+        "50",
+        "--checkpoint-every",
+        "3",
+        "--sample-every",
+        "3",
+        "--sample-num",
+        "4",
+        "--sample-steps",
+        "2",
+        "--log-every",
+        "1",
+        "--warmup-steps",
+        "2",
+        "--lr-schedule",
+        "cosine",
+        "--ema-decay",
+        "0.99",
+        "--hflip",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (img.width(), img.height())
+}
+
+#[test]
+fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture("mnist-subset");
+    let run = tmp.path().join("run");
+    let r = diffuse(&train_args(s(&data), s(&run), &[]), None);
+    assert!(r.success(), "train failed: {}", r.stderr);
+    for file in [
+        "run.json",
+        "metrics.jsonl",
+        "loss.png",
+        "samples/step-000000003.png",
+        "samples/step-000000006.png",
+        "model/model_index.json",
+        "model/unet/config.json",
+        "model/unet/diffusion_pytorch_model.safetensors",
+        "model/scheduler/scheduler_config.json",
+        "checkpoints/step-000000006/trainer.json",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing after training");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 6, "{metrics}");
+
+    // Interrupted after 3 steps and resumed: the same final weights, bit for bit.
+    let run2 = tmp.path().join("run2");
+    let r = diffuse(&train_args(s(&data), s(&run2), &["--stop-after", "3"]), None);
+    assert!(r.success(), "{}", r.stderr);
+    assert!(r.stdout.contains("continue with --resume"), "{}", r.stdout);
+    assert!(!run2.join("model").exists());
+    let r = diffuse(
+        &["train", "image", "--out", s(&run2), "--resume", "--device", "cpu"],
+        None,
+    );
+    assert!(r.success(), "resume failed: {}", r.stderr);
+    let weights = "model/unet/diffusion_pytorch_model.safetensors";
+    let (a, b) = (
+        read_safetensors(&run.join(weights)),
+        read_safetensors(&run2.join(weights)),
+    );
+    assert_eq!(a.len(), b.len());
+    for (name, tensor) in &a {
+        assert!(b[name] == *tensor, "{name} differs after resume");
+    }
+    let metrics2 = std::fs::read_to_string(run2.join("metrics.jsonl")).unwrap();
+    let losses = |m: &str| -> Vec<f64> {
+        m.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(losses(&metrics), losses(&metrics2));
+
+    // Sample: grid (PNG and JPEG), one file per image, raw floats.
+    let model = run.join("model");
+    let grid = tmp.path().join("grid.png");
+    let raw = tmp.path().join("raw.safetensors");
+    let dir = tmp.path().join("imgs");
+    let r = diffuse(
+        &[
+            "sample", "image", "--model", s(&model), "--num", "4", "--sampler", "ddim", "--steps", "3",
+            "--out", s(&grid), "--out-dir", s(&dir), "--raw", s(&raw), "--device", "cpu",
+        ],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let (w, h) = png_size(&grid);
+    assert!(w >= 56 && h >= 56, "grid {w}x{h}");
+    let (shape, values) = read_f32(&raw, "samples");
+    assert_eq!(shape, vec![4, 1, 28, 28]);
+    assert!(values.iter().all(|v| v.is_finite() && (-1.0..=1.0).contains(v)));
+    assert_eq!(png_size(&dir.join("sample-00000.png")), (28, 28));
+    let jpeg = tmp.path().join("grid.JPG");
+    let r = diffuse(
+        &["sample", "image", "--model", s(&run), "--num", "2", "--sampler", "dpm++2m", "--steps", "4",
+          "--out", s(&jpeg), "--device", "cpu"],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    assert_eq!(&std::fs::read(&jpeg).unwrap()[..2], &[0xff, 0xd8], "not a JPEG");
+
+    // Inpaint the left half of a sample back, plain and with RePaint; SDEdit it.
+    let picture = dir.join("sample-00001.png");
+    let mask = tmp.path().join("mask.png");
+    image::GrayImage::from_fn(28, 28, |x, _| image::Luma([if x < 14 { 255 } else { 0 }]))
+        .save(&mask)
+        .unwrap();
+    let out = tmp.path().join("inpainted.png");
+    let raw_inpaint = tmp.path().join("inpainted.safetensors");
+    for extra in [&[][..], &["--resample", "2", "--jump", "2"][..]] {
+        let mut args = vec![
+            "inpaint", "image", "--model", s(&model), "--image", s(&picture), "--mask", s(&mask),
+            "--sampler", "ddim", "--steps", "4", "--out", s(&out), "--raw", s(&raw_inpaint),
+            "--device", "cpu",
+        ];
+        args.extend_from_slice(extra);
+        let r = diffuse(&args, None);
+        assert!(r.success(), "{}", r.stderr);
+        assert_eq!(png_size(&out), (28, 28));
+        // The kept half equals the input image (to 8-bit rounding).
+        let (_, got) = read_f32(&raw_inpaint, "samples");
+        let input = image::open(&picture).unwrap().to_luma8();
+        for y in 0..28 {
+            for x in 0..14 {
+                let want = input.get_pixel(x, y)[0] as f32 / 127.5 - 1.0;
+                let v = got[(y * 28 + x) as usize];
+                assert!((v - want).abs() < 1e-4, "pixel ({x},{y}) {v} vs {want}");
+            }
+        }
+    }
+    let edited = tmp.path().join("edited.png");
+    let r = diffuse(
+        &["inpaint", "image", "--model", s(&model), "--from", s(&picture), "--strength", "0.5",
+          "--sampler", "ddim", "--steps", "4", "--out", s(&edited), "--device", "cpu"],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    assert_eq!(png_size(&edited), (28, 28));
+
+    // Bits/dim on two test images from the full 50-term bound.
+    let r = diffuse(
+        &["eval", "image", "--model", s(&model), "--data", s(&data), "--metric", "bpd", "--limit", "2",
+          "--batch-size", "2", "--json", "--device", "cpu"],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let bpd = report["bpd"]["value"].as_f64().unwrap();
+    assert!(bpd.is_finite() && bpd > 0.0 && bpd < 16.0, "bits/dim {bpd}");
+    assert_eq!(report["bpd"]["images"], 2);
+}
+
+/// diffusers' `DDPMPipeline` / `DDIMPipeline` with `generator=torch.manual_seed(S)` on the
+/// committed pipeline (written by diffusers itself, `data/fixtures/make_pipeline_fixture.py`).
+#[test]
+fn seeded_sampling_reproduces_diffusers_pipelines() {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("ddpm-tiny-golden.json")).unwrap(),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("ddpm-tiny");
+    for case in golden["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let raw = tmp.path().join(format!("{name}.safetensors"));
+        let steps = case["steps"].to_string();
+        let seed = case["seed"].to_string();
+        let num = case["num"].to_string();
+        let mut args = vec![
+            "sample", "image", "--model", s(&model), "--sampler",
+            case["sampler"].as_str().unwrap(), "--steps", &steps, "--seed", &seed, "--num", &num,
+            "--raw", s(&raw), "--device", "cpu",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<String>>();
+        if let Some(eta) = case["eta"].as_f64() {
+            args.extend(["--eta".to_owned(), eta.to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = diffuse(&refs, None);
+        assert!(r.success(), "{name}: {}", r.stderr);
+        let (shape, got) = read_f32(&raw, "samples");
+        let want: Vec<f64> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        // diffusers returns [B, H, W, C] in [0, 1]; diffuse [B, C, H, W] in [-1, 1] (C = 1 here).
+        assert_eq!(shape.iter().product::<usize>(), want.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| ((*g as f64 / 2.0 + 0.5).clamp(0.0, 1.0) - w).abs())
+            .fold(0.0, f64::max);
+        assert!(worst <= 1e-3, "{name}: max |diffuse - diffusers| = {worst}");
+    }
+}
+
+#[test]
+fn bad_image_inputs_are_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("ddpm-tiny");
+    let out = tmp.path().join("out.png");
+    let mask16 = tmp.path().join("mask16.png");
+    image::GrayImage::from_fn(16, 16, |x, _| image::Luma([if x < 8 { 255 } else { 0 }]))
+        .save(&mask16)
+        .unwrap();
+    let inpaint = |image: &Path, mask: &Path| {
+        diffuse(
+            &["inpaint", "image", "--model", s(&model), "--image", s(image), "--mask", s(mask),
+              "--steps", "2", "--out", s(&out), "--device", "cpu"],
+            None,
+        )
+    };
+    // Wrong size and wrong channel count.
+    let big = tmp.path().join("big.png");
+    image::GrayImage::new(20, 20).save(&big).unwrap();
+    assert_user_error(&inpaint(&big, &mask16), &["--image", "20x20", "16x16"]);
+    let rgb = tmp.path().join("rgb.png");
+    image::RgbImage::new(16, 16).save(&rgb).unwrap();
+    assert_user_error(&inpaint(&rgb, &mask16), &["--image", "RGB", "grayscale"]);
+    // Corrupt PNG.
+    let corrupt = tmp.path().join("corrupt.png");
+    let mut bytes = std::fs::read(&mask16).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&corrupt, &bytes).unwrap();
+    assert_user_error(&inpaint(&corrupt, &mask16), &["corrupt.png"]);
+    // Mask of another size; mask not binary.
+    let good = tmp.path().join("good.png");
+    image::GrayImage::new(16, 16).save(&good).unwrap();
+    let mask20 = tmp.path().join("mask20.png");
+    image::GrayImage::new(20, 20).save(&mask20).unwrap();
+    assert_user_error(&inpaint(&good, &mask20), &["--mask", "20x20"]);
+    let grey = tmp.path().join("grey.png");
+    image::GrayImage::from_pixel(16, 16, image::Luma([128])).save(&grey).unwrap();
+    assert_user_error(&inpaint(&good, &grey), &["grey.png", "binary"]);
+    assert!(!out.exists(), "a failed command wrote its output");
+
+    // A model directory missing a file; a config with an unknown block type.
+    let broken = tmp.path().join("broken");
+    copy_dir(&model, &broken);
+    std::fs::remove_file(broken.join("scheduler/scheduler_config.json")).unwrap();
+    let sample = |m: &Path, out: &Path| {
+        diffuse(
+            &["sample", "image", "--model", s(m), "--num", "1", "--steps", "2", "--out", s(out),
+              "--device", "cpu"],
+            None,
+        )
+    };
+    assert_user_error(&sample(&broken, &out), &["scheduler/scheduler_config.json", "missing"]);
+    let odd = tmp.path().join("odd");
+    copy_dir(&model, &odd);
+    let config_path = odd.join("unet/config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("AttnDownBlock2D", "CrossAttnDownBlock2D");
+    std::fs::write(&config_path, text).unwrap();
+    assert_user_error(&sample(&odd, &out), &["CrossAttnDownBlock2D"]);
+    // An output format chosen by an unknown extension; nothing written.
+    let gif = tmp.path().join("grid.gif");
+    assert_user_error(&sample(&model, &gif), &["--out", ".png"]);
+    assert!(!gif.exists() && !out.exists());
+    // Unknown sampler; guidance on an unconditional model.
+    let r = diffuse(
+        &["sample", "image", "--model", s(&model), "--sampler", "plms", "--out", s(&out)],
+        None,
+    );
+    assert_user_error(&r, &["--sampler", "plms"]);
+    // Training into a directory that holds something, without --resume.
+    let busy = tmp.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("notes.txt"), "mine").unwrap();
+    let data = fixture("mnist-subset");
+    let r = diffuse(&train_args(s(&data), s(&busy), &[]), None);
+    assert_user_error(&r, &["--out", "--resume"]);
+    assert_eq!(std::fs::read_to_string(busy.join("notes.txt")).unwrap(), "mine");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
