@@ -94,12 +94,23 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
 
     // Interrupted after 3 steps and resumed: the same final weights, bit for bit.
     let run2 = tmp.path().join("run2");
-    let r = diffuse(&train_args(s(&data), s(&run2), &["--stop-after", "3"]), None);
+    let r = diffuse(
+        &train_args(s(&data), s(&run2), &["--stop-after", "3"]),
+        None,
+    );
     assert!(r.success(), "{}", r.stderr);
     assert!(r.stdout.contains("continue with --resume"), "{}", r.stdout);
     assert!(!run2.join("model").exists());
     let r = diffuse(
-        &["train", "image", "--out", s(&run2), "--resume", "--device", "cpu"],
+        &[
+            "train",
+            "image",
+            "--out",
+            s(&run2),
+            "--resume",
+            "--device",
+            "cpu",
+        ],
         None,
     );
     assert!(r.success(), "resume failed: {}", r.stderr);
@@ -115,7 +126,11 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
     let metrics2 = std::fs::read_to_string(run2.join("metrics.jsonl")).unwrap();
     let losses = |m: &str| -> Vec<f64> {
         m.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
             .collect()
     };
     assert_eq!(losses(&metrics), losses(&metrics2));
@@ -127,8 +142,24 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
     let dir = tmp.path().join("imgs");
     let r = diffuse(
         &[
-            "sample", "image", "--model", s(&model), "--num", "4", "--sampler", "ddim", "--steps", "3",
-            "--out", s(&grid), "--out-dir", s(&dir), "--raw", s(&raw), "--device", "cpu",
+            "sample",
+            "image",
+            "--model",
+            s(&model),
+            "--num",
+            "4",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--out",
+            s(&grid),
+            "--out-dir",
+            s(&dir),
+            "--raw",
+            s(&raw),
+            "--device",
+            "cpu",
         ],
         None,
     );
@@ -137,16 +168,36 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
     assert!(w >= 56 && h >= 56, "grid {w}x{h}");
     let (shape, values) = read_f32(&raw, "samples");
     assert_eq!(shape, vec![4, 1, 28, 28]);
-    assert!(values.iter().all(|v| v.is_finite() && (-1.0..=1.0).contains(v)));
+    assert!(values
+        .iter()
+        .all(|v| v.is_finite() && (-1.0..=1.0).contains(v)));
     assert_eq!(png_size(&dir.join("sample-00000.png")), (28, 28));
     let jpeg = tmp.path().join("grid.JPG");
     let r = diffuse(
-        &["sample", "image", "--model", s(&run), "--num", "2", "--sampler", "dpm++2m", "--steps", "4",
-          "--out", s(&jpeg), "--device", "cpu"],
+        &[
+            "sample",
+            "image",
+            "--model",
+            s(&run),
+            "--num",
+            "2",
+            "--sampler",
+            "dpm++2m",
+            "--steps",
+            "4",
+            "--out",
+            s(&jpeg),
+            "--device",
+            "cpu",
+        ],
         None,
     );
     assert!(r.success(), "{}", r.stderr);
-    assert_eq!(&std::fs::read(&jpeg).unwrap()[..2], &[0xff, 0xd8], "not a JPEG");
+    assert_eq!(
+        &std::fs::read(&jpeg).unwrap()[..2],
+        &[0xff, 0xd8],
+        "not a JPEG"
+    );
 
     // Inpaint the left half of a sample back, plain and with RePaint; SDEdit it.
     let picture = dir.join("sample-00001.png");
@@ -158,9 +209,24 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
     let raw_inpaint = tmp.path().join("inpainted.safetensors");
     for extra in [&[][..], &["--resample", "2", "--jump", "2"][..]] {
         let mut args = vec![
-            "inpaint", "image", "--model", s(&model), "--image", s(&picture), "--mask", s(&mask),
-            "--sampler", "ddim", "--steps", "4", "--out", s(&out), "--raw", s(&raw_inpaint),
-            "--device", "cpu",
+            "inpaint",
+            "image",
+            "--model",
+            s(&model),
+            "--image",
+            s(&picture),
+            "--mask",
+            s(&mask),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "4",
+            "--out",
+            s(&out),
+            "--raw",
+            s(&raw_inpaint),
+            "--device",
+            "cpu",
         ];
         args.extend_from_slice(extra);
         let r = diffuse(&args, None);
@@ -179,8 +245,24 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
     }
     let edited = tmp.path().join("edited.png");
     let r = diffuse(
-        &["inpaint", "image", "--model", s(&model), "--from", s(&picture), "--strength", "0.5",
-          "--sampler", "ddim", "--steps", "4", "--out", s(&edited), "--device", "cpu"],
+        &[
+            "inpaint",
+            "image",
+            "--model",
+            s(&model),
+            "--from",
+            s(&picture),
+            "--strength",
+            "0.5",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "4",
+            "--out",
+            s(&edited),
+            "--device",
+            "cpu",
+        ],
         None,
     );
     assert!(r.success(), "{}", r.stderr);
@@ -188,8 +270,23 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
 
     // Bits/dim on two test images from the full 50-term bound.
     let r = diffuse(
-        &["eval", "image", "--model", s(&model), "--data", s(&data), "--metric", "bpd", "--limit", "2",
-          "--batch-size", "2", "--json", "--device", "cpu"],
+        &[
+            "eval",
+            "image",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--metric",
+            "bpd",
+            "--limit",
+            "2",
+            "--batch-size",
+            "2",
+            "--json",
+            "--device",
+            "cpu",
+        ],
         None,
     );
     assert!(r.success(), "{}", r.stderr);
@@ -203,10 +300,9 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
 /// committed pipeline (written by diffusers itself, `data/fixtures/make_pipeline_fixture.py`).
 #[test]
 fn seeded_sampling_reproduces_diffusers_pipelines() {
-    let golden: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("ddpm-tiny-golden.json")).unwrap(),
-    )
-    .unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("ddpm-tiny-golden.json")).unwrap())
+            .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let model = fixture("ddpm-tiny");
     for case in golden["cases"].as_array().unwrap() {
@@ -216,9 +312,22 @@ fn seeded_sampling_reproduces_diffusers_pipelines() {
         let seed = case["seed"].to_string();
         let num = case["num"].to_string();
         let mut args = vec![
-            "sample", "image", "--model", s(&model), "--sampler",
-            case["sampler"].as_str().unwrap(), "--steps", &steps, "--seed", &seed, "--num", &num,
-            "--raw", s(&raw), "--device", "cpu",
+            "sample",
+            "image",
+            "--model",
+            s(&model),
+            "--sampler",
+            case["sampler"].as_str().unwrap(),
+            "--steps",
+            &steps,
+            "--seed",
+            &seed,
+            "--num",
+            &num,
+            "--raw",
+            s(&raw),
+            "--device",
+            "cpu",
         ]
         .into_iter()
         .map(str::to_owned)
@@ -258,8 +367,22 @@ fn bad_image_inputs_are_one_clear_line() {
         .unwrap();
     let inpaint = |image: &Path, mask: &Path| {
         diffuse(
-            &["inpaint", "image", "--model", s(&model), "--image", s(image), "--mask", s(mask),
-              "--steps", "2", "--out", s(&out), "--device", "cpu"],
+            &[
+                "inpaint",
+                "image",
+                "--model",
+                s(&model),
+                "--image",
+                s(image),
+                "--mask",
+                s(mask),
+                "--steps",
+                "2",
+                "--out",
+                s(&out),
+                "--device",
+                "cpu",
+            ],
             None,
         )
     };
@@ -283,7 +406,9 @@ fn bad_image_inputs_are_one_clear_line() {
     image::GrayImage::new(20, 20).save(&mask20).unwrap();
     assert_user_error(&inpaint(&good, &mask20), &["--mask", "20x20"]);
     let grey = tmp.path().join("grey.png");
-    image::GrayImage::from_pixel(16, 16, image::Luma([128])).save(&grey).unwrap();
+    image::GrayImage::from_pixel(16, 16, image::Luma([128]))
+        .save(&grey)
+        .unwrap();
     assert_user_error(&inpaint(&good, &grey), &["grey.png", "binary"]);
     assert!(!out.exists(), "a failed command wrote its output");
 
@@ -293,12 +418,27 @@ fn bad_image_inputs_are_one_clear_line() {
     std::fs::remove_file(broken.join("scheduler/scheduler_config.json")).unwrap();
     let sample = |m: &Path, out: &Path| {
         diffuse(
-            &["sample", "image", "--model", s(m), "--num", "1", "--steps", "2", "--out", s(out),
-              "--device", "cpu"],
+            &[
+                "sample",
+                "image",
+                "--model",
+                s(m),
+                "--num",
+                "1",
+                "--steps",
+                "2",
+                "--out",
+                s(out),
+                "--device",
+                "cpu",
+            ],
             None,
         )
     };
-    assert_user_error(&sample(&broken, &out), &["scheduler/scheduler_config.json", "missing"]);
+    assert_user_error(
+        &sample(&broken, &out),
+        &["scheduler/scheduler_config.json", "missing"],
+    );
     let odd = tmp.path().join("odd");
     copy_dir(&model, &odd);
     let config_path = odd.join("unet/config.json");
@@ -313,7 +453,16 @@ fn bad_image_inputs_are_one_clear_line() {
     assert!(!gif.exists() && !out.exists());
     // Unknown sampler; guidance on an unconditional model.
     let r = diffuse(
-        &["sample", "image", "--model", s(&model), "--sampler", "plms", "--out", s(&out)],
+        &[
+            "sample",
+            "image",
+            "--model",
+            s(&model),
+            "--sampler",
+            "plms",
+            "--out",
+            s(&out),
+        ],
         None,
     );
     assert_user_error(&r, &["--sampler", "plms"]);
@@ -324,7 +473,10 @@ fn bad_image_inputs_are_one_clear_line() {
     let data = fixture("mnist-subset");
     let r = diffuse(&train_args(s(&data), s(&busy), &[]), None);
     assert_user_error(&r, &["--out", "--resume"]);
-    assert_eq!(std::fs::read_to_string(busy.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(busy.join("notes.txt")).unwrap(),
+        "mine"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

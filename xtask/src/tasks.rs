@@ -111,8 +111,20 @@ fn image_grid(ctx: &Demo) -> Result<()> {
     diffuse(
         ctx,
         &[
-            "sample", "image", "--model", &model, "--num", "64", "--sampler", "dpm++2m", "--steps",
-            "20", "--seed", "0", "--out", &out,
+            "sample",
+            "image",
+            "--model",
+            &model,
+            "--num",
+            "64",
+            "--sampler",
+            "dpm++2m",
+            "--steps",
+            "20",
+            "--seed",
+            "0",
+            "--out",
+            &out,
         ],
     )?;
     println!("demo: wrote {out}");

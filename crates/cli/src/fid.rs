@@ -66,7 +66,9 @@ pub fn eval_fid(
     let batch = args.batch_size as i64;
     let reference = match load_reference_stats(&dir)? {
         Some(stats) => stats,
-        None => FeatureStats::from_features(&classifier_features(&classifier, test.pixels(), batch)),
+        None => {
+            FeatureStats::from_features(&classifier_features(&classifier, test.pixels(), batch))
+        }
     };
     if args.num < 2 {
         bail!("--num: the Fréchet distance needs at least 2 samples");
@@ -83,7 +85,10 @@ pub fn eval_fid(
     let report = FidReport::new(value, &stats, &reference, classifier.config(), &info);
     let sampling = format!(
         "sampler {}, {} steps, seed {}",
-        options.sampler.as_deref().unwrap_or(pipeline.scheduler.class_name()),
+        options
+            .sampler
+            .as_deref()
+            .unwrap_or(pipeline.scheduler.class_name()),
         pipeline.sampler(&options)?.timesteps().len(),
         args.sampler.seed
     );
@@ -120,7 +125,11 @@ pub struct TrainClassifierArgs {
 pub fn train(args: TrainClassifierArgs) -> Result<()> {
     let device = parse_device(&args.device).map_err(|e| anyhow!("--device: {e}"))?;
     if args.out.exists() && !args.out.join(INFO_FILE).is_file() {
-        let empty = args.out.read_dir().map(|mut d| d.next().is_none()).unwrap_or(false);
+        let empty = args
+            .out
+            .read_dir()
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
         if !empty {
             bail!(
                 "--out: {} exists and is not a classifier directory; refusing to write into it",
@@ -136,7 +145,10 @@ pub fn train(args: TrainClassifierArgs) -> Result<()> {
     let train_set = load(Split::Train)?;
     let test_set = load(Split::Test)?;
     let (Some(labels), Some(classes)) = (train_set.labels(), train_set.num_classes()) else {
-        bail!("--data: {} has no class labels to train a classifier on", args.data);
+        bail!(
+            "--data: {} has no class labels to train a classifier on",
+            args.data
+        );
     };
     let test_labels = test_set
         .labels()

@@ -444,7 +444,8 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
     }
     // The network.
     if let Some(path) = &args.unet_config {
-        config.unet = UNet2dConfig::from_json_file(path).map_err(|e| anyhow!("--unet-config: {e}"))?;
+        config.unet =
+            UNet2dConfig::from_json_file(path).map_err(|e| anyhow!("--unet-config: {e}"))?;
     }
     let unet = &mut config.unet;
     if let Some(channels) = &args.block_out_channels {
@@ -457,19 +458,37 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
             Some(list) => list
                 .split(',')
                 .map(|s| {
-                    s.trim().parse::<usize>().ok().filter(|&l| l < levels).ok_or_else(|| {
-                        anyhow!("--attention-levels: '{s}' is not a level in 0..{levels}")
-                    })
+                    s.trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&l| l < levels)
+                        .ok_or_else(|| {
+                            anyhow!("--attention-levels: '{s}' is not a level in 0..{levels}")
+                        })
                 })
                 .collect::<Result<_>>()?,
             None => vec![levels - 1],
         };
         unet.down_block_types = (0..levels)
-            .map(|l| if attention.contains(&l) { "AttnDownBlock2D" } else { "DownBlock2D" }.into())
+            .map(|l| {
+                if attention.contains(&l) {
+                    "AttnDownBlock2D"
+                } else {
+                    "DownBlock2D"
+                }
+                .into()
+            })
             .collect();
         unet.up_block_types = (0..levels)
             .rev()
-            .map(|l| if attention.contains(&l) { "AttnUpBlock2D" } else { "UpBlock2D" }.into())
+            .map(|l| {
+                if attention.contains(&l) {
+                    "AttnUpBlock2D"
+                } else {
+                    "UpBlock2D"
+                }
+                .into()
+            })
             .collect();
     }
     if let Some(n) = args.layers_per_block {
@@ -515,7 +534,9 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
         "soft-min-snr" | "soft_min_snr" => Weighting::SoftMinSnr {
             gamma: args.snr_gamma,
         },
-        other => bail!("--weighting: unknown weighting '{other}' (expected uniform, min-snr or soft-min-snr)"),
+        other => bail!(
+            "--weighting: unknown weighting '{other}' (expected uniform, min-snr or soft-min-snr)"
+        ),
     };
     config.objective.timestep_sampling = parse_enum::<TimestepSampling>(
         "--timestep-sampling",
@@ -572,7 +593,10 @@ pub fn train(args: TrainImageArgs) -> Result<()> {
         if let Some(steps) = args.steps {
             config.train.steps = steps;
         }
-        tracing::info!("resuming with the settings in {}", run_dir.join(RUN_CONFIG).display());
+        tracing::info!(
+            "resuming with the settings in {}",
+            run_dir.join(RUN_CONFIG).display()
+        );
         config
     } else {
         let non_empty = run_dir
@@ -659,7 +683,9 @@ pub fn eval(args: EvalImageArgs) -> Result<()> {
         .data
         .clone()
         .or_else(|| pipeline.info.dataset.clone())
-        .ok_or_else(|| anyhow!("--data: the model does not say what it was trained on; name the dataset"))?;
+        .ok_or_else(|| {
+            anyhow!("--data: the model does not say what it was trained on; name the dataset")
+        })?;
     let (channels, h, w) = pipeline.image_shape()?;
     if h != w {
         bail!("eval: only square models are supported (this one makes {w}x{h} images)");
@@ -678,7 +704,11 @@ pub fn eval(args: EvalImageArgs) -> Result<()> {
     for metric in &args.metric {
         match metric.as_str() {
             "bpd" => {
-                let n = if args.limit == 0 { test.len() } else { args.limit.min(test.len()) };
+                let n = if args.limit == 0 {
+                    test.len()
+                } else {
+                    args.limit.min(test.len())
+                };
                 let subset = test.take(n);
                 let batches: Vec<Tensor> = (0..n)
                     .step_by(args.batch_size)
@@ -700,7 +730,10 @@ pub fn eval(args: EvalImageArgs) -> Result<()> {
                 if !args.json {
                     println!("bits/dim {bpd:.4} ({protocol})");
                 }
-                report.insert("bpd".into(), serde_json::json!({"value": bpd, "images": n, "protocol": protocol}));
+                report.insert(
+                    "bpd".into(),
+                    serde_json::json!({"value": bpd, "images": n, "protocol": protocol}),
+                );
             }
             "fid" => {
                 let value = crate::fid::eval_fid(&pipeline, &data_name, &test, &args)?;

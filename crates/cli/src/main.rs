@@ -37,7 +37,7 @@ enum Command {
     },
     /// Train a model.
     #[command(subcommand)]
-    Train(TrainCommand),
+    Train(Box<TrainCommand>),
     /// Generate samples from a trained model.
     #[command(subcommand)]
     Sample(SampleCommand),
@@ -52,7 +52,7 @@ enum Command {
 #[derive(Subcommand)]
 enum TrainCommand {
     /// Train an image diffusion model (UNet2d) on MNIST, Fashion-MNIST or a folder of images.
-    Image(image::TrainImageArgs),
+    Image(Box<image::TrainImageArgs>),
     /// Train the small classifier whose features `eval image --metric fid` compares.
     Classifier(fid::TrainClassifierArgs),
 }
@@ -79,8 +79,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Doctor { device, json } => doctor::run(device.as_deref(), json),
         Command::Inspect { file, json } => inspect::run(&file, json),
-        Command::Train(TrainCommand::Image(args)) => image::train(args),
-        Command::Train(TrainCommand::Classifier(args)) => fid::train(args),
+        Command::Train(train) => match *train {
+            TrainCommand::Image(args) => image::train(*args),
+            TrainCommand::Classifier(args) => fid::train(args),
+        },
         Command::Sample(SampleCommand::Image(args)) => image::sample(args),
         Command::Inpaint(InpaintCommand::Image(args)) => image::inpaint(args),
         Command::Eval(EvalCommand::Image(args)) => image::eval(args),

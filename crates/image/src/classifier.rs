@@ -7,7 +7,11 @@
 //! The network: levels of 3x3 conv -> GroupNorm -> SiLU, each level after the first opening with a
 //! stride-2 convolution; global average pooling; a `feature_dim` linear layer with SiLU (the
 //! features); dropout; a linear head. GroupNorm rather than BatchNorm keeps an image's features
-//! independent of its batch and identical in training and evaluation.
+//! independent of its batch and identical in training and evaluation. Two convolutions per level
+//! matter more than width: global pooling after single convolutions (receptive field 9 px) left
+//! the small networks far behind. The defaults (81,626 parameters, 0.33 MB in f32) reach 99.4%
+//! MNIST and 89.0% Fashion-MNIST test accuracy with the default 2000 steps of 128 images
+//! (5.5 minutes on two CPU cores with one libtorch thread).
 
 use crate::fid::FeatureStats;
 use diffuse_tensor::atomic::write_json_atomic;
@@ -156,8 +160,18 @@ impl Classifier {
                 in_channels = out_channels;
             }
         }
-        let feature = nn::linear(vs / "feature", in_channels, cfg.feature_dim, Default::default());
-        let head = nn::linear(vs / "head", cfg.feature_dim, cfg.num_classes, Default::default());
+        let feature = nn::linear(
+            vs / "feature",
+            in_channels,
+            cfg.feature_dim,
+            Default::default(),
+        );
+        let head = nn::linear(
+            vs / "head",
+            cfg.feature_dim,
+            cfg.num_classes,
+            Default::default(),
+        );
         Ok(Classifier {
             config: cfg.clone(),
             blocks,
@@ -318,10 +332,7 @@ fn check_labelled(model: &Classifier, images: &Tensor, labels: &Tensor) -> Resul
             labels.size()
         )));
     }
-    let (lo, hi) = (
-        labels.min().int64_value(&[]),
-        labels.max().int64_value(&[]),
-    );
+    let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
     if lo < 0 || hi >= cfg.num_classes {
         return Err(Error::InvalidArgument(format!(
             "labels range over {lo}..={hi}, outside the classifier's 0..{}",

@@ -74,6 +74,14 @@ pub struct ImageDataset {
     class_names: Option<Vec<String>>,
 }
 
+// SAFETY: tch marks `Tensor` Send but not Sync because `&Tensor` methods could in principle race
+// (e.g. tch's `set_requires_grad(&self)` touches autograd metadata). An ImageDataset's tensors are
+// private, built once in a constructor and never modified afterwards: every `&self` method only
+// reads them (index_select, size, copy out), and libtorch supports concurrent reads of one tensor
+// (its reference counts are atomic). Sharing `&ImageDataset` across threads is what lets
+// `Arc<ImageDataset>` feed the Prefetcher's worker thread.
+unsafe impl Sync for ImageDataset {}
+
 impl std::fmt::Debug for ImageDataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImageDataset")
@@ -95,7 +103,12 @@ impl ImageDataset {
         );
         let pixels = pixels.to_device(Device::Cpu).contiguous();
         let labels = labels.map(|l| {
-            assert_eq!(l.size(), [size[0]], "labels must be [N] with N = {}", size[0]);
+            assert_eq!(
+                l.size(),
+                [size[0]],
+                "labels must be [N] with N = {}",
+                size[0]
+            );
             l.to_kind(Kind::Int64).to_device(Device::Cpu).contiguous()
         });
         let num_classes = match (&labels, num_classes) {
@@ -152,11 +165,7 @@ impl ImageDataset {
                 if ldims[0] as i64 != n {
                     return Err(Error::format(
                         path,
-                        format!(
-                            "{} labels for {n} images in {}",
-                            ldims[0],
-                            images.display()
-                        ),
+                        format!("{} labels for {n} images in {}", ldims[0], images.display()),
                     ));
                 }
                 let l: Vec<i64> = ldata.iter().map(|&v| v as i64).collect();
@@ -276,7 +285,10 @@ impl ImageDataset {
             return Err(Error::InvalidArgument(format!(
                 "{name_or_path}: no such file or folder{} (named datasets: {})",
                 if plain_name {
-                    format!(", and no dataset of that name in {}", datasets_dir.display())
+                    format!(
+                        ", and no dataset of that name in {}",
+                        datasets_dir.display()
+                    )
                 } else {
                     String::new()
                 },
@@ -423,14 +435,24 @@ impl ImageDataset {
     /// Batch `[B, C, H, W]` f32 in [-1, 1] on `device`, with labels `[B]`. With `hflip` each image
     /// is mirrored with probability 0.5, drawn from libtorch's global CPU generator (so the
     /// trainer's seeding fixes it, whatever the device).
-    pub fn batch(&self, indices: &[usize], hflip: bool, device: Device) -> (Tensor, Option<Tensor>) {
+    pub fn batch(
+        &self,
+        indices: &[usize],
+        hflip: bool,
+        device: Device,
+    ) -> (Tensor, Option<Tensor>) {
         let flips = hflip.then(|| {
             let mut draws = vec![0f32; indices.len()];
             Tensor::rand([indices.len() as i64], (Kind::Float, Device::Cpu))
                 .copy_data(&mut draws, indices.len());
             draws.iter().map(|&u| u < 0.5).collect::<Vec<bool>>()
         });
-        let (x, y) = assemble(&self.pixels, self.labels.as_ref(), indices, flips.as_deref());
+        let (x, y) = assemble(
+            &self.pixels,
+            self.labels.as_ref(),
+            indices,
+            flips.as_deref(),
+        );
         (x.to_device(device), y.map(|y| y.to_device(device)))
     }
 
@@ -521,9 +543,10 @@ fn assemble(
         assert_eq!(flips.len(), indices.len(), "one flip per image");
         if flips.iter().any(|&f| f) {
             let mask: Vec<u8> = flips.iter().map(|&f| f as u8).collect();
-            let mask = Tensor::from_slice(&mask)
-                .to_kind(Kind::Bool)
-                .view([indices.len() as i64, 1, 1, 1]);
+            let mask =
+                Tensor::from_slice(&mask)
+                    .to_kind(Kind::Bool)
+                    .view([indices.len() as i64, 1, 1, 1]);
             x = x.flip([3]).where_self(&mask, &x);
         }
     }
@@ -568,20 +591,17 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
-    /// Start the background worker (it shares the dataset's pixel storage; nothing is copied).
+    /// Start the background worker (it shares the dataset through the Arc; nothing is copied).
     pub fn new(dataset: Arc<ImageDataset>, sampler: EpochSampler, hflip: bool, seed: u64) -> Self {
         let (req_tx, req_rx) = mpsc::channel::<u64>();
         let (res_tx, res_rx) = mpsc::channel::<(u64, Batch)>();
-        // Tensor is Send but not Sync: the worker gets its own handles on the same storage and
-        // only reads through them, as does the caller's side.
-        let pixels = dataset.pixels.shallow_clone();
-        let labels = dataset.labels.as_ref().map(|l| l.shallow_clone());
+        let worker_data = dataset.clone();
         let worker_sampler = sampler.clone();
         let worker = std::thread::Builder::new()
             .name("diffuse-prefetch".into())
             .spawn(move || {
                 while let Ok(step) = req_rx.recv() {
-                    let batch = compute_step(&pixels, labels.as_ref(), &worker_sampler, hflip, seed, step);
+                    let batch = compute_step(&worker_data, &worker_sampler, hflip, seed, step);
                     if res_tx.send((step, batch)).is_err() {
                         break;
                     }
@@ -624,14 +644,7 @@ impl Prefetcher {
 
     /// The batch of `step` computed on the calling thread (what [`Prefetcher::get`] returns).
     pub fn compute(&self, step: u64) -> (Tensor, Option<Tensor>) {
-        compute_step(
-            &self.dataset.pixels,
-            self.dataset.labels.as_ref(),
-            &self.sampler,
-            self.hflip,
-            self.seed,
-            step,
-        )
+        compute_step(&self.dataset, &self.sampler, self.hflip, self.seed, step)
     }
 
     /// The sampler deciding which examples each step sees.
@@ -670,8 +683,7 @@ impl Drop for Prefetcher {
 }
 
 fn compute_step(
-    pixels: &Tensor,
-    labels: Option<&Tensor>,
+    data: &ImageDataset,
     sampler: &EpochSampler,
     hflip: bool,
     seed: u64,
@@ -679,7 +691,12 @@ fn compute_step(
 ) -> Batch {
     let indices = sampler.batch(step);
     let flips = hflip.then(|| step_flips(seed, step, indices.len()));
-    assemble(pixels, labels, &indices, flips.as_deref())
+    assemble(
+        &data.pixels,
+        data.labels.as_ref(),
+        &indices,
+        flips.as_deref(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -741,21 +758,19 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
         .collect();
     let expected = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let found = bytes.len() - header;
-    match expected {
-        Some(e) if e == found => {}
-        Some(e) if e > found => {
-            return Err(Error::format(
-                path,
-                format!("truncated: the header promises {dims:?} = {e} bytes of data, the file has {found}"),
-            ))
-        }
-        Some(e) => {
-            return Err(Error::format(
-                path,
-                format!("{} unexpected bytes after the {dims:?} data the header describes", found - e),
-            ))
-        }
-        None => return Err(Error::format(path, format!("impossible IDX dimensions {dims:?}"))),
+    let problem = match expected {
+        Some(e) if e == found => None,
+        Some(e) if e > found => Some(format!(
+            "truncated: the header promises {dims:?} = {e} bytes of data, the file has {found}"
+        )),
+        Some(e) => Some(format!(
+            "{} unexpected bytes after the {dims:?} data the header describes",
+            found - e
+        )),
+        None => Some(format!("impossible IDX dimensions {dims:?}")),
+    };
+    if let Some(message) = problem {
+        return Err(Error::format(path, message));
     }
     let mut bytes = bytes;
     bytes.drain(..header);
@@ -767,7 +782,10 @@ fn write_idx_file(path: &Path, dims: &[usize], data: &[u8]) -> Result<()> {
     let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
     for &d in dims {
         let d = u32::try_from(d).map_err(|_| {
-            Error::InvalidArgument(format!("{}: dimension {d} too large for IDX", path.display()))
+            Error::InvalidArgument(format!(
+                "{}: dimension {d} too large for IDX",
+                path.display()
+            ))
         })?;
         bytes.extend_from_slice(&d.to_be_bytes());
     }
@@ -824,7 +842,10 @@ fn find_idx(dir: &Path, split: Split) -> Result<Option<(PathBuf, Option<PathBuf>
 fn sibling_labels(images: &Path) -> Option<PathBuf> {
     let name = images.file_name()?.to_str()?;
     ["images-idx3", "images.idx3"].iter().find_map(|pat| {
-        let labels = images.with_file_name(name.replace(pat, &pat.replace("images", "labels").replace("idx3", "idx1")));
+        let labels = images.with_file_name(name.replace(
+            pat,
+            &pat.replace("images", "labels").replace("idx3", "idx1"),
+        ));
         (name.contains(pat) && labels.is_file()).then_some(labels)
     })
 }
@@ -835,7 +856,10 @@ fn sibling_labels(images: &Path) -> Option<PathBuf> {
 /// `root/train` or `root/test` (`root/val`) when `root` is laid out by split, else `root`.
 fn split_folder(root: &Path, split: Split) -> PathBuf {
     let train = root.join("train");
-    let test = ["test", "val"].iter().map(|n| root.join(n)).find(|p| p.is_dir());
+    let test = ["test", "val"]
+        .iter()
+        .map(|n| root.join(n))
+        .find(|p| p.is_dir());
     match (train.is_dir(), test, split) {
         (true, Some(_), Split::Train) => train,
         (true, Some(test), Split::Test) => test,
@@ -950,7 +974,9 @@ fn resize_pixels(pixels: &Tensor, r: u32) -> Result<Tensor> {
 fn chw_to_image(chw: &[u8], c: i64, h: u32, w: u32) -> DynamicImage {
     let hw = (h * w) as usize;
     if c == 1 {
-        return DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, chw.to_vec()).expect("size"));
+        return DynamicImage::ImageLuma8(
+            image::GrayImage::from_raw(w, h, chw.to_vec()).expect("size"),
+        );
     }
     let mut hwc = vec![0u8; 3 * hw];
     for i in 0..hw {
@@ -964,8 +990,9 @@ fn chw_to_image(chw: &[u8], c: i64, h: u32, w: u32) -> DynamicImage {
 /// u8 RGB `[N, 3, H, W]` to grayscale `[N, 1, H, W]` with PIL's `convert("L")` weights.
 fn rgb_to_gray(pixels: &Tensor) -> Tensor {
     let p = pixels.to_kind(Kind::Int64);
-    let l = (p.narrow(1, 0, 1) * 19595 + p.narrow(1, 1, 1) * 38470 + p.narrow(1, 2, 1) * 7471 + 0x8000)
-        .divide_scalar_mode(65536, "floor");
+    let l =
+        (p.narrow(1, 0, 1) * 19595 + p.narrow(1, 1, 1) * 38470 + p.narrow(1, 2, 1) * 7471 + 0x8000)
+            .divide_scalar_mode(65536, "floor");
     l.to_kind(Kind::Uint8)
 }
 

@@ -20,8 +20,11 @@ use tch::{Device, Kind, Tensor};
 /// vectors, all in f64 on the CPU.
 #[derive(Debug)]
 pub struct FeatureStats {
+    /// Mean feature `[D]`, f64.
     pub mean: Tensor,
+    /// Unbiased covariance `[D, D]` (divided by count - 1), f64.
     pub cov: Tensor,
+    /// Number of feature vectors the statistics summarise.
     pub count: i64,
 }
 
@@ -178,7 +181,10 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> f64 {
 /// u8 in 0..=255), computed in batches without gradients on the classifier's device, with a
 /// progress bar.
 pub fn classifier_features(model: &Classifier, images: &Tensor, batch_size: i64) -> Tensor {
-    assert!(batch_size > 0, "classifier_features needs a positive batch size");
+    assert!(
+        batch_size > 0,
+        "classifier_features needs a positive batch size"
+    );
     let n = images.size()[0];
     let bar = progress_bar(n as u64, "features", "image");
     let mut parts = Vec::new();
@@ -259,6 +265,9 @@ impl FidReport {
 
     /// One line for a terminal: the value and the protocol.
     pub fn summary(&self) -> String {
-        format!("FID (classifier features) {:.4}: {}", self.value, self.protocol)
+        format!(
+            "FID (classifier features) {:.4}: {}",
+            self.value, self.protocol
+        )
     }
 }

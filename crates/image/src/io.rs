@@ -44,7 +44,10 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
 
 /// Decoder messages sometimes span lines; a user error is one line.
 fn one_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Convert to 8-bit grayscale (`channels == 1`) or RGB (`channels == 3`), compositing any alpha
@@ -168,7 +171,9 @@ pub fn read_mask(path: &Path) -> Result<Tensor> {
 /// `numpy_to_pil`: `(x / 2 + 0.5).clamp(0, 1)`, then `(x * 255).round()` (half to even) in f32.
 /// NaN counts as 0 (mid gray; numpy leaves that cast undefined). The result is on the input's device.
 pub fn to_u8(images: &Tensor) -> Tensor {
-    let x = images.to_kind(Kind::Float).nan_to_num(0.0, None::<f64>, None::<f64>);
+    let x = images
+        .to_kind(Kind::Float)
+        .nan_to_num(0.0, None::<f64>, None::<f64>);
     let x = (x / 2.0 + 0.5).clamp(0.0, 1.0);
     (x * 255.0).round().to_kind(Kind::Uint8)
 }
@@ -210,8 +215,9 @@ fn write_u8_image(path: &Path, hwc: &[u8], width: u32, height: u32, channels: i6
     };
     let mut bytes = Vec::new();
     let encoded = match format {
-        Format::Png => image::codecs::png::PngEncoder::new(&mut bytes)
-            .write_image(hwc, width, height, color),
+        Format::Png => {
+            image::codecs::png::PngEncoder::new(&mut bytes).write_image(hwc, width, height, color)
+        }
         Format::Jpeg => {
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, JPEG_QUALITY)
                 .write_image(hwc, width, height, color)
@@ -280,6 +286,26 @@ pub fn save_grid(images: &Tensor, path: &Path, nrow: Option<usize>) -> Result<()
     write_u8_image(path, &hwc_bytes(&grid), gw as u32, gh as u32, c)
 }
 
+/// Save one image, `[C, H, W]` or `[1, C, H, W]` in [-1, 1], as PNG or JPEG by the extension
+/// (no padding; other extensions are an `InvalidArgument` and write nothing). Atomic; parent
+/// folders are created.
+pub fn save_image(image: &Tensor, path: &Path) -> Result<()> {
+    format_for(path)?;
+    let image = match image.dim() {
+        3 => image.unsqueeze(0),
+        _ => image.shallow_clone(),
+    };
+    let (b, c, h, w) = check_batch(&image);
+    if b != 1 {
+        return Err(Error::InvalidArgument(format!(
+            "{}: save_image writes one image, got a batch of {b} (use a grid)",
+            path.display()
+        )));
+    }
+    let pixels = to_u8(&image).to_device(Device::Cpu);
+    write_u8_image(path, &hwc_bytes(&pixels.get(0)), w as u32, h as u32, c)
+}
+
 /// Save each image of `[B, C, H, W]` in [-1, 1] as `dir/{prefix}{index:05}.png` (atomic each;
 /// `dir` is created). Returns the paths written, in batch order.
 pub fn save_images(images: &Tensor, dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
@@ -293,19 +319,4 @@ pub fn save_images(images: &Tensor, dir: &Path, prefix: &str) -> Result<Vec<Path
         paths.push(path);
     }
     Ok(paths)
-}
-
-/// Save one image `[C, H, W]` or `[1, C, H, W]` in [-1, 1] as a PNG or JPEG (by the extension),
-/// without the grid's padding; atomic.
-pub fn save_image(image: &Tensor, path: &Path) -> Result<()> {
-    format_for(path)?;
-    let image = if image.dim() == 3 {
-        image.unsqueeze(0)
-    } else {
-        image.shallow_clone()
-    };
-    let (b, c, h, w) = check_batch(&image);
-    assert_eq!(b, 1, "save_image takes one image, got {b}");
-    let pixels = to_u8(&image).to_device(Device::Cpu);
-    write_u8_image(path, &hwc_bytes(&pixels.get(0)), w as u32, h as u32, c)
 }

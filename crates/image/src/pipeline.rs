@@ -314,7 +314,13 @@ impl ImagePipeline {
     /// Write the directory atomically: everything goes into a sibling temporary directory that
     /// replaces `dir` only when complete. An existing `dir` must itself be a model directory.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        save_pipeline_dir(dir, self.unet.config(), &self.vs, &self.scheduler, &self.info)
+        save_pipeline_dir(
+            dir,
+            self.unet.config(),
+            &self.vs,
+            &self.scheduler,
+            &self.info,
+        )
     }
 
     pub fn device(&self) -> Device {
@@ -468,7 +474,11 @@ impl ImagePipeline {
                 "--guidance needs --class (the class to guide towards)".into(),
             ));
         }
-        let unconditional = denoiser(Some(Tensor::full([num], null, (Kind::Int64, self.device()))));
+        let unconditional = denoiser(Some(Tensor::full(
+            [num],
+            null,
+            (Kind::Int64, self.device()),
+        )));
         let guided = ClassifierFreeGuidance {
             conditional: &conditional,
             unconditional: &unconditional,
@@ -567,7 +577,10 @@ impl ImagePipeline {
         let n = options.num as i64;
         let learned = self.learned_sampler(options)?;
         let mut sampler = self.sampler(options)?;
-        let known = image.to(self.device()).expand([n, c, h, w], false).contiguous();
+        let known = image
+            .to(self.device())
+            .expand([n, c, h, w], false)
+            .contiguous();
         let mask = mask.to(self.device()).to_kind(Kind::Float);
         let noise = Tensor::randn([n, c, h, w], (Kind::Float, Device::Cpu)).to(self.device())
             * sampler.init_noise_sigma();
@@ -609,7 +622,10 @@ impl ImagePipeline {
         let n = options.num as i64;
         let learned = self.learned_sampler(options)?;
         let mut sampler = self.sampler(options)?;
-        let x0 = image.to(self.device()).expand([n, c, h, w], false).contiguous();
+        let x0 = image
+            .to(self.device())
+            .expand([n, c, h, w], false)
+            .contiguous();
         let x = self.with_denoiser(options, learned, n, |model| {
             editing::sdedit(sampler.as_mut(), model, &x0, strength, |s| on_step(s.index))
         })?;

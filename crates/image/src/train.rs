@@ -6,7 +6,9 @@
 
 use crate::data::{ImageDataset, Prefetcher, Split};
 use crate::io::save_grid;
-use crate::pipeline::{save_pipeline_dir, ImageModelInfo, ImagePipeline, SampleOptions, UNetDenoiser};
+use crate::pipeline::{
+    save_pipeline_dir, ImageModelInfo, ImagePipeline, SampleOptions, UNetDenoiser,
+};
 use crate::plot::save_loss_curve;
 use crate::unet::{SampleSize, UNet2d, UNet2dConfig};
 use diffuse_core::guidance::drop_labels;
@@ -325,7 +327,10 @@ pub fn train_image_model(
     let objective = Objective::new(schedule, config.objective.clone())?;
     let sampler = EpochSampler::new(data.len(), config.batch_size, config.train.seed);
     let prefetcher = Prefetcher::new(data.clone(), sampler, config.hflip, config.train.seed);
-    let null_class = config.class_conditional.then(|| data.num_classes()).flatten();
+    let null_class = config
+        .class_conditional
+        .then(|| data.num_classes())
+        .flatten();
     let info = ImageModelInfo {
         class_names: data.class_names().map(|n| n.to_vec()),
         null_class,

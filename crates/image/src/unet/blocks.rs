@@ -176,7 +176,6 @@ pub(crate) struct ResnetBlock2d {
 }
 
 impl ResnetBlock2d {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         vs: nn::Path,
         cin: i64,
@@ -234,7 +233,7 @@ impl ResnetBlock2d {
             h = h.dropout(self.dropout, true);
         }
         let mut out = h.apply(&self.conv2);
-        match &self.conv_shortcut {
+        let _ = match &self.conv_shortcut {
             Some(conv) => out.g_add_(&input.apply(conv)),
             None => out.g_add_(&input),
         };
@@ -323,8 +322,11 @@ impl Attention {
 #[derive(Debug)]
 pub(crate) enum Downsampler {
     /// A stride-2 3x3 conv; padding 0 pads right and bottom by one first (diffusers does this).
-    Conv { conv: nn::Conv2D, pad_right_bottom: bool },
-    Resnet(ResnetBlock2d),
+    Conv {
+        conv: nn::Conv2D,
+        pad_right_bottom: bool,
+    },
+    Resnet(Box<ResnetBlock2d>),
 }
 
 impl Downsampler {
@@ -349,7 +351,7 @@ impl Downsampler {
 #[derive(Debug)]
 pub(crate) enum Upsampler {
     Conv(nn::Conv2D),
-    Resnet(ResnetBlock2d),
+    Resnet(Box<ResnetBlock2d>),
 }
 
 impl Upsampler {

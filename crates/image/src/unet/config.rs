@@ -11,7 +11,8 @@ use std::path::Path;
 pub const CLASS_NAME: &str = "UNet2DModel";
 
 /// Down block types diffuse builds (diffusers also accepts them with a `UNetRes` prefix).
-pub const DOWN_BLOCK_TYPES: &[&str] = &["DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"];
+pub const DOWN_BLOCK_TYPES: &[&str] =
+    &["DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"];
 /// Up block types diffuse builds (diffusers also accepts them with a `UNetRes` prefix).
 pub const UP_BLOCK_TYPES: &[&str] = &["UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"];
 
@@ -19,7 +20,9 @@ pub const UP_BLOCK_TYPES: &[&str] = &["UpBlock2D", "AttnUpBlock2D", "ResnetUpsam
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum SampleSize {
+    /// Height = width.
     Square(i64),
+    /// `[height, width]`.
     HeightWidth([i64; 2]),
 }
 
@@ -29,8 +32,10 @@ pub enum SampleSize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NormType {
+    /// GroupNorm, as diffusers builds it.
     #[default]
     Group,
+    /// BatchNorm2d (momentum 0.1, eps `norm_eps`), diffuse only.
     Batch,
 }
 
@@ -54,44 +59,62 @@ fn whole_as_int<S: Serializer>(x: &f64, s: S) -> std::result::Result<S::Ok, S::E
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UNet2dConfig {
+    /// Height and width of the samples (diffusers: int or `[h, w]`); only informative.
     pub sample_size: Option<SampleSize>,
+    /// Channels of the input sample.
     pub in_channels: i64,
+    /// Channels of the output.
     pub out_channels: i64,
+    /// Map inputs from [0, 1] to [-1, 1] first (`2x - 1`).
     pub center_input_sample: bool,
     /// `positional` (sinusoidal), `fourier` (Gaussian Fourier features of log t) or `learned`.
     pub time_embedding_type: String,
     /// Width of the time embedding; `None` means `4 * block_out_channels[0]`.
     pub time_embedding_dim: Option<i64>,
+    /// Sinusoidal frequencies are exp(-ln(10000) i / (half - freq_shift)).
     #[serde(serialize_with = "whole_as_int")]
     pub freq_shift: f64,
+    /// Sinusoidal features in `[cos, sin]` order instead of `[sin, cos]`.
     pub flip_sin_to_cos: bool,
+    /// One per level, from the highest resolution down (see [`DOWN_BLOCK_TYPES`]).
     pub down_block_types: Vec<String>,
     /// `UNetMidBlock2D` or `None` (no mid block).
     pub mid_block_type: Option<String>,
+    /// One per level, from the lowest resolution up (see [`UP_BLOCK_TYPES`]).
     pub up_block_types: Vec<String>,
+    /// Channels of each level.
     pub block_out_channels: Vec<i64>,
+    /// Resnets per down block (up blocks have one more).
     pub layers_per_block: i64,
+    /// The mid block divides its resnet and attention outputs by this.
     #[serde(serialize_with = "whole_as_int")]
     pub mid_block_scale_factor: f64,
     /// 1: stride-2 convolution with padding 1; 0: pad right and bottom by one, then no padding.
     pub downsample_padding: i64,
+    /// `conv` or `resnet`: how `AttnDownBlock2D` downsamples (the other blocks ignore it).
     pub downsample_type: String,
+    /// `conv` or `resnet`: how `AttnUpBlock2D` upsamples (the other blocks ignore it).
     pub upsample_type: String,
+    /// Dropout before each resnet's second conv (not in `AttnUpBlock2D`, as in diffusers).
     pub dropout: f64,
     /// `silu` (= `swish`), `mish`, `gelu` or `relu`.
     pub act_fn: String,
     /// Channels per attention head; `None` means one head as wide as the block.
     pub attention_head_dim: Option<i64>,
+    /// Groups of every GroupNorm (ignored by the batch-norm variant).
     pub norm_num_groups: i64,
     /// Groups of the mid block's attention norm; `None`: `norm_num_groups` with the `default`
     /// time conditioning, no norm at all with `scale_shift` (diffusers' `UNetMidBlock2D`).
     pub attn_norm_num_groups: Option<i64>,
+    /// Epsilon of every norm.
     pub norm_eps: f64,
     /// `default` (add the time embedding) or `scale_shift` (FiLM after the second norm).
     pub resnet_time_scale_shift: String,
+    /// Whether the mid block has its attention.
     pub add_attention: bool,
     /// `None` (a label table when `num_class_embeds` is set), `timestep` or `identity`.
     pub class_embed_type: Option<String>,
+    /// Number of classes of the label table (`class_embed_type` `None`).
     pub num_class_embeds: Option<i64>,
     /// Size of the `learned` time embedding table.
     pub num_train_timesteps: Option<i64>,
@@ -179,8 +202,8 @@ impl UNet2dConfig {
 
     /// Parse and validate config JSON text.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
         if let Some(class) = value.get("_class_name").and_then(Value::as_str) {
             if class != CLASS_NAME {
                 return Err(invalid(format!(
@@ -193,7 +216,9 @@ impl UNet2dConfig {
             let key = value.as_object().and_then(|map| {
                 map.iter().find_map(|(k, v)| {
                     let single = Value::Object([(k.clone(), v.clone())].into_iter().collect());
-                    serde_json::from_value::<UNet2dConfig>(single).is_err().then_some(k)
+                    serde_json::from_value::<UNet2dConfig>(single)
+                        .is_err()
+                        .then_some(k)
                 })
             });
             match key {
@@ -217,6 +242,15 @@ impl UNet2dConfig {
     /// Write `config.json` atomically in diffusers' layout.
     pub fn to_json_file(&self, path: &Path) -> Result<()> {
         diffuse_tensor::atomic::write_json_atomic(path, &self.to_json())
+    }
+
+    /// Set `sample_size` as diffusers writes it: one number when square, `[height, width]` otherwise.
+    pub fn set_sample_size(&mut self, height: i64, width: i64) {
+        self.sample_size = Some(if height == width {
+            SampleSize::Square(height)
+        } else {
+            SampleSize::HeightWidth([height, width])
+        });
     }
 
     /// `sample_size` as (height, width), if set.
@@ -263,13 +297,21 @@ impl UNet2dConfig {
             &self.time_embedding_type,
             &["positional", "fourier", "learned"],
         )?;
-        one_of("act_fn", &self.act_fn, &["silu", "swish", "mish", "gelu", "relu"])?;
+        one_of(
+            "act_fn",
+            &self.act_fn,
+            &["silu", "swish", "mish", "gelu", "relu"],
+        )?;
         one_of(
             "resnet_time_scale_shift",
             &self.resnet_time_scale_shift,
             &["default", "scale_shift"],
         )?;
-        one_of("downsample_type", &self.downsample_type, &["conv", "resnet"])?;
+        one_of(
+            "downsample_type",
+            &self.downsample_type,
+            &["conv", "resnet"],
+        )?;
         one_of("upsample_type", &self.upsample_type, &["conv", "resnet"])?;
         if let Some(c) = &self.class_embed_type {
             one_of("class_embed_type", c, &["timestep", "identity"])?;
@@ -313,7 +355,7 @@ impl UNet2dConfig {
                 self.dropout
             )));
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err(invalid(format!(
                 "norm_eps must be positive, got {}",
                 self.norm_eps
@@ -327,7 +369,9 @@ impl UNet2dConfig {
         }
         if let Some((h, w)) = self.sample_size_hw() {
             if h <= 0 || w <= 0 {
-                return Err(invalid(format!("sample_size must be positive, got {h}x{w}")));
+                return Err(invalid(format!(
+                    "sample_size must be positive, got {h}x{w}"
+                )));
             }
         }
         if self.norm_type == NormType::Group {

@@ -23,11 +23,16 @@ pub(crate) enum TimeProj {
 }
 
 impl TimeProj {
-    pub(crate) fn positional(dim: i64, flip_sin_to_cos: bool, freq_shift: f64) -> Self {
+    /// `device`: where the frequencies live (diffusers computes them on the timesteps' device).
+    pub(crate) fn positional(
+        dim: i64,
+        flip_sin_to_cos: bool,
+        freq_shift: f64,
+        device: tch::Device,
+    ) -> Self {
         let half = dim / 2;
         // Same op order as get_timestep_embedding, so the float32 values agree bit for bit.
-        let exponent =
-            Tensor::arange(half, (Kind::Float, tch::Device::Cpu)) * (-(10000f64.ln()));
+        let exponent = Tensor::arange(half, (Kind::Float, device)) * (-(10000f64.ln()));
         let freqs = (exponent / (half as f64 - freq_shift)).exp();
         TimeProj::Positional {
             freqs,
@@ -45,7 +50,12 @@ impl TimeProj {
     }
 
     pub(crate) fn learned(vs: nn::Path, num_train_timesteps: i64, dim: i64) -> Self {
-        TimeProj::Learned(nn::embedding(vs, num_train_timesteps, dim, Default::default()))
+        TimeProj::Learned(nn::embedding(
+            vs,
+            num_train_timesteps,
+            dim,
+            Default::default(),
+        ))
     }
 
     /// Features of timesteps `t` `[B]` (any numeric kind).
@@ -56,8 +66,8 @@ impl TimeProj {
                 dim,
                 flip_sin_to_cos,
             } => {
-                let args = t.to_kind(Kind::Float).unsqueeze(1)
-                    * freqs.to_device(t.device()).unsqueeze(0);
+                let args =
+                    t.to_kind(Kind::Float).unsqueeze(1) * freqs.to_device(t.device()).unsqueeze(0);
                 let (sin, cos) = (args.sin(), args.cos());
                 let emb = if *flip_sin_to_cos {
                     Tensor::cat(&[cos, sin], -1)
@@ -77,8 +87,7 @@ impl TimeProj {
                 } else {
                     t.to_kind(Kind::Float).log()
                 };
-                let proj =
-                    log_t.unsqueeze(1) * weight.unsqueeze(0) * 2.0 * std::f64::consts::PI;
+                let proj = log_t.unsqueeze(1) * weight.unsqueeze(0) * 2.0 * std::f64::consts::PI;
                 Tensor::cat(&[proj.sin(), proj.cos()], -1)
             }
             TimeProj::Learned(table) => table.forward(&t.to_kind(Kind::Int64)),

@@ -82,7 +82,7 @@ impl UNet2d {
                 (TimeProj::learned(vs / "time_proj", steps, c0), c0)
             }
             _ => (
-                TimeProj::positional(c0, cfg.flip_sin_to_cos, cfg.freq_shift),
+                TimeProj::positional(c0, cfg.flip_sin_to_cos, cfg.freq_shift, vs.device()),
                 c0,
             ),
         };
@@ -152,7 +152,7 @@ impl UNet2d {
             let dp = &p / "downsamplers" / 0;
             let downsampler = (!last).then(|| {
                 if resnet_down {
-                    Downsampler::Resnet(ResnetBlock2d::new(
+                    Downsampler::Resnet(Box::new(ResnetBlock2d::new(
                         dp,
                         out_ch,
                         out_ch,
@@ -160,7 +160,7 @@ impl UNet2d {
                         cfg.dropout,
                         1.0,
                         Resample::Down,
-                    ))
+                    )))
                 } else {
                     Downsampler::Conv {
                         conv: conv2d(&dp / "conv", out_ch, out_ch, 3, 2, cfg.downsample_padding),
@@ -197,14 +197,7 @@ impl UNet2d {
                 .or((!spec.scale_shift).then_some(cfg.norm_num_groups));
             let first = resnet(0);
             let attention = cfg.add_attention.then(|| {
-                Attention::new(
-                    &p / "attentions" / 0,
-                    ch,
-                    head_dim(ch),
-                    groups,
-                    &norm,
-                    osf,
-                )
+                Attention::new(&p / "attentions" / 0, ch, head_dim(ch), groups, &norm, osf)
             });
             MidBlock {
                 resnets: vec![first, resnet(1)],
@@ -270,7 +263,7 @@ impl UNet2d {
             let up = &p / "upsamplers" / 0;
             let upsampler = (!last).then(|| {
                 if resnet_up {
-                    Upsampler::Resnet(ResnetBlock2d::new(
+                    Upsampler::Resnet(Box::new(ResnetBlock2d::new(
                         up,
                         out_ch,
                         out_ch,
@@ -278,7 +271,7 @@ impl UNet2d {
                         dropout,
                         1.0,
                         Resample::Up,
-                    ))
+                    )))
                 } else {
                     Upsampler::Conv(conv2d(&up / "conv", out_ch, out_ch, 3, 1, 1))
                 }
@@ -329,12 +322,11 @@ impl UNet2d {
         class_labels: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let (b, ch, h, w) = xs.size4().unwrap_or_else(|_| {
-            panic!("UNet2d: input must be [B, C, H, W], got {:?}", xs.size())
-        });
+        let (b, ch, h, w) = xs
+            .size4()
+            .unwrap_or_else(|_| panic!("UNet2d: input must be [B, C, H, W], got {:?}", xs.size()));
         assert_eq!(
-            ch,
-            self.config.in_channels,
+            ch, self.config.in_channels,
             "UNet2d: input has {ch} channels, the model takes {}",
             self.config.in_channels
         );
@@ -363,7 +355,11 @@ impl UNet2d {
             "UNet2d: timesteps must be [] or [B] with B = {b}, got {:?}",
             timesteps.size()
         );
-        let t = if t.size()[0] == b { t } else { t.expand([b], false) };
+        let t = if t.size()[0] == b {
+            t
+        } else {
+            t.expand([b], false)
+        };
         let mut emb = self
             .time_embedding
             .forward(&self.time_proj.forward(&t).to_kind(kind));
@@ -377,7 +373,7 @@ impl UNet2d {
                     }
                     ClassEmbedding::Identity => labels.shallow_clone(),
                 };
-                emb = emb + class_emb.to_kind(kind);
+                emb += class_emb.to_kind(kind);
             }
             (Some(_), None) => panic!(
                 "UNet2d: class_labels are required: the model is class-conditioned \

@@ -92,7 +92,10 @@ fn gzipped_and_plain_idx_give_the_same_dataset() {
     for split in ["train", "t10k"] {
         for kind in ["images-idx3", "labels-idx1"] {
             let name = format!("{split}-{kind}-ubyte");
-            gzip(&fixture().join(&name), &dir.path().join(format!("{name}.gz")));
+            gzip(
+                &fixture().join(&name),
+                &dir.path().join(format!("{name}.gz")),
+            );
         }
     }
     let plain = load_fixture(Split::Train);
@@ -139,7 +142,11 @@ fn broken_idx_files_are_errors_naming_the_file() {
 
     let trailing = dir.path().join("trailing");
     std::fs::write(&trailing, [&real[..], b"xyz"].concat()).unwrap();
-    format_error_names(read_idx(&trailing).unwrap_err(), &trailing, "3 unexpected bytes");
+    format_error_names(
+        read_idx(&trailing).unwrap_err(),
+        &trailing,
+        "3 unexpected bytes",
+    );
 
     let bad_gz = dir.path().join("bad.gz");
     std::fs::write(&bad_gz, [0x1f, 0x8b, 8, 0, 1, 2, 3]).unwrap();
@@ -150,8 +157,11 @@ fn broken_idx_files_are_errors_naming_the_file() {
     let err = ImageDataset::from_idx(&labels, None).unwrap_err();
     format_error_names(err, &labels, "3 dimensions");
     let test_labels = fixture().join("t10k-labels-idx1-ubyte");
-    let err = ImageDataset::from_idx(&fixture().join("train-images-idx3-ubyte"), Some(&test_labels))
-        .unwrap_err();
+    let err = ImageDataset::from_idx(
+        &fixture().join("train-images-idx3-ubyte"),
+        Some(&test_labels),
+    )
+    .unwrap_err();
     format_error_names(err, &test_labels, "128 labels for 256 images");
 }
 
@@ -163,8 +173,8 @@ fn named_datasets_come_from_the_datasets_dir() {
         err.to_string().contains("cargo xtask setup --data mnist"),
         "{err}"
     );
-    let err = ImageDataset::load("no-such-thing", Split::Train, None, None, empty.path())
-        .unwrap_err();
+    let err =
+        ImageDataset::load("no-such-thing", Split::Train, None, None, empty.path()).unwrap_err();
     assert!(err.to_string().contains("no-such-thing"), "{err}");
 
     let datasets = tempfile::tempdir().unwrap();
@@ -184,8 +194,14 @@ fn named_datasets_come_from_the_datasets_dir() {
 
     // An IDX images file given directly finds its labels beside it, whatever the split.
     let file = mnist.join("t10k-images-idx3-ubyte");
-    let ds = ImageDataset::load(file.to_str().unwrap(), Split::Train, None, None, &no_datasets())
-        .unwrap();
+    let ds = ImageDataset::load(
+        file.to_str().unwrap(),
+        Split::Train,
+        None,
+        None,
+        &no_datasets(),
+    )
+    .unwrap();
     assert_eq!(ds.len(), 128);
     assert_eq!(labels_vec(&ds)[0], 7);
 }
@@ -286,7 +302,9 @@ fn labelled_folder() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     save_rgb(&root.join("cats/a.png"), 64, 32, |x, y| band(x, y, 64, 32));
-    save_rgb(&root.join("cats/deeper/b.JPG"), 32, 64, |x, y| band(x, y, 32, 64));
+    save_rgb(&root.join("cats/deeper/b.JPG"), 32, 64, |x, y| {
+        band(x, y, 32, 64)
+    });
     save_rgb(&root.join("dogs/c.jpeg"), 20, 20, |_, _| [12, 200, 77]);
     let rgba = RgbaImage::from_fn(16, 16, |x, _| {
         if x < 8 {

@@ -1,7 +1,7 @@
 //! Picture I/O: grids, single images, masks, diffusers' quantisation and loss-curve plots.
 //! Golden values from `data/fixtures/image_io_golden.py` (torch 2.11, numpy 2.4, Pillow 13).
 
-use diffuse_image::io::{read_image, read_mask, save_grid, save_images, to_u8};
+use diffuse_image::io::{read_image, read_mask, save_grid, save_image, save_images, to_u8};
 use diffuse_image::plot::save_loss_curve;
 use diffuse_tensor::Error;
 use image::{GrayImage, Luma, Rgb, RgbImage};
@@ -33,12 +33,12 @@ fn to_u8_quantises_exactly_as_diffusers() {
         -2.0,
         -1.0,
         -0.996_078_43,
-        -0.996_078_37,
+        -0.996_078_4,
         -0.5,
-        -0.003_921_568_9,
+        -0.003_921_569,
         0.0,
         0.001_960_784_4,
-        0.003_921_568_9,
+        0.003_921_569,
         0.33,
         0.5,
         0.99,
@@ -46,7 +46,9 @@ fn to_u8_quantises_exactly_as_diffusers() {
         1.0,
         3.0,
     ];
-    let golden: [u8; 15] = [0, 0, 0, 1, 64, 127, 128, 128, 128, 170, 191, 254, 254, 255, 255];
+    let golden: [u8; 15] = [
+        0, 0, 0, 1, 64, 127, 128, 128, 128, 170, 191, 254, 254, 255, 255,
+    ];
     let got = to_u8(&Tensor::from_slice(&xs));
     assert_eq!(got.kind(), Kind::Uint8);
     assert_eq!(Vec::<u8>::try_from(&got).unwrap(), golden);
@@ -88,10 +90,18 @@ fn save_grid_jpeg_and_grayscale() {
     let img = image::open(&jpg).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (2 * 18 + 2, 2 * 18 + 2));
     let p = img.get_pixel(10, 10);
-    assert!(p[0] < 8 && p[1] > 247 && (p[2] as i32 - 128).abs() < 8, "{p:?}");
+    assert!(
+        p[0] < 8 && p[1] > 247 && (p[2] as i32 - 128).abs() < 8,
+        "{p:?}"
+    );
 
     let gray = dir.path().join("gray.jpeg");
-    save_grid(&Tensor::zeros([3, 1, 10, 10], (Kind::Float, Device::Cpu)), &gray, None).unwrap();
+    save_grid(
+        &Tensor::zeros([3, 1, 10, 10], (Kind::Float, Device::Cpu)),
+        &gray,
+        None,
+    )
+    .unwrap();
     let img = image::open(&gray).unwrap();
     assert_eq!(img.color(), image::ColorType::L8);
     assert_eq!((img.width(), img.height()), (2 * 12 + 2, 2 * 12 + 2));
@@ -117,9 +127,13 @@ fn err_mentions_gif(path: &Path) -> bool {
 #[test]
 fn save_images_then_read_image_round_trips_the_quantised_values() {
     let dir = tempfile::tempdir().unwrap();
-    let x = Tensor::linspace(-1.0, 1.0, 2 * 3 * 5 * 7, (Kind::Float, Device::Cpu)).view([2, 3, 5, 7]);
+    let x =
+        Tensor::linspace(-1.0, 1.0, 2 * 3 * 5 * 7, (Kind::Float, Device::Cpu)).view([2, 3, 5, 7]);
     let paths = save_images(&x, &dir.path().join("samples"), "s").unwrap();
-    assert_eq!(names_in(&dir.path().join("samples")), ["s00000.png", "s00001.png"]);
+    assert_eq!(
+        names_in(&dir.path().join("samples")),
+        ["s00000.png", "s00001.png"]
+    );
     for (i, path) in paths.iter().enumerate() {
         let back = read_image(path, 3).unwrap();
         assert_eq!(back.size(), [1, 3, 5, 7]);
@@ -129,12 +143,31 @@ fn save_images_then_read_image_round_trips_the_quantised_values() {
 }
 
 #[test]
+fn save_image_writes_one_unpadded_picture() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = solid_batch(1, 5, 9);
+    for (name, image) in [("a.png", x.shallow_clone()), ("b.jpeg", x.get(0))] {
+        let path = dir.path().join(name);
+        save_image(&image, &path).unwrap();
+        assert_eq!(image::image_dimensions(&path).unwrap(), (9, 5));
+    }
+    let back = read_image(&dir.path().join("a.png"), 3).unwrap();
+    assert!(back.equal(&(to_u8(&x).to_kind(Kind::Float) / 255.0 * 2.0 - 1.0)));
+    let err = save_image(&solid_batch(2, 5, 9), &dir.path().join("c.png")).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(save_image(&x, &dir.path().join("d.bmp")).is_err());
+    assert_eq!(names_in(dir.path()), ["a.png", "b.jpeg"]);
+}
+
+#[test]
 fn read_image_converts_channels_with_pils_luma_and_white_background() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.png");
     // Pillow's convert("L") of these colours: 76, 150, 29, 130 (golden).
     let colours = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [12, 200, 77]];
-    RgbImage::from_fn(4, 1, |x, _| Rgb(colours[x as usize])).save(&path).unwrap();
+    RgbImage::from_fn(4, 1, |x, _| Rgb(colours[x as usize]))
+        .save(&path)
+        .unwrap();
     let gray = read_image(&path, 1).unwrap();
     assert_eq!(gray.size(), [1, 1, 1, 4]);
     let got = Vec::<u8>::try_from(to_u8(&gray).flatten(0, -1)).unwrap();
@@ -146,12 +179,20 @@ fn read_image_converts_channels_with_pils_luma_and_white_background() {
 
     // A gray file read as RGB repeats the channel; transparency becomes white.
     let la = dir.path().join("la.png");
-    image::GrayAlphaImage::from_fn(2, 1, |x, _| image::LumaA([40, if x == 0 { 0 } else { 255 }]))
-        .save(&la)
-        .unwrap();
+    image::GrayAlphaImage::from_fn(2, 1, |x, _| {
+        image::LumaA([40, if x == 0 { 0 } else { 255 }])
+    })
+    .save(&la)
+    .unwrap();
     let t = to_u8(&read_image(&la, 3).unwrap());
-    assert_eq!(Vec::<u8>::try_from(t.flatten(0, -1)).unwrap(), [255, 40, 255, 40, 255, 40]);
-    assert!(matches!(read_image(&la, 2).unwrap_err(), Error::InvalidArgument(_)));
+    assert_eq!(
+        Vec::<u8>::try_from(t.flatten(0, -1)).unwrap(),
+        [255, 40, 255, 40, 255, 40]
+    );
+    assert!(matches!(
+        read_image(&la, 2).unwrap_err(),
+        Error::InvalidArgument(_)
+    ));
 }
 
 #[test]
@@ -162,11 +203,17 @@ fn read_image_of_a_corrupt_or_missing_file_is_one_clear_error() {
     let err = read_image(&bad, 3).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Format { .. }), "{msg}");
-    assert!(msg.contains("broken.jpg") && msg.contains("cannot decode image"), "{msg}");
+    assert!(
+        msg.contains("broken.jpg") && msg.contains("cannot decode image"),
+        "{msg}"
+    );
     assert!(!msg.contains('\n'), "{msg}");
     let missing = dir.path().join("missing.png");
     let err = read_image(&missing, 3).unwrap_err();
-    assert!(matches!(err, Error::Io { .. }) && err.to_string().contains("missing.png"), "{err}");
+    assert!(
+        matches!(err, Error::Io { .. }) && err.to_string().contains("missing.png"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -175,7 +222,9 @@ fn masks_are_white_keep_black_generate_and_must_be_binary() {
     let path = dir.path().join("mask.png");
     // Near-black and near-white values (as a lossy save leaves them) are accepted.
     let values = [0u8, 5, 250, 255, 3, 252];
-    GrayImage::from_fn(3, 2, |x, y| Luma([values[(y * 3 + x) as usize]])).save(&path).unwrap();
+    GrayImage::from_fn(3, 2, |x, y| Luma([values[(y * 3 + x) as usize]]))
+        .save(&path)
+        .unwrap();
     let m = read_mask(&path).unwrap();
     assert_eq!(m.size(), [1, 1, 2, 3]);
     assert_eq!(m.kind(), Kind::Float);
@@ -183,14 +232,21 @@ fn masks_are_white_keep_black_generate_and_must_be_binary() {
     assert_eq!(got, [0.0, 0.0, 1.0, 1.0, 0.0, 1.0]);
 
     let soft = dir.path().join("soft.png");
-    GrayImage::from_fn(4, 1, |x, _| Luma([[0, 6, 128, 255][x as usize]])).save(&soft).unwrap();
+    GrayImage::from_fn(4, 1, |x, _| Luma([[0, 6, 128, 255][x as usize]]))
+        .save(&soft)
+        .unwrap();
     let err = read_mask(&soft).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("soft.png") && msg.contains("not binary: 2 of 4 pixels"), "{msg}");
+    assert!(
+        msg.contains("soft.png") && msg.contains("not binary: 2 of 4 pixels"),
+        "{msg}"
+    );
 
     // An RGB mask is judged after grayscale conversion: pure red is gray 76, so not binary.
     let red = dir.path().join("red.png");
-    RgbImage::from_pixel(2, 2, Rgb([255, 0, 0])).save(&red).unwrap();
+    RgbImage::from_pixel(2, 2, Rgb([255, 0, 0]))
+        .save(&red)
+        .unwrap();
     assert!(read_mask(&red).is_err());
 }
 
@@ -199,7 +255,12 @@ fn loss_curves_are_pngs_of_the_stated_size() {
     let dir = tempfile::tempdir().unwrap();
     // Spans three decades: log axis; one NaN is left out.
     let mut points: Vec<(u64, f64)> = (0..2000u64)
-        .map(|s| (s * 5, 2.0 * (-(s as f64) / 300.0).exp() + 0.001 * (1.0 + (s as f64).sin())))
+        .map(|s| {
+            (
+                s * 5,
+                2.0 * (-(s as f64) / 300.0).exp() + 0.001 * (1.0 + (s as f64).sin()),
+            )
+        })
         .collect();
     points[100].1 = f64::NAN;
     let path = dir.path().join("loss.png");

@@ -129,12 +129,11 @@ fn tensor_names_shapes_and_parameter_count_equal_diffusers() {
             .iter()
             .map(|(n, t)| (current_name(n), t.size()))
             .collect();
-        let ours: BTreeMap<String, Vec<i64>> = f
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.size()))
-            .collect();
+        let ours: BTreeMap<String, Vec<i64>> =
+            f.vs.variables()
+                .into_iter()
+                .map(|(n, t)| (n, t.size()))
+                .collect();
         assert_eq!(ours, expected, "{name}: names or shapes differ");
         let count: i64 = f.metadata["num_parameters"].parse().unwrap();
         assert_eq!(parameter_count(&f.vs), count, "{name}: parameter count");
@@ -193,14 +192,10 @@ fn written_config_has_every_diffusers_key_and_its_spelling() {
     let text = std::fs::read_to_string(fixture_dir("fourier").join("config.json")).unwrap();
     let theirs: serde_json::Value = serde_json::from_str(&text).unwrap();
     let config = UNet2dConfig::from_json_str(&text).unwrap();
-    assert_eq!(
-        config.sample_size,
-        Some(SampleSize::HeightWidth([16, 24]))
-    );
+    assert_eq!(config.sample_size, Some(SampleSize::HeightWidth([16, 24])));
     let ours = config.to_json();
-    let keys = |v: &serde_json::Value| -> Vec<String> {
-        v.as_object().unwrap().keys().cloned().collect()
-    };
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
     assert_eq!(keys(&ours), keys(&theirs));
     // Same values apart from the version stamp; integers stay integers.
     for (k, v) in theirs.as_object().unwrap() {
@@ -226,6 +221,12 @@ fn older_configs_take_defaults_and_unknown_keys_are_ignored() {
     assert_eq!(config.mid_block_type.as_deref(), Some("UNetMidBlock2D"));
     assert_eq!(config.sample_size_hw(), None);
     assert_eq!(config.norm_type, NormType::Group);
+    let mut config = config;
+    config.set_sample_size(16, 24);
+    assert_eq!(config.to_json()["sample_size"], serde_json::json!([16, 24]));
+    config.set_sample_size(32, 32);
+    assert_eq!(config.to_json()["sample_size"], serde_json::json!(32));
+    assert_eq!(config.sample_size_hw(), Some((32, 32)));
 }
 
 #[test]
@@ -234,7 +235,10 @@ fn missing_and_unexpected_tensors_are_all_named() {
     let source = fixture_dir("plain").join("diffusion_pytorch_model.safetensors");
     let mut tensors = load_tensors(&source).unwrap().tensors;
     tensors.retain(|(n, _)| n != "conv_out.bias" && n != "mid_block.attentions.0.to_k.weight");
-    tensors.push(("extra.block.weight".into(), Tensor::zeros([3, 5], (Kind::Float, Device::Cpu))));
+    tensors.push((
+        "extra.block.weight".into(),
+        Tensor::zeros([3, 5], (Kind::Float, Device::Cpu)),
+    ));
     let path = dir.path().join("broken.safetensors");
     save_tensors(&path, &tensors, None).unwrap();
 
@@ -266,7 +270,10 @@ fn unknown_block_type_is_refused_with_the_supported_ones() {
     assert!(matches!(err, Error::InvalidArgument(_)));
     let message = err.to_string();
     assert!(message.contains("\"CrossAttnDownBlock2D\""), "{message}");
-    assert!(message.contains("AttnDownBlock2D, ResnetDownsampleBlock2D"), "{message}");
+    assert!(
+        message.contains("AttnDownBlock2D, ResnetDownsampleBlock2D"),
+        "{message}"
+    );
     let vs = VarStore::new(Device::Cpu);
     assert!(UNet2d::new(&vs.root(), &config).is_err());
 
@@ -280,8 +287,14 @@ fn unknown_block_type_is_refused_with_the_supported_ones() {
     let err = UNet2dConfig::from_json_file(&path).unwrap_err();
     assert!(matches!(err, Error::Format { .. }));
     let message = err.to_string();
-    assert!(message.contains("config.json") && message.contains("\"FancyUpBlock\""), "{message}");
-    assert!(message.contains("UpBlock2D, AttnUpBlock2D, ResnetUpsampleBlock2D"), "{message}");
+    assert!(
+        message.contains("config.json") && message.contains("\"FancyUpBlock\""),
+        "{message}"
+    );
+    assert!(
+        message.contains("UpBlock2D, AttnUpBlock2D, ResnetUpsampleBlock2D"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -350,7 +363,10 @@ fn invalid_configs_say_what_is_wrong() {
         assert!(message.contains(needle), "{needle:?} not in: {message}");
     }
     let bad_json = UNet2dConfig::from_json_str("{\"block_out_channels\": 3}").unwrap_err();
-    assert!(bad_json.to_string().contains("block_out_channels"), "{bad_json}");
+    assert!(
+        bad_json.to_string().contains("block_out_channels"),
+        "{bad_json}"
+    );
     let other_model =
         UNet2dConfig::from_json_str("{\"_class_name\": \"UNet2DConditionModel\"}").unwrap_err();
     assert!(other_model.to_string().contains("UNet2DConditionModel"));
@@ -380,9 +396,13 @@ fn batch_norm_variant_trains_and_round_trips_running_stats() {
     let vs = VarStore::new(Device::Cpu);
     let unet = UNet2d::new(&vs.root(), &config).unwrap();
     let names: Vec<String> = vs.variables().into_keys().collect();
-    assert!(names.iter().any(|n| n == "down_blocks.0.resnets.0.norm1.running_mean"));
+    assert!(names
+        .iter()
+        .any(|n| n == "down_blocks.0.resnets.0.norm1.running_mean"));
     assert!(names.iter().any(|n| n == "conv_norm_out.running_var"));
-    assert!(names.iter().any(|n| n == "up_blocks.0.attentions.0.group_norm.running_mean"));
+    assert!(names
+        .iter()
+        .any(|n| n == "up_blocks.0.attentions.0.group_norm.running_mean"));
 
     let x = Tensor::randn([4, 1, 8, 8], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[10.0f32, 200.0, 450.5, 999.0]);
@@ -400,16 +420,15 @@ fn batch_norm_variant_trains_and_round_trips_running_stats() {
         opt.step(3e-3);
         losses.push(loss.double_value(&[]));
     }
-    assert!(
-        losses[7] < losses[0],
-        "loss did not decrease: {losses:?}"
-    );
+    assert!(losses[7] < losses[0], "loss did not decrease: {losses:?}");
     let stats = vs.variables()["down_blocks.0.resnets.0.norm1.running_var"].shallow_clone();
     assert!(!stats.equal(&Tensor::ones([8], (Kind::Float, Device::Cpu))));
 
     // Config and every variable, running statistics included, survive a round trip.
     let dir = tempfile::tempdir().unwrap();
-    config.to_json_file(&dir.path().join("config.json")).unwrap();
+    config
+        .to_json_file(&dir.path().join("config.json"))
+        .unwrap();
     save_unet_weights(&vs, &dir.path().join("w.safetensors")).unwrap();
     let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     assert!(text.contains("\"norm_type\": \"batch\""));
@@ -484,13 +503,20 @@ fn export_for_diffusers_check() {
         return;
     };
     let root = PathBuf::from(root);
-    let write = |name: &str, config: &UNet2dConfig, vs: &VarStore, unet: &UNet2d, io: &BTreeMap<String, Tensor>| {
+    let write = |name: &str,
+                 config: &UNet2dConfig,
+                 vs: &VarStore,
+                 unet: &UNet2d,
+                 io: &BTreeMap<String, Tensor>| {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         config.to_json_file(&dir.join("config.json")).unwrap();
         save_unet_weights(vs, &dir.join("diffusion_pytorch_model.safetensors")).unwrap();
-        let mut tensors: Vec<(String, Tensor)> =
-            io.iter().filter(|(k, _)| !k.starts_with("out")).map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        let mut tensors: Vec<(String, Tensor)> = io
+            .iter()
+            .filter(|(k, _)| !k.starts_with("out"))
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
         for (key, out) in outputs(unet, io) {
             tensors.push((format!("out{}", &key[1..]), out));
         }
@@ -516,7 +542,10 @@ fn export_for_diffusers_check() {
     let vs = VarStore::new(Device::Cpu);
     let unet = UNet2d::new(&vs.root(), &config).unwrap();
     let io = BTreeMap::from([
-        ("x".to_owned(), Tensor::randn([2, 3, 16, 8], (Kind::Float, Device::Cpu))),
+        (
+            "x".to_owned(),
+            Tensor::randn([2, 3, 16, 8], (Kind::Float, Device::Cpu)),
+        ),
         ("t_float".to_owned(), Tensor::from_slice(&[12.5f32, 700.0])),
         ("t_int".to_owned(), Tensor::from_slice(&[3i64, 998])),
         ("labels".to_owned(), Tensor::from_slice(&[1i64, 3])),
