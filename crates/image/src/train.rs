@@ -6,9 +6,7 @@
 
 use crate::data::{ImageDataset, Prefetcher, Split};
 use crate::io::save_grid;
-use crate::pipeline::{
-    save_pipeline_dir, ImageModelInfo, ImagePipeline, SampleOptions, UNetDenoiser,
-};
+use crate::pipeline::{ImageModelInfo, ImagePipeline, SampleOptions, UNetDenoiser};
 use crate::plot::save_loss_curve;
 use crate::unet::{SampleSize, UNet2d, UNet2dConfig};
 use diffuse_core::guidance::drop_labels;
@@ -159,25 +157,15 @@ struct ImageTask<'a> {
     prefetcher: Prefetcher,
     device: Device,
     null_class: Option<i64>,
-    info: ImageModelInfo,
-    /// A second network for preview grids, so sampling with EMA weights leaves training alone.
-    preview: (VarStore, UNet2d),
+    /// A second network for preview grids and the export, so sampling with EMA weights leaves
+    /// training alone.
+    preview: ImagePipeline,
     run_dir: PathBuf,
 }
 
 impl ImageTask<'_> {
     fn write_previews(&mut self, trainer: &Trainer<'_>, step: u64) -> Result<()> {
-        let (vs, unet) = &self.preview;
-        let mut target = vs.variables();
-        for (name, value) in trainer.var_store().variables() {
-            if let Some(t) = target.get_mut(&name) {
-                tch::no_grad(|| t.copy_(&value));
-            }
-        }
-        if let Some(ema) = trainer.ema() {
-            ema.copy_to(vs);
-        }
-        let scheduler = SchedulerConfig::Ddpm(self.config.scheduler.clone());
+        load_averaged_weights(trainer, &self.preview.vs);
         let options = SampleOptions {
             num: self.config.sample_num,
             sampler: Some("ddim".into()),
@@ -186,7 +174,7 @@ impl ImageTask<'_> {
             class: None,
             ..SampleOptions::default()
         };
-        let images = sample_with(unet, vs, &scheduler, &self.info, &options)?;
+        let images = sample_with(&self.preview, &options)?;
         let path = self
             .run_dir
             .join("samples")
@@ -199,23 +187,24 @@ impl ImageTask<'_> {
     }
 }
 
-/// Sample with a network that is not (yet) a saved pipeline: unconditional, or spread over the
-/// classes when the model is class-conditioned.
-fn sample_with(
-    unet: &UNet2d,
-    vs: &VarStore,
-    scheduler: &SchedulerConfig,
-    info: &ImageModelInfo,
-    options: &SampleOptions,
-) -> Result<Tensor> {
-    // A borrowed pipeline view: ImagePipeline owns its parts, so build one sharing the tensors.
-    let view = ImagePipeline::new(unet.config(), scheduler.clone(), info.clone(), vs.device())?;
-    let mut dst = view.vs.variables();
-    for (name, value) in vs.variables() {
+/// Copy the trainer's weights into `target`, then its EMA average over them when there is one
+/// (batch-norm running statistics are not averaged, so they come from the weights).
+fn load_averaged_weights(trainer: &Trainer<'_>, target: &VarStore) {
+    let mut dst = target.variables();
+    for (name, value) in trainer.var_store().variables() {
         if let Some(t) = dst.get_mut(&name) {
             tch::no_grad(|| t.copy_(&value));
         }
     }
+    if let Some(ema) = trainer.ema() {
+        ema.copy_to(target);
+    }
+}
+
+/// Sample a preview grid: unconditional, or spread over the classes when the model is
+/// class-conditioned.
+fn sample_with(view: &ImagePipeline, options: &SampleOptions) -> Result<Tensor> {
+    let info = &view.info;
     if info.null_class.is_some() {
         let classes = view.num_classes().unwrap_or(1).max(1) as usize;
         let mut all = Vec::new();
@@ -338,8 +327,12 @@ pub fn train_image_model(
         objective: Some(config.objective.clone()),
         steps: Some(config.train.steps),
     };
-    let preview_vs = VarStore::new(device);
-    let preview_unet = UNet2d::new(&preview_vs.root(), &config.unet)?;
+    let preview = ImagePipeline::new(
+        &config.unet,
+        SchedulerConfig::Ddpm(config.scheduler.clone()),
+        info.clone(),
+        device,
+    )?;
     let mut task = ImageTask {
         config: &config,
         unet: &unet,
@@ -347,8 +340,7 @@ pub fn train_image_model(
         prefetcher,
         device,
         null_class,
-        info: info.clone(),
-        preview: (preview_vs, preview_unet),
+        preview,
         run_dir: run_dir.to_path_buf(),
     };
     let mut trainer = Trainer::new(&vs, config.train.clone(), run_dir)?;
@@ -368,24 +360,9 @@ pub fn train_image_model(
         task.write_previews(&trainer, summary.steps_done)?;
     }
     // Export the EMA weights when there are any: they are the ones worth sampling from.
-    let export_vs = &task.preview.0;
-    let mut dst = export_vs.variables();
-    for (name, value) in vs.variables() {
-        if let Some(t) = dst.get_mut(&name) {
-            tch::no_grad(|| t.copy_(&value));
-        }
-    }
-    if let Some(ema) = trainer.ema() {
-        ema.copy_to(export_vs);
-    }
+    load_averaged_weights(&trainer, &task.preview.vs);
     let model_dir = run_dir.join(MODEL_DIR);
-    save_pipeline_dir(
-        &model_dir,
-        &config.unet,
-        export_vs,
-        &SchedulerConfig::Ddpm(config.scheduler.clone()),
-        &info,
-    )?;
+    task.preview.save(&model_dir)?;
     tracing::info!(model = %model_dir.display(), "saved the model");
     Ok(ImageTrainOutcome {
         summary,
