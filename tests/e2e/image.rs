@@ -294,6 +294,81 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
     let bpd = report["bpd"]["value"].as_f64().unwrap();
     assert!(bpd.is_finite() && bpd > 0.0 && bpd < 16.0, "bits/dim {bpd}");
     assert_eq!(report["bpd"]["images"], 2);
+
+    // The classifier-feature Fréchet distance: a classifier trained on the subset, then the
+    // model's samples against the subset's test-split statistics, reported with its protocol.
+    let classifier = dir.join("classifier");
+    let r = diffuse(
+        &[
+            "train",
+            "classifier",
+            "--data",
+            s(&data),
+            "--out",
+            s(&classifier),
+            "--steps",
+            "30",
+            "--batch-size",
+            "32",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "info.json",
+        "reference_stats.safetensors",
+    ] {
+        assert!(classifier.join(file).is_file(), "classifier lacks {file}");
+    }
+    let fid = || {
+        let r = diffuse(
+            &[
+                "eval",
+                "image",
+                "--model",
+                s(&model),
+                "--data",
+                s(&data),
+                "--metric",
+                "fid",
+                "--classifier",
+                s(&classifier),
+                "--num",
+                "16",
+                "--batch-size",
+                "8",
+                "--sampler",
+                "ddim",
+                "--steps",
+                "4",
+                "--seed",
+                "3",
+                "--json",
+                "--device",
+                "cpu",
+            ],
+            None,
+        );
+        assert!(r.success(), "{}", r.stderr);
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["fid"].clone()
+    };
+    let first = fid();
+    let value = first["value"].as_f64().unwrap();
+    assert!(value.is_finite() && value > 0.0, "Fréchet distance {value}");
+    assert_eq!(first["samples"], 16);
+    assert_eq!(first["reference_count"], 128);
+    assert_eq!(first["reference_split"], "test");
+    let sampling = first["sampling"].as_str().unwrap();
+    assert!(
+        sampling.contains("ddim") && sampling.contains("4 steps") && sampling.contains("seed 3"),
+        "{sampling}"
+    );
+    // Seeded: the same command gives the same number.
+    assert_eq!(fid()["value"].as_f64().unwrap(), value);
 }
 
 /// diffusers' `DDPMPipeline` / `DDIMPipeline` with `generator=torch.manual_seed(S)` on the
@@ -411,6 +486,26 @@ fn bad_image_inputs_are_one_clear_line() {
         .unwrap();
     assert_user_error(&inpaint(&good, &grey), &["grey.png", "binary"]);
     assert!(!out.exists(), "a failed command wrote its output");
+
+    // --metric fid with a directory that holds no classifier.
+    let r = diffuse(
+        &[
+            "eval",
+            "image",
+            "--model",
+            s(&model),
+            "--data",
+            s(&fixture("mnist-subset")),
+            "--metric",
+            "fid",
+            "--classifier",
+            s(tmp.path()),
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--classifier", "not a classifier directory"]);
 
     // A model directory missing a file; a config with an unknown block type.
     let broken = tmp.path().join("broken");

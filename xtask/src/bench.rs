@@ -36,11 +36,15 @@ pub const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "sampler_step",
-        description: "per-step overhead of each sampler, model excluded, beside one forward of a 1M-parameter conv net",
+        description: "per-step overhead of each sampler, model excluded, beside one forward of the 1.1M-parameter UNet2d",
     },
     Bench {
         name: "sampler_quality",
         description: "8-Gaussian mixture, one trained MLP: quality per model evaluation, diffuse's samplers vs diffusers' (CPU only)",
+    },
+    Bench {
+        name: "image",
+        description: "UNet2d vs diffusers' UNet2DModel (bundled MNIST architecture): train step, forward, 20-step sampling, peak memory",
     },
 ];
 

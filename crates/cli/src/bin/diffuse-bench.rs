@@ -90,32 +90,6 @@ fn bench_train_step(device: Device) -> Result<()> {
     Ok(())
 }
 
-/// A 1.04M-parameter stack of 3x3 convolutions (3 -> 128, 7 x 128 -> 128, 128 -> 3): the model
-/// the sampler overhead is compared with.
-fn reference_net(p: &nn::Path) -> nn::SequentialT {
-    let conv = |name: String, i, o| {
-        nn::conv2d(
-            p / name,
-            i,
-            o,
-            3,
-            nn::ConvConfig {
-                padding: 1,
-                ..Default::default()
-            },
-        )
-    };
-    let mut net = nn::seq_t()
-        .add(conv("in".into(), 3, 128))
-        .add_fn(|x| x.silu());
-    for i in 0..7 {
-        net = net
-            .add(conv(format!("c{i}"), 128, 128))
-            .add_fn(|x| x.silu());
-    }
-    net.add(conv("out".into(), 128, 3))
-}
-
 /// Builds a fresh sampler for each timed loop.
 type SamplerFactory = Box<dyn Fn() -> Result<Box<dyn diffuse_core::samplers::Sampler>>>;
 
@@ -169,6 +143,12 @@ fn bench_sampler_step(device: Device) -> Result<()> {
     tch::manual_seed(0);
     let x0 = Tensor::randn(shape, (Kind::Float, device));
     let model_output = Tensor::randn(shape, (Kind::Float, device)) * 0.1;
+    let (forward_ms, params) = time_reference_unet(device, &x0)?;
+    emit(
+        "UNet2d forward (reference model), b16 3x32x32",
+        forward_ms,
+        &format!("{params:.2}M parameters"),
+    );
     for (name, make) in &samplers {
         // A whole 50-step loop with a precomputed model output, so only the sampler is timed.
         let mut failed = None;
@@ -198,25 +178,31 @@ fn bench_sampler_step(device: Device) -> Result<()> {
         emit(
             &format!("{name} step, b16 3x32x32"),
             ms / evaluations as f64,
-            &format!("{evaluations} steps per loop"),
+            &format!(
+                "{evaluations} steps per loop; {:.2}% of one reference forward",
+                100.0 * ms / evaluations as f64 / forward_ms
+            ),
         );
     }
-    let vs = VarStore::new(device);
-    let net = reference_net(&vs.root());
-    let params: i64 = vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
-    let ms = time_ms(device, 1, 3, Duration::from_secs(3), || {
-        let _ = tch::no_grad(|| net.forward_t(&x0, false));
-    });
-    emit(
-        "conv net forward (reference model), b16 3x32x32",
-        ms,
-        &format!("{:.2}M parameters", params as f64 / 1e6),
-    );
     Ok(())
+}
+
+/// The reference model of `sampler_step`: the bundled model's UNet2d architecture (1.1M
+/// parameters) for 3x32x32 images, its config written for the peer; returns the median ms of
+/// one no-grad forward on `x`.
+fn time_reference_unet(device: Device, x: &Tensor) -> Result<(f64, f64)> {
+    use diffuse_image::unet::{parameter_count, UNet2d};
+    let mut config = diffuse_image::train::small_unet();
+    config.set_sample_size(32, 32);
+    config.to_json_file(&bench_cache()?.join("sampler_step_unet_config.json"))?;
+    tch::manual_seed(0);
+    let vs = VarStore::new(device);
+    let unet = UNet2d::new(&vs.root(), &config)?;
+    let t = Tensor::full([x.size()[0]], 500, (Kind::Int64, device));
+    let ms = time_ms(device, 2, 5, Duration::from_secs(3), || {
+        let _ = tch::no_grad(|| unet.forward_t(x, &t, None, false));
+    });
+    Ok((ms, parameter_count(&vs) as f64 / 1e6))
 }
 
 /// Where benchmarks leave files for their Python peer: target/bench-cache (beside target/release).
@@ -334,6 +320,118 @@ fn linear_heun() -> diffuse_core::samplers::heun::HeunConfig {
     }
 }
 
+/// Reset the process's peak resident set (Linux: writing 5 to /proc/self/clear_refs), so the next
+/// `peak_rss_mb` reports the peak of what ran in between. No-op where unsupported.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set since the last reset, in MB (VmHWM), or None off Linux.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn memory_note() -> String {
+    peak_rss_mb()
+        .map(|mb| format!(", peak RSS {mb:.0} MB"))
+        .unwrap_or_default()
+}
+
+/// diffuse's UNet2d against diffusers' UNet2DModel built from the same config.json (written here
+/// to target/bench-cache for the peer): the bundled MNIST model's architecture (1.1M parameters,
+/// 28x28, 1 channel). Cases: a training step (forward, epsilon MSE, backward, AdamW) at batch 64,
+/// a no-grad forward at batch 16, and a whole 20-step DPM-Solver++ 2M sampling of 16 images.
+fn bench_image(device: Device) -> Result<()> {
+    use diffuse_core::samplers::{dpm_solver, Sampler};
+    use diffuse_image::unet::{parameter_count, UNet2d};
+    let mut config = diffuse_image::train::small_unet();
+    config.set_sample_size(28, 28);
+    config.in_channels = 1;
+    config.out_channels = 1;
+    config.to_json_file(&bench_cache()?.join("image_unet_config.json"))?;
+
+    tch::manual_seed(0);
+    let vs = VarStore::new(device);
+    let unet = UNet2d::new(&vs.root(), &config)?;
+    let params = parameter_count(&vs) as f64 / 1e6;
+    let mut opt = AdamW::new(
+        &vs,
+        AdamWConfig {
+            lr: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let batch = 64;
+    let x = Tensor::randn([batch, 1, 28, 28], (Kind::Float, device));
+    let noise = Tensor::randn([batch, 1, 28, 28], (Kind::Float, device));
+    let t = Tensor::randint(1000, [batch], (Kind::Int64, device));
+    reset_peak_rss();
+    let ms = time_ms(device, 2, 5, Duration::from_secs(5), || {
+        opt.zero_grad();
+        let loss = (unet.forward_t(&x, &t, None, true) - &noise)
+            .square()
+            .mean(Kind::Float);
+        loss.backward();
+        opt.step(1e-4);
+    });
+    emit(
+        "UNet2d 1x28x28 b64 train step (fwd+bwd+adamw)",
+        ms,
+        &format!(
+            "{params:.2}M parameters, {:.0} images/s{}",
+            batch as f64 * 1e3 / ms,
+            memory_note()
+        ),
+    );
+
+    let x16 = x.narrow(0, 0, 16);
+    let t16 = t.narrow(0, 0, 16);
+    reset_peak_rss();
+    let ms = time_ms(device, 2, 10, Duration::from_secs(3), || {
+        let _ = tch::no_grad(|| unet.forward_t(&x16, &t16, None, false));
+    });
+    emit(
+        "UNet2d 1x28x28 b16 forward (no grad)",
+        ms,
+        &format!("{:.0} images/s{}", 16e3 / ms, memory_note()),
+    );
+
+    let steps = 20;
+    reset_peak_rss();
+    let mut failed = None;
+    let ms = time_ms(device, 1, 3, Duration::from_secs(5), || {
+        let run = || -> Result<()> {
+            tch::no_grad(|| {
+                let mut sampler = dpm_solver::DpmSolverSampler::new(Default::default())?;
+                sampler.set_timesteps(steps)?;
+                let mut sample = &x16 * sampler.init_noise_sigma();
+                for t in sampler.timesteps().to_vec() {
+                    let input = sampler.scale_model_input(&sample, t);
+                    let t_batch = Tensor::from(t).to_device(device);
+                    let eps = unet.forward_t(&input, &t_batch, None, false);
+                    sample = sampler.step(&eps, t, &sample)?.prev_sample;
+                }
+                Ok(())
+            })
+        };
+        if let Err(e) = run() {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    emit(
+        "sample 16 images, dpm++2m 20 steps",
+        ms,
+        &format!("{:.1} images/s{}", 16e3 / ms, memory_note()),
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     diffuse_tensor::runtime::tune_allocator();
     diffuse_cli::report(run())
@@ -360,11 +458,12 @@ fn run() -> Result<()> {
         Some("train_step") => bench_train_step(device)?,
         Some("sampler_step") => bench_sampler_step(device)?,
         Some("sampler_quality") => bench_sampler_quality()?,
+        Some("image") => bench_image(device)?,
         Some(other) => {
-            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step or sampler_quality")
+            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step, sampler_quality or image")
         }
         None => bail!(
-            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality)"
+            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality, image)"
         ),
     }
     Ok(())
