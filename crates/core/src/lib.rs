@@ -10,9 +10,12 @@
 //! inpainting, RePaint, SDEdit), [`losses`] (the denoising objective and its weightings),
 //! [`likelihood`] and [`vlb`] (the variational bound and bits/dim), and [`edm`] (Karras et al.'s
 //! preconditioning, loss and sampler), and [`toy`] (2-D data with known modes and a small MLP, for
-//! learning tests and benchmarks). Schedule maths runs in f64 on the CPU; tensors are made from
-//! it once. The categorical and Poisson processes will sit beside these, not inside them.
+//! learning tests and benchmarks). [`categorical`] holds discrete-state diffusion over tokens (D3PM
+//! and MDLM: losses, likelihood bounds, samplers), beside the Gaussian code rather than inside it.
+//! Schedule maths runs in f64 on the CPU; tensors are made from it once. The Poisson process will
+//! sit beside these too.
 
+pub mod categorical;
 pub mod denoiser;
 pub mod editing;
 pub mod edm;

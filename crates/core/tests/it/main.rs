@@ -1,6 +1,9 @@
 //! Integration tests of diffuse-core against values recorded from diffusers 0.42.1
 //! (`tests/golden/make_golden.py`, `make_sampler_golden.py`) and against closed forms.
 
+mod categorical_d3pm;
+mod categorical_learning;
+mod categorical_mdlm;
 mod dpm_solver;
 mod editing;
 mod edm;
