@@ -4,3 +4,4 @@
 mod doctor;
 mod image;
 mod inspect;
+mod text;

@@ -8,6 +8,7 @@ pub mod fid;
 pub mod image;
 pub mod inspect;
 pub mod measure;
+pub mod text;
 
 use anyhow::Result;
 use tracing_subscriber::EnvFilter;

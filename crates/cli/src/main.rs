@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use diffuse_cli::{doctor, fid, image, init_logging, inspect, report};
+use diffuse_cli::{doctor, fid, image, init_logging, inspect, report, text};
 use std::path::PathBuf;
 
 /// Train diffusion models and sample images, audio and text with them, on libtorch.
@@ -38,13 +38,15 @@ enum Command {
     /// Train a model.
     #[command(subcommand)]
     Train(Box<TrainCommand>),
+    /// Build a tokenizer.json from a corpus: character level, or byte-level BPE.
+    TrainTokenizer(text::TrainTokenizerArgs),
     /// Generate samples from a trained model.
     #[command(subcommand)]
     Sample(SampleCommand),
     /// Fill the masked part of an image (replacement or RePaint), or edit one (SDEdit).
     #[command(subcommand)]
     Inpaint(InpaintCommand),
-    /// Measure a model: bits/dim, Fréchet distance.
+    /// Measure a model: bits/dim, Fréchet distance, bits/char.
     #[command(subcommand)]
     Eval(EvalCommand),
 }
@@ -55,12 +57,16 @@ enum TrainCommand {
     Image(Box<image::TrainImageArgs>),
     /// Train the small classifier whose features `eval image --metric fid` compares.
     Classifier(fid::TrainClassifierArgs),
+    /// Train a text model (MDLM, D3PM absorbing/uniform, or the autoregressive baseline).
+    Text(Box<text::TrainTextArgs>),
 }
 
 #[derive(Subcommand)]
 enum SampleCommand {
     /// Sample images into a grid picture, a folder and/or raw floats.
     Image(image::SampleImageArgs),
+    /// Sample text: unconditionally, continuing --prompt, or filling the gaps of --infill.
+    Text(text::SampleTextArgs),
 }
 
 #[derive(Subcommand)]
@@ -73,6 +79,8 @@ enum InpaintCommand {
 enum EvalCommand {
     /// Bits/dim on the test split, or the classifier-feature Fréchet distance of samples.
     Image(image::EvalImageArgs),
+    /// Bits per character on held-out text (an upper bound for diffusion models).
+    Text(text::EvalTextArgs),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -82,10 +90,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(train) => match *train {
             TrainCommand::Image(args) => image::train(*args),
             TrainCommand::Classifier(args) => fid::train(args),
+            TrainCommand::Text(args) => text::train(*args),
         },
+        Command::TrainTokenizer(args) => text::train_tokenizer(args),
         Command::Sample(SampleCommand::Image(args)) => image::sample(args),
+        Command::Sample(SampleCommand::Text(args)) => text::sample(args),
         Command::Inpaint(InpaintCommand::Image(args)) => image::inpaint(args),
         Command::Eval(EvalCommand::Image(args)) => image::eval(args),
+        Command::Eval(EvalCommand::Text(args)) => text::eval(args),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod data;
 pub mod fid;
 pub mod io;
 pub mod pipeline;
-pub mod plot;
+/// Loss curves (they live in `diffuse-tensor`, beside the training loop, for every modality).
+pub use diffuse_tensor::plot;
 pub mod train;
 pub mod unet;

@@ -7,7 +7,6 @@
 use crate::data::{ImageDataset, Prefetcher, Split};
 use crate::io::save_grid;
 use crate::pipeline::{ImageModelInfo, ImagePipeline, SampleOptions, UNetDenoiser};
-use crate::plot::save_loss_curve;
 use crate::unet::{SampleSize, UNet2d, UNet2dConfig};
 use diffuse_core::guidance::drop_labels;
 use diffuse_core::losses::{LearnedVariance, Objective, ObjectiveConfig};
@@ -16,7 +15,6 @@ use diffuse_core::schedule::NoiseSchedule;
 use diffuse_core::scheduler_config::SchedulerConfig;
 use diffuse_tensor::atomic::write_json_atomic;
 use diffuse_tensor::data::EpochSampler;
-use diffuse_tensor::metrics::read_metrics;
 use diffuse_tensor::train::{StepReport, TrainConfig, TrainSummary, TrainTask, Trainer};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -165,7 +163,7 @@ struct ImageTask<'a> {
 
 impl ImageTask<'_> {
     fn write_previews(&mut self, trainer: &Trainer<'_>, step: u64) -> Result<()> {
-        load_averaged_weights(trainer, &self.preview.vs);
+        trainer.copy_averaged_weights_to(&self.preview.vs);
         let options = SampleOptions {
             num: self.config.sample_num,
             sampler: Some("ddim".into()),
@@ -184,20 +182,6 @@ impl ImageTask<'_> {
         save_grid(&images, &path, None)?;
         write_loss_curve(&self.run_dir)?;
         Ok(())
-    }
-}
-
-/// Copy the trainer's weights into `target`, then its EMA average over them when there is one
-/// (batch-norm running statistics are not averaged, so they come from the weights).
-fn load_averaged_weights(trainer: &Trainer<'_>, target: &VarStore) {
-    let mut dst = target.variables();
-    for (name, value) in trainer.var_store().variables() {
-        if let Some(t) = dst.get_mut(&name) {
-            tch::no_grad(|| t.copy_(&value));
-        }
-    }
-    if let Some(ema) = trainer.ema() {
-        ema.copy_to(target);
     }
 }
 
@@ -223,18 +207,7 @@ fn sample_with(view: &ImagePipeline, options: &SampleOptions) -> Result<Tensor> 
     view.sample(options, |_, _| {})
 }
 
-/// Redraw `RUN_DIR/loss.png` from `metrics.jsonl`.
-pub fn write_loss_curve(run_dir: &Path) -> Result<()> {
-    let records = read_metrics(&run_dir.join("metrics.jsonl"))?;
-    let points: Vec<(u64, f64)> = records
-        .iter()
-        .filter_map(|r| Some((r.get("step")?.as_u64()?, r.get("loss")?.as_f64()?)))
-        .collect();
-    if points.len() >= 2 {
-        save_loss_curve(&points, "training loss", &run_dir.join("loss.png"))?;
-    }
-    Ok(())
-}
+pub use diffuse_tensor::plot::write_loss_curve;
 
 impl TrainTask for ImageTask<'_> {
     fn loss(&mut self, step: u64, micro_batch: u64) -> Result<Tensor> {
@@ -360,7 +333,7 @@ pub fn train_image_model(
         task.write_previews(&trainer, summary.steps_done)?;
     }
     // Export the EMA weights when there are any: they are the ones worth sampling from.
-    load_averaged_weights(&trainer, &task.preview.vs);
+    trainer.copy_averaged_weights_to(&task.preview.vs);
     let model_dir = run_dir.join(MODEL_DIR);
     task.preview.save(&model_dir)?;
     tracing::info!(model = %model_dir.display(), "saved the model");

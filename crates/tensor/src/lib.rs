@@ -21,6 +21,7 @@ pub mod grad;
 pub mod lr;
 pub mod metrics;
 pub mod optim;
+pub mod plot;
 pub mod precision;
 pub mod progress;
 pub mod runtime;

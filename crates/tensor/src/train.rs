@@ -200,6 +200,20 @@ impl<'a> Trainer<'a> {
     pub fn ema(&self) -> Option<&Ema> {
         self.ema.as_ref()
     }
+    /// Copy the weights into `target` (a second network of the same shape, for previews and the
+    /// exported model), then the EMA average over them when there is one; buffers the EMA does
+    /// not average (batch-norm statistics) come from the weights.
+    pub fn copy_averaged_weights_to(&self, target: &VarStore) {
+        let mut dst = target.variables();
+        for (name, value) in self.vs.variables() {
+            if let Some(t) = dst.get_mut(&name) {
+                tch::no_grad(|| t.copy_(&value));
+            }
+        }
+        if let Some(ema) = &self.ema {
+            ema.copy_to(target);
+        }
+    }
     pub fn optimizer(&self) -> &AdamW {
         self.optimizer_ref()
     }

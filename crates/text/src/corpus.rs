@@ -427,6 +427,21 @@ impl TokenSequences {
         self.tokens.size()[0] as usize
     }
 
+    /// The first `n` sequences (all when fewer), keeping the whole stream's characters per token
+    /// (a subset's own ratio would differ only by where its windows fall).
+    pub fn take(&self, n: usize) -> TokenSequences {
+        let n = n.min(self.len()) as i64;
+        let total = self.len().max(1) as f64;
+        let share = n as f64 / total;
+        TokenSequences {
+            tokens: self.tokens.narrow(0, 0, n),
+            stats: TokenStats {
+                chars: (self.stats.chars as f64 * share).round() as u64,
+                tokens: (self.stats.tokens as f64 * share).round() as u64,
+            },
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -12,7 +12,10 @@
 
 pub mod corpus;
 pub mod model_dir;
+pub mod pipeline;
+pub mod process;
 pub mod tokenizer;
+pub mod train;
 pub mod transformer;
 
 pub use corpus::{Corpus, CorpusOptions, TokenSequences, TokenizedCorpus};

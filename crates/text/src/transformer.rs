@@ -385,6 +385,11 @@ impl TextTransformer {
         &self.config
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> tch::Device {
+        self.token_embed.ws.device()
+    }
+
     /// Shape checks shared by [`TextTransformer::forward_t`] (which panics on them) and
     /// [`TextTransformer::f_forward_t`] (which returns them).
     fn check_shapes(&self, tokens: &Tensor, cond: Option<&Tensor>) -> Result<()> {

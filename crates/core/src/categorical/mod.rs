@@ -85,7 +85,7 @@ impl Default for SampleOptions {
 }
 
 impl SampleOptions {
-    pub(crate) fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
             return Err(Error::InvalidArgument("steps must be at least 1".into()));
         }
@@ -130,7 +130,7 @@ pub struct NllEstimate {
 }
 
 impl NllEstimate {
-    pub(crate) fn from_per_sequence(nats_per_token_each: &[f64], tokens: usize) -> Self {
+    pub fn from_per_sequence(nats_per_token_each: &[f64], tokens: usize) -> Self {
         let n = nats_per_token_each.len().max(1) as f64;
         let mean = nats_per_token_each.iter().sum::<f64>() / n;
         let var = nats_per_token_each
@@ -235,7 +235,7 @@ pub(crate) fn check_infill(tokens: &Tensor, fixed: &Tensor, v: i64) -> Result<()
 
 /// p(x_0 | x_t) rows in f64 after temperature and nucleus filtering. `logits` `[M, K]`;
 /// `forbid` (when set) is a state that must get probability 0 (the [MASK] id).
-pub(crate) fn filtered_probs(
+pub fn filtered_probs(
     logits: &Tensor,
     forbid: Option<i64>,
     temperature: f64,
@@ -266,7 +266,7 @@ pub(crate) fn filtered_probs(
 
 /// One draw per row of `probs` `[M, K]` (f64, rows need not be normalised) by the inverse CDF
 /// with the uniforms `u` `[M]` (f64): the index of the first cumulative mass above u * total.
-pub(crate) fn sample_rows(probs: &Tensor, u: &Tensor) -> Tensor {
+pub fn sample_rows(probs: &Tensor, u: &Tensor) -> Tensor {
     let k = probs.size()[1];
     let cdf = probs.to_kind(Kind::Double).cumsum(-1, Kind::Double);
     let total = cdf.narrow(-1, k - 1, 1);

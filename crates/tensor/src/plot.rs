@@ -3,7 +3,7 @@
 //! built-in 5x7 bitmap font (upper-case letters, digits and a little punctuation; lower case is
 //! drawn as upper case).
 
-use diffuse_tensor::{atomic, Error, Result};
+use crate::{atomic, Error, Result};
 use image::{ImageEncoder, Rgb, RgbImage};
 use std::path::Path;
 
@@ -509,6 +509,20 @@ fn glyph(c: char) -> [&'static str; 7] {
             ".###.", "#...#", "....#", "...#.", "..#..", ".....", "..#..",
         ],
     }
+}
+
+/// Redraw `RUN_DIR/loss.png` from the run's `metrics.jsonl` (nothing when it has fewer than two
+/// records), as every training command does after its checkpoints and preview samples.
+pub fn write_loss_curve(run_dir: &Path) -> Result<()> {
+    let records = crate::metrics::read_metrics(&run_dir.join("metrics.jsonl"))?;
+    let points: Vec<(u64, f64)> = records
+        .iter()
+        .filter_map(|r| Some((r.get("step")?.as_u64()?, r.get("loss")?.as_f64()?)))
+        .collect();
+    if points.len() >= 2 {
+        save_loss_curve(&points, "training loss", &run_dir.join("loss.png"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,476 @@
+//! The text commands: `train text`, `train-tokenizer`, `sample text` (unconditional, `--prompt`,
+//! `--infill`) and `eval text` (bits per character on held-out text).
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use diffuse_tensor::ema::EmaConfig;
+use diffuse_tensor::progress::progress_bar;
+use diffuse_tensor::{parse_device, Precision};
+use diffuse_text::corpus::{default_datasets_dir, Corpus};
+use diffuse_text::pipeline::{TextPipeline, TextSampleOptions};
+use diffuse_text::process::{ProcessConfig, ProcessKind, MASK_SCHEDULE_NAMES};
+use diffuse_text::train::{read_run_config, train_text_model, TextTrainConfig, RUN_CONFIG};
+use diffuse_text::transformer::Positions;
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn device(flag_value: &str) -> Result<tch::Device> {
+    parse_device(flag_value).map_err(|e| anyhow!("--device: {e}"))
+}
+
+fn step_bar(label: &str) -> (indicatif::ProgressBar, impl FnMut(usize, usize)) {
+    let bar = progress_bar(0, label, "step");
+    let b = bar.clone();
+    (bar, move |done: usize, total: usize| {
+        if b.length() != Some(total as u64) {
+            b.set_length(total as u64);
+        }
+        b.set_position(done as u64);
+    })
+}
+
+/// `diffuse train text`.
+#[derive(Args, Debug)]
+pub struct TrainTextArgs {
+    /// Corpus: shakespeare, a UTF-8 text file, or a folder of .txt files (recursive).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Run directory (checkpoints, metrics, samples, validation, the final model in RUN_DIR/model).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (its run.json settings apply; --steps may extend it).
+    #[arg(long)]
+    pub resume: bool,
+    /// mdlm, d3pm-absorbing, d3pm-uniform or autoregressive (the causal baseline).
+    #[arg(long, default_value = "mdlm")]
+    pub process: String,
+    /// MDLM masking schedule: log-linear, linear or cosine.
+    #[arg(long, default_value = "log-linear")]
+    pub mask_schedule: String,
+    /// D3PM: number of diffusion steps T.
+    #[arg(long, default_value_t = 1000)]
+    pub d3pm_timesteps: usize,
+    /// D3PM: lambda of L_vlb + lambda * CE(x0).
+    #[arg(long, default_value_t = 0.01)]
+    pub hybrid_lambda: f64,
+    /// Feed the noise level to the network (adaLN): default on for D3PM, off for MDLM.
+    #[arg(long)]
+    pub time_conditioning: Option<bool>,
+    /// char, bpe, or the path of a tokenizer.json.
+    #[arg(long, default_value = "char")]
+    pub tokenizer: String,
+    /// Vocabulary size of --tokenizer bpe.
+    #[arg(long, default_value_t = 2048)]
+    pub vocab_size: usize,
+    /// Tokens per training sequence (the model's context).
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Fraction of each document held out for validation.
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Optimiser steps (default 1000; with --resume, extends the run when larger).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    /// constant, constant_with_warmup, linear or cosine.
+    #[arg(long, default_value = "cosine")]
+    pub lr_schedule: String,
+    #[arg(long, default_value_t = 100)]
+    pub warmup_steps: u64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// EMA decay (0 = no EMA).
+    #[arg(long, default_value_t = 0.999)]
+    pub ema_decay: f64,
+    /// Clip the gradient norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: u64,
+    /// f32, or bf16 (autocast; CUDA only).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    /// Transformer width.
+    #[arg(long, default_value_t = 256)]
+    pub hidden_size: i64,
+    #[arg(long, default_value_t = 6)]
+    pub layers: i64,
+    #[arg(long, default_value_t = 4)]
+    pub heads: i64,
+    #[arg(long, default_value_t = 4.0)]
+    pub mlp_ratio: f64,
+    /// rotary or learned.
+    #[arg(long, default_value = "rotary")]
+    pub positions: String,
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value_t = 3)]
+    pub keep_last: usize,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Write samples and a validation estimate every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 500)]
+    pub sample_every: u64,
+    #[arg(long, default_value_t = 4)]
+    pub sample_num: usize,
+    /// Stop after this many total steps as if interrupted (resume later with --resume).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<u64>,
+}
+
+fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
+    let data = args
+        .data
+        .clone()
+        .ok_or_else(|| anyhow!("--data: required (shakespeare, a text file or a folder)"))?;
+    let kind = ProcessKind::parse(&args.process)?;
+    if !MASK_SCHEDULE_NAMES.contains(&args.mask_schedule.as_str()) {
+        bail!(
+            "--mask-schedule: unknown schedule '{}' (expected one of {})",
+            args.mask_schedule,
+            MASK_SCHEDULE_NAMES.join(", ")
+        );
+    }
+    let mut process = ProcessConfig::new(kind);
+    process.mask_schedule = args.mask_schedule.clone();
+    process.d3pm_timesteps = args.d3pm_timesteps;
+    process.hybrid_lambda = args.hybrid_lambda;
+    if let Some(tc) = args.time_conditioning {
+        process.time_conditioning = tc;
+    }
+    if !(0.0..1.0).contains(&args.val_fraction) || args.val_fraction == 0.0 {
+        bail!(
+            "--val-fraction: must lie in (0, 1), got {}",
+            args.val_fraction
+        );
+    }
+    if !(0.0..1.0).contains(&args.dropout) {
+        bail!("--dropout: must lie in [0, 1), got {}", args.dropout);
+    }
+    let mut config = TextTrainConfig {
+        data,
+        tokenizer: args.tokenizer.clone(),
+        bpe_vocab_size: args.vocab_size,
+        seq_len: args.seq_len,
+        val_fraction: args.val_fraction,
+        batch_size: args.batch_size,
+        process,
+        sample_every: args.sample_every,
+        sample_num: args.sample_num,
+        ..TextTrainConfig::default()
+    };
+    let m = &mut config.model;
+    m.hidden_size = args.hidden_size;
+    m.num_layers = args.layers;
+    m.num_heads = args.heads;
+    m.mlp_ratio = args.mlp_ratio;
+    m.dropout = args.dropout;
+    m.positions = match args.positions.as_str() {
+        "rotary" => Positions::Rotary,
+        "learned" => Positions::Learned,
+        other => bail!("--positions: expected rotary or learned, got '{other}'"),
+    };
+    let t = &mut config.train;
+    t.steps = args.steps.unwrap_or(1000);
+    t.grad_accum = args.grad_accum;
+    t.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
+    t.optimizer.lr = args.lr;
+    t.optimizer.weight_decay = args.weight_decay;
+    t.lr_schedule = args
+        .lr_schedule
+        .parse()
+        .map_err(|e| anyhow!("--lr-schedule: {e}"))?;
+    t.warmup_steps = args.warmup_steps;
+    t.ema = (args.ema_decay > 0.0).then(|| EmaConfig {
+        decay: args.ema_decay,
+        ..EmaConfig::default()
+    });
+    t.seed = args.seed;
+    t.checkpoint_every = args.checkpoint_every;
+    t.keep_last = args.keep_last;
+    t.log_every = args.log_every;
+    t.precision = args
+        .precision
+        .parse::<Precision>()
+        .map_err(|e| anyhow!("--precision: {e}"))?;
+    Ok(config)
+}
+
+pub fn train(args: TrainTextArgs) -> Result<()> {
+    let device = device(&args.device)?;
+    let run_dir = &args.out;
+    let config = if args.resume {
+        if !run_dir.join(RUN_CONFIG).is_file() {
+            bail!(
+                "--resume: {} holds no run ({RUN_CONFIG} is missing)",
+                run_dir.display()
+            );
+        }
+        let mut config = read_run_config(run_dir)?;
+        if let Some(steps) = args.steps {
+            config.train.steps = steps;
+        }
+        config
+    } else {
+        let non_empty = run_dir
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if non_empty {
+            bail!(
+                "--out: {} already exists and is not empty; pass --resume to continue that run, or choose a new directory",
+                run_dir.display()
+            );
+        }
+        build_config(&args)?
+    };
+    let started = Instant::now();
+    let outcome = train_text_model(&config, run_dir, device, args.resume, args.stop_after)?;
+    let secs = started.elapsed().as_secs_f64();
+    match outcome.model_dir {
+        Some(dir) => println!(
+            "trained {} steps in {secs:.0} s; model in {} (sample it with `diffuse sample text --model {}`)",
+            outcome.summary.steps_done,
+            dir.display(),
+            dir.display()
+        ),
+        None => println!(
+            "stopped at step {} of {} after {secs:.0} s; continue with --resume",
+            outcome.summary.steps_done, config.train.steps
+        ),
+    }
+    Ok(())
+}
+
+/// `diffuse train-tokenizer`.
+#[derive(Args, Debug)]
+pub struct TrainTokenizerArgs {
+    /// Corpus: shakespeare, a UTF-8 text file, or a folder of .txt files.
+    #[arg(long)]
+    pub data: String,
+    /// char (one token per character of the corpus) or bpe (byte-level BPE).
+    #[arg(long, default_value = "bpe")]
+    pub kind: String,
+    /// BPE vocabulary size (at least 256, the byte alphabet).
+    #[arg(long, default_value_t = 2048)]
+    pub vocab_size: usize,
+    /// Where to write tokenizer.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn train_tokenizer(args: TrainTokenizerArgs) -> Result<()> {
+    let corpus =
+        Corpus::load(&args.data, &default_datasets_dir()).map_err(|e| anyhow!("--data: {e}"))?;
+    let tokenizer = match args.kind.as_str() {
+        "char" => corpus.char_tokenizer()?,
+        "bpe" => corpus
+            .train_bpe(args.vocab_size)
+            .map_err(|e| anyhow!("--vocab-size: {e}"))?,
+        other => bail!("--kind: expected char or bpe, got '{other}'"),
+    };
+    tokenizer.save(&args.out)?;
+    let sample: String = corpus
+        .documents()
+        .iter()
+        .map(|d| d.text.as_str())
+        .collect::<String>();
+    let cpt = tokenizer.chars_per_token(&sample)?;
+    println!(
+        "wrote {} ({} tokens, {cpt:.2} characters per token on the corpus)",
+        args.out.display(),
+        tokenizer.vocab_size()
+    );
+    Ok(())
+}
+
+/// `diffuse sample text`.
+#[derive(Args, Debug)]
+pub struct SampleTextArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub num: usize,
+    /// Tokens per sample, prompt included (default: the model's training length; MDLM and
+    /// autoregressive models go past it, semi-autoregressively or with a sliding window).
+    #[arg(long)]
+    pub length: Option<usize>,
+    /// Reverse diffusion steps (default: the length).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Text the samples start with.
+    #[arg(long, conflicts_with = "infill")]
+    pub prompt: Option<String>,
+    /// A template whose `_` characters are generated (one token each) and the rest kept.
+    #[arg(long)]
+    pub infill: Option<String>,
+    /// Divides the logits (below 1: more conservative).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens holding this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// MDLM: call the model at every step even when nothing changed.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Also write the samples to this text file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print JSON (samples, model calls, seconds).
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn sample(args: SampleTextArgs) -> Result<()> {
+    let device = device(&args.device)?;
+    let pipeline = TextPipeline::load(&args.model, device).map_err(|e| anyhow!("--model: {e}"))?;
+    let options = TextSampleOptions {
+        num: args.num,
+        length: args.length,
+        steps: args.steps,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        cache: !args.no_cache,
+        seed: Some(args.seed),
+    };
+    if args.num == 0 {
+        bail!("--num: must be at least 1");
+    }
+    let started = Instant::now();
+    let (bar, on_step) = step_bar("sample");
+    let samples = match (&args.prompt, &args.infill) {
+        (Some(p), _) => pipeline.continue_prompt(p, &options, on_step),
+        (None, Some(t)) => pipeline.infill(t, &options, on_step),
+        (None, None) => pipeline.sample(&options, on_step),
+    }
+    .map_err(|e| {
+        bar.finish_and_clear();
+        anyhow!(e)
+    })?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let chars: usize = samples.texts.iter().map(|t| t.chars().count()).sum();
+    if let Some(out) = &args.out {
+        let mut text = String::new();
+        for (i, s) in samples.texts.iter().enumerate() {
+            text += &format!("=== sample {i} ===\n{s}\n\n");
+        }
+        diffuse_tensor::atomic::write_atomic(out, |w| {
+            std::io::Write::write_all(w, text.as_bytes())
+        })
+        .with_context(|| format!("--out: writing {}", out.display()))?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "samples": samples.texts,
+                "model_calls": samples.model_calls,
+                "seconds": secs,
+                "characters_per_second": chars as f64 / secs.max(1e-9),
+            }))?
+        );
+    } else {
+        for (i, s) in samples.texts.iter().enumerate() {
+            println!("=== sample {i} ===\n{s}\n");
+        }
+        eprintln!(
+            "{} samples, {chars} characters in {secs:.2} s ({:.0} characters/s, {} model calls)",
+            samples.texts.len(),
+            chars as f64 / secs.max(1e-9),
+            samples.model_calls
+        );
+    }
+    Ok(())
+}
+
+/// `diffuse eval text`.
+#[derive(Args, Debug)]
+pub struct EvalTextArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Corpus whose held-out part to score (default: the one the model was trained on).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Fraction of each document held out (default: the model's training split).
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    /// Score at most this many held-out sequences (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// MDLM: Monte Carlo times per sequence.
+    #[arg(long, default_value_t = 4)]
+    pub mc_samples: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn eval(args: EvalTextArgs) -> Result<()> {
+    let device = device(&args.device)?;
+    let pipeline = TextPipeline::load(&args.model, device).map_err(|e| anyhow!("--model: {e}"))?;
+    let data = args
+        .data
+        .clone()
+        .or_else(|| pipeline.info.dataset.clone())
+        .ok_or_else(|| {
+            anyhow!("--data: the model does not say what it was trained on; name the corpus")
+        })?;
+    let val_fraction = args
+        .val_fraction
+        .or(pipeline.info.val_fraction)
+        .unwrap_or(0.05);
+    if args.batch_size == 0 || args.mc_samples == 0 {
+        bail!("--batch-size and --mc-samples: must be at least 1");
+    }
+    let corpus =
+        Corpus::load(&data, &default_datasets_dir()).map_err(|e| anyhow!("--data: {e}"))?;
+    let split = corpus
+        .tokenize(
+            &pipeline.model.tokenizer,
+            pipeline.info.seq_len,
+            val_fraction,
+        )
+        .map_err(|e| anyhow!("--data: {e}"))?;
+    let held_out = if args.limit > 0 {
+        split.validation.take(args.limit)
+    } else {
+        split.validation
+    };
+    diffuse_tensor::manual_seed(args.seed);
+    let (bar, on_step) = step_bar("eval");
+    let report = pipeline.evaluate(&held_out, args.batch_size, args.mc_samples, on_step)?;
+    bar.finish_and_clear();
+    if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["model"] = args.model.display().to_string().into();
+        v["data"] = data.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "bits/char {:.4} ± {:.4} ({}; {})",
+            report.bits_per_char, report.bits_per_char_std_error, report.kind, report.protocol
+        );
+    }
+    Ok(())
+}

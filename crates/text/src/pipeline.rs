@@ -1,0 +1,521 @@
+//! A loaded text model and what users do with it: sample, continue a prompt, fill gaps, and
+//! measure bits per character on held-out text. The model directory's `diffuse.json` names the
+//! process ([`TextModelInfo`]); everything else is in [`crate::model_dir`].
+
+use crate::corpus::TokenSequences;
+use crate::model_dir::TextModel;
+use crate::process::{
+    sample_autoregressive, ProcessConfig, ProcessKind, TextProcess, TransformerDenoiser,
+};
+use diffuse_core::categorical::{NllEstimate, SampleOptions};
+use diffuse_tensor::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// What `diffuse.json` says about a text model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TextModelInfo {
+    pub process: ProcessConfig,
+    /// The training sequence length (the model's context for diffusion sampling).
+    pub seq_len: usize,
+    /// What it was trained on (a dataset name or path).
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// Optimiser steps it was trained for.
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// Average characters per token on the validation text (bits/char = bits/token / this).
+    #[serde(default)]
+    pub chars_per_token: Option<f64>,
+    /// The fraction of each document held out for validation in training (what `eval text`
+    /// scores by default).
+    #[serde(default)]
+    pub val_fraction: Option<f64>,
+}
+
+/// How to sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextSampleOptions {
+    /// Number of sequences.
+    pub num: usize,
+    /// Tokens per sequence (prompt included); `None` = the training sequence length.
+    pub length: Option<usize>,
+    /// Reverse steps (diffusion); `None` = the sequence length (MDLM, capped at T for D3PM).
+    pub steps: Option<usize>,
+    pub temperature: f64,
+    pub top_p: f64,
+    /// MDLM: skip the model call when a step changed nothing.
+    pub cache: bool,
+    /// Seed of libtorch's generator; `None` leaves it as it is.
+    pub seed: Option<u64>,
+}
+
+impl Default for TextSampleOptions {
+    fn default() -> Self {
+        TextSampleOptions {
+            num: 4,
+            length: None,
+            steps: None,
+            temperature: 1.0,
+            top_p: 1.0,
+            cache: true,
+            seed: None,
+        }
+    }
+}
+
+/// Sampled text.
+#[derive(Debug)]
+pub struct TextSamples {
+    pub texts: Vec<String>,
+    /// `[N, length]` token ids.
+    pub tokens: Tensor,
+    /// Network evaluations (fewer than steps x batches when the cache saved some).
+    pub model_calls: usize,
+}
+
+/// Bits per character (and per token) of a model on held-out text.
+#[derive(Clone, Debug, Serialize)]
+pub struct TextEval {
+    pub bits_per_char: f64,
+    pub bits_per_token: f64,
+    /// One standard error of the bits per character (Monte Carlo over sequences and times).
+    pub bits_per_char_std_error: f64,
+    pub chars_per_token: f64,
+    pub sequences: usize,
+    pub tokens: usize,
+    /// "upper bound" (diffusion ELBO) or "exact" (autoregressive).
+    pub kind: String,
+    pub protocol: String,
+}
+
+/// The placeholder of a gap in an `--infill` template: each `_` stands for one token.
+pub const GAP: char = '_';
+
+/// A model directory ready to sample.
+pub struct TextPipeline {
+    pub model: TextModel,
+    pub info: TextModelInfo,
+    process: TextProcess,
+}
+
+impl TextPipeline {
+    /// Load a text model directory onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let model = TextModel::load(dir, device)?;
+        let info_value = model.info.clone().ok_or_else(|| {
+            Error::format(
+                dir,
+                "diffuse.json is missing: not a diffuse text model (it names the process)",
+            )
+        })?;
+        let info: TextModelInfo = serde_json::from_value(info_value)
+            .map_err(|e| Error::format(dir.join("diffuse.json"), e.to_string()))?;
+        Self::new(model, info)
+    }
+
+    /// Wrap a model and its process description.
+    pub fn new(model: TextModel, info: TextModelInfo) -> Result<Self> {
+        let v = model.tokenizer.vocab_size() as i64;
+        let (input, output) = info.process.kind.vocab_sizes(v);
+        let cfg = model.config();
+        if cfg.vocab_size != input || cfg.output_vocab_size != output {
+            return Err(Error::InvalidArgument(format!(
+                "the {} process with a {v}-token tokenizer needs a transformer with {input} input and {output} output ids, \
+                 this one has {} and {}",
+                info.process.kind.name(),
+                cfg.vocab_size,
+                cfg.output_vocab_size
+            )));
+        }
+        if cfg.causal != (info.process.kind == ProcessKind::Autoregressive) {
+            return Err(Error::InvalidArgument(format!(
+                "the {} process needs a {} transformer",
+                info.process.kind.name(),
+                if cfg.causal {
+                    "bidirectional"
+                } else {
+                    "causal"
+                }
+            )));
+        }
+        let process = TextProcess::new(&info.process, v)?;
+        Ok(TextPipeline {
+            model,
+            info,
+            process,
+        })
+    }
+
+    /// Save as a model directory (atomically).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let info =
+            serde_json::to_value(&self.info).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        crate::model_dir::save_text_model_dir(
+            dir,
+            self.model.config(),
+            &self.model.vs,
+            &self.model.tokenizer,
+            Some(&info),
+        )
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+
+    pub fn kind(&self) -> ProcessKind {
+        self.info.process.kind
+    }
+
+    fn denoiser(&self) -> TransformerDenoiser<'_> {
+        TransformerDenoiser {
+            net: &self.model.model,
+            time_conditioning: self.info.process.time_conditioning,
+            train: false,
+        }
+    }
+
+    fn core_options(&self, options: &TextSampleOptions, length: usize) -> Result<SampleOptions> {
+        let steps = match (&self.process, options.steps) {
+            (_, Some(0)) => {
+                return Err(Error::InvalidArgument("--steps: must be at least 1".into()))
+            }
+            (TextProcess::D3pm(p), Some(s)) if s > p.num_timesteps() => {
+                return Err(Error::InvalidArgument(format!(
+                    "--steps: {s} is more than the model's {} diffusion steps",
+                    p.num_timesteps()
+                )))
+            }
+            (_, Some(s)) => s,
+            (TextProcess::D3pm(p), None) => length.min(p.num_timesteps()),
+            (_, None) => length,
+        };
+        let o = SampleOptions {
+            steps,
+            temperature: options.temperature,
+            top_p: options.top_p,
+            cache: options.cache,
+        };
+        o.validate().map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("sampling options: {m}")),
+            other => other,
+        })?;
+        Ok(o)
+    }
+
+    fn length(&self, options: &TextSampleOptions) -> Result<usize> {
+        let length = options.length.unwrap_or(self.info.seq_len);
+        if length == 0 {
+            return Err(Error::InvalidArgument(
+                "--length: must be at least 1".into(),
+            ));
+        }
+        let context = self.model.config().max_seq_len as usize;
+        if length > context && matches!(self.process, TextProcess::D3pm(_)) {
+            return Err(Error::InvalidArgument(format!(
+                "--length: {length} tokens is beyond the model's context of {context} (D3PM models \
+                 sample one window; MDLM and autoregressive models go past it)"
+            )));
+        }
+        Ok(length)
+    }
+
+    fn finish(&self, tokens: Tensor, model_calls: usize) -> Result<TextSamples> {
+        let tokens = tokens.to_device(Device::Cpu);
+        let rows: Vec<Vec<i64>> = (0..tokens.size()[0])
+            .map(|i| Vec::<i64>::try_from(tokens.get(i)).map_err(Error::Torch))
+            .collect::<Result<_>>()?;
+        let texts = rows
+            .iter()
+            .map(|r| self.model.tokenizer.decode(r))
+            .collect();
+        Ok(TextSamples {
+            texts,
+            tokens,
+            model_calls,
+        })
+    }
+
+    /// Unconditional samples.
+    pub fn sample(
+        &self,
+        options: &TextSampleOptions,
+        on_step: impl FnMut(usize, usize),
+    ) -> Result<TextSamples> {
+        self.generate(&[], options, on_step)
+    }
+
+    /// Continue `prompt`: its tokens are kept and the rest of `--length` is generated.
+    pub fn continue_prompt(
+        &self,
+        prompt: &str,
+        options: &TextSampleOptions,
+        on_step: impl FnMut(usize, usize),
+    ) -> Result<TextSamples> {
+        let ids = self
+            .model
+            .tokenizer
+            .encode(prompt)
+            .map_err(|e| prefix_error("--prompt", e))?;
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument(
+                "--prompt: the prompt is empty".into(),
+            ));
+        }
+        self.generate(&ids, options, on_step)
+    }
+
+    fn generate(
+        &self,
+        prefix: &[i64],
+        options: &TextSampleOptions,
+        on_step: impl FnMut(usize, usize),
+    ) -> Result<TextSamples> {
+        let length = self.length(options)?;
+        if prefix.len() > length {
+            return Err(Error::InvalidArgument(format!(
+                "--prompt: the prompt is {} tokens, longer than --length {length}",
+                prefix.len()
+            )));
+        }
+        let core = self.core_options(options, length)?;
+        if let Some(seed) = options.seed {
+            diffuse_tensor::manual_seed(seed);
+        }
+        let n = options.num as i64;
+        if n < 1 {
+            return Err(Error::InvalidArgument("--num: must be at least 1".into()));
+        }
+        let device = self.device();
+        let l = length as i64;
+        let model = self.denoiser();
+        let prompt = (!prefix.is_empty()).then(|| {
+            Tensor::from_slice(prefix)
+                .unsqueeze(0)
+                .repeat([n, 1])
+                .to_device(device)
+        });
+        let context = self
+            .model
+            .config()
+            .max_seq_len
+            .min(self.info.seq_len as i64);
+        let (tokens, calls) = match &self.process {
+            TextProcess::Mdlm(p) if l > context => {
+                let s = p.sample_semi_autoregressive(
+                    &model,
+                    n,
+                    l,
+                    context,
+                    (context / 2).max(1),
+                    prompt.as_ref(),
+                    device,
+                    &core,
+                    on_step,
+                )?;
+                (s.tokens, s.model_calls)
+            }
+            TextProcess::Mdlm(_) | TextProcess::D3pm(_) => {
+                let (tokens, fixed) = self.template(prefix, length, n)?;
+                let s = match &self.process {
+                    TextProcess::Mdlm(p) if prefix.is_empty() => {
+                        p.sample(&model, n, l, device, &core, on_step)?
+                    }
+                    TextProcess::Mdlm(p) => p.infill(&model, &tokens, &fixed, &core, on_step)?,
+                    TextProcess::D3pm(p) if prefix.is_empty() => {
+                        p.sample(&model, n, l, device, &core, on_step)?
+                    }
+                    TextProcess::D3pm(p) => p.infill(&model, &tokens, &fixed, &core, on_step)?,
+                    TextProcess::Autoregressive { .. } => unreachable!("matched above"),
+                };
+                (s.tokens, s.model_calls)
+            }
+            TextProcess::Autoregressive { .. } => {
+                let start = match prompt {
+                    Some(p) => p,
+                    None => self.start_token(n)?,
+                };
+                let calls = (l - start.size()[1]).max(0) as usize;
+                let tokens = sample_autoregressive(&self.model.model, &start, l, &core, on_step)?;
+                (tokens, calls)
+            }
+        };
+        self.finish(tokens, calls)
+    }
+
+    /// `[N, L]` tokens with `prefix` in front (the rest placeholders) and the `[N, L]` bool mask
+    /// of the given positions.
+    fn template(&self, given: &[i64], length: usize, n: i64) -> Result<(Tensor, Tensor)> {
+        let mut ids = vec![0i64; length];
+        let mut fixed = vec![false; length];
+        for (i, &t) in given.iter().enumerate() {
+            ids[i] = t;
+            fixed[i] = true;
+        }
+        self.template_from(&ids, &fixed, n)
+    }
+
+    fn template_from(&self, ids: &[i64], fixed: &[bool], n: i64) -> Result<(Tensor, Tensor)> {
+        let device = self.device();
+        let tokens = Tensor::from_slice(ids)
+            .unsqueeze(0)
+            .repeat([n, 1])
+            .to_device(device);
+        let fixed = Tensor::from_slice(fixed)
+            .unsqueeze(0)
+            .repeat([n, 1])
+            .to_device(device);
+        Ok((tokens, fixed))
+    }
+
+    /// The first token of an unprompted autoregressive sample: the start of the document
+    /// separator (documents are joined by a blank line), as text begins after one.
+    fn start_token(&self, n: i64) -> Result<Tensor> {
+        let id = self
+            .model
+            .tokenizer
+            .encode("\n")
+            .ok()
+            .and_then(|ids| ids.first().copied())
+            .unwrap_or(0);
+        Ok(Tensor::full([n, 1], id, (Kind::Int64, self.device())))
+    }
+
+    /// Fill the gaps of `template`, where each `_` stands for one token to generate and the
+    /// rest is kept; with `--length` longer than the template, the tokens after it are
+    /// generated too. Diffusion models only.
+    pub fn infill(
+        &self,
+        template: &str,
+        options: &TextSampleOptions,
+        on_step: impl FnMut(usize, usize),
+    ) -> Result<TextSamples> {
+        if self.kind() == ProcessKind::Autoregressive {
+            return Err(Error::InvalidArgument(
+                "--infill: an autoregressive model cannot fill gaps (use a diffusion model)".into(),
+            ));
+        }
+        if !template.contains(GAP) {
+            return Err(Error::InvalidArgument(format!(
+                "--infill: the template has no gaps (write each token to fill as '{GAP}')"
+            )));
+        }
+        let mut ids = Vec::new();
+        let mut fixed = Vec::new();
+        let mut literal = String::new();
+        let flush =
+            |literal: &mut String, ids: &mut Vec<i64>, fixed: &mut Vec<bool>| -> Result<()> {
+                if !literal.is_empty() {
+                    let t = self
+                        .model
+                        .tokenizer
+                        .encode(literal)
+                        .map_err(|e| prefix_error("--infill", e))?;
+                    fixed.extend(std::iter::repeat_n(true, t.len()));
+                    ids.extend(t);
+                    literal.clear();
+                }
+                Ok(())
+            };
+        for c in template.chars() {
+            if c == GAP {
+                flush(&mut literal, &mut ids, &mut fixed)?;
+                ids.push(0);
+                fixed.push(false);
+            } else {
+                literal.push(c);
+            }
+        }
+        flush(&mut literal, &mut ids, &mut fixed)?;
+        let length = options.length.unwrap_or(ids.len());
+        if ids.len() > length {
+            return Err(Error::InvalidArgument(format!(
+                "--infill: the template is {} tokens, longer than --length {length}",
+                ids.len()
+            )));
+        }
+        let context = self.model.config().max_seq_len as usize;
+        if length > context.min(self.info.seq_len) {
+            return Err(Error::InvalidArgument(format!(
+                "--length: infilling works within one context of {} tokens, asked for {length}",
+                context.min(self.info.seq_len)
+            )));
+        }
+        ids.resize(length, 0);
+        fixed.resize(length, false);
+        let core = self.core_options(options, length)?;
+        if let Some(seed) = options.seed {
+            diffuse_tensor::manual_seed(seed);
+        }
+        let n = options.num.max(1) as i64;
+        let (tokens, fixed) = self.template_from(&ids, &fixed, n)?;
+        let model = self.denoiser();
+        let s = match &self.process {
+            TextProcess::Mdlm(p) => p.infill(&model, &tokens, &fixed, &core, on_step)?,
+            TextProcess::D3pm(p) => p.infill(&model, &tokens, &fixed, &core, on_step)?,
+            TextProcess::Autoregressive { .. } => unreachable!("refused above"),
+        };
+        self.finish(s.tokens, s.model_calls)
+    }
+
+    /// Bits per character on held-out sequences: the process's NLL (upper bound for diffusion,
+    /// exact for autoregressive) per token, divided by the data's characters per token.
+    pub fn evaluate(
+        &self,
+        data: &TokenSequences,
+        batch_size: usize,
+        mc_samples: usize,
+        on_progress: impl FnMut(usize, usize),
+    ) -> Result<TextEval> {
+        if data.is_empty() {
+            return Err(Error::InvalidArgument(
+                "eval: no held-out sequences to score".into(),
+            ));
+        }
+        let nll: NllEstimate = self.process.nll(
+            &self.model.model,
+            self.info.process.time_conditioning,
+            data.tokens(),
+            batch_size as i64,
+            mc_samples,
+            on_progress,
+        )?;
+        let chars_per_token = data.stats().chars_per_token();
+        let bpc = nll.bits_per_char(chars_per_token)?;
+        let exact = self.kind() == ProcessKind::Autoregressive;
+        let protocol = match &self.process {
+            TextProcess::Mdlm(_) => {
+                format!("MDLM continuous-time ELBO, {mc_samples} stratified time(s) per sequence")
+            }
+            TextProcess::D3pm(p) => {
+                format!("D3PM bound, all {} terms plus the prior", p.num_timesteps())
+            }
+            TextProcess::Autoregressive { .. } => {
+                "next-token cross-entropy (the first token of each sequence is context)".into()
+            }
+        };
+        Ok(TextEval {
+            bits_per_char: bpc,
+            bits_per_token: nll.bits_per_token,
+            bits_per_char_std_error: nll.std_error / std::f64::consts::LN_2 / chars_per_token,
+            chars_per_token,
+            sequences: data.len(),
+            tokens: nll.tokens,
+            kind: if exact { "exact" } else { "upper bound" }.into(),
+            protocol: format!(
+                "{protocol}; {} held-out sequences of {} tokens, {chars_per_token:.3} characters per token",
+                data.len(),
+                data.seq_len()
+            ),
+        })
+    }
+}
+
+fn prefix_error(flag: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{flag}: {m}")),
+        other => Error::InvalidArgument(format!("{flag}: {other}")),
+    }
+}

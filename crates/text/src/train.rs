@@ -1,0 +1,315 @@
+//! Training a text model: corpus -> tokenizer -> fixed-length sequences -> the shared training
+//! loop of `diffuse-tensor` (AdamW, warmup and LR schedule, EMA, clipping, accumulation,
+//! checkpoints, exact resume, `metrics.jsonl`), with a text sample and a validation bits/char
+//! estimate every N steps, a loss curve, and the model directory at the end.
+//!
+//! The run directory holds `run.json` (this config, vocabulary sizes filled in), `tokenizer.json`
+//! (fixed at the start, so a resumed run encodes the corpus identically), `metrics.jsonl`,
+//! `validation.jsonl`, `samples/step-N.txt`, `loss.png`, `checkpoints/` and `model/`.
+
+use crate::corpus::{default_datasets_dir, Corpus, TokenizedCorpus};
+use crate::model_dir::TextModel;
+use crate::pipeline::{TextModelInfo, TextPipeline, TextSampleOptions};
+use crate::process::{ProcessConfig, TextProcess};
+use crate::tokenizer::TextTokenizer;
+use crate::transformer::{TextTransformer, TransformerConfig};
+use diffuse_tensor::atomic::write_json_atomic;
+use diffuse_tensor::data::EpochSampler;
+use diffuse_tensor::plot::write_loss_curve;
+use diffuse_tensor::train::{StepReport, TrainConfig, TrainSummary, TrainTask, Trainer};
+use diffuse_tensor::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+/// Everything a text run needs; saved as `run.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TextTrainConfig {
+    /// `shakespeare`, a UTF-8 text file, or a folder of them.
+    pub data: String,
+    /// `char` (character level), `bpe` (byte-level BPE trained on the corpus) or the path of a
+    /// `tokenizer.json`.
+    pub tokenizer: String,
+    /// BPE vocabulary size.
+    pub bpe_vocab_size: usize,
+    /// Tokens per training sequence (the model's context).
+    pub seq_len: usize,
+    /// Fraction of each document held out for validation.
+    pub val_fraction: f64,
+    pub batch_size: usize,
+    pub process: ProcessConfig,
+    /// The network; vocabulary sizes, `max_seq_len` and `causal` are filled in from the
+    /// tokenizer and the process.
+    pub model: TransformerConfig,
+    pub train: TrainConfig,
+    /// Write a text sample and a validation estimate every this many steps (0: only at the end).
+    pub sample_every: u64,
+    /// Sequences in each sample file.
+    pub sample_num: usize,
+    /// Validation batches in each periodic estimate (the final evaluation is `diffuse eval text`).
+    pub eval_batches: usize,
+}
+
+/// The default network: 6 layers of width 256, 4 heads, rotary positions (about 4.8 M
+/// parameters with a character vocabulary) — a CPU-sized version of MDLM's small DiT.
+pub fn small_transformer() -> TransformerConfig {
+    TransformerConfig {
+        vocab_size: 0,
+        output_vocab_size: 0,
+        hidden_size: 256,
+        num_layers: 6,
+        num_heads: 4,
+        mlp_ratio: 4.0,
+        max_seq_len: 128,
+        positions: crate::transformer::Positions::Rotary,
+        dropout: 0.1,
+        causal: false,
+        cond_dim: 128,
+    }
+}
+
+impl Default for TextTrainConfig {
+    fn default() -> Self {
+        TextTrainConfig {
+            data: "shakespeare".into(),
+            tokenizer: "char".into(),
+            bpe_vocab_size: 2048,
+            seq_len: 128,
+            val_fraction: 0.05,
+            batch_size: 32,
+            process: ProcessConfig::default(),
+            model: small_transformer(),
+            train: TrainConfig::default(),
+            sample_every: 500,
+            sample_num: 4,
+            eval_batches: 4,
+        }
+    }
+}
+
+pub const RUN_CONFIG: &str = "run.json";
+pub const RUN_TOKENIZER: &str = "tokenizer.json";
+pub const MODEL_DIR: &str = "model";
+
+/// The tokenizer a config asks for, built from (or read for) `corpus`.
+pub fn make_tokenizer(config: &TextTrainConfig, corpus: &Corpus) -> Result<TextTokenizer> {
+    match config.tokenizer.as_str() {
+        "char" => corpus.char_tokenizer(),
+        "bpe" => corpus.train_bpe(config.bpe_vocab_size),
+        path => TextTokenizer::load(Path::new(path)).map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("--tokenizer: {m}")),
+            other => other,
+        }),
+    }
+}
+
+/// Fill in the network's vocabulary sizes, context and causality from the tokenizer and process.
+pub fn complete_model_config(
+    config: &mut TextTrainConfig,
+    tokenizer: &TextTokenizer,
+) -> Result<()> {
+    let (input, output) = config
+        .process
+        .kind
+        .vocab_sizes(tokenizer.vocab_size() as i64);
+    config.model.vocab_size = input;
+    config.model.output_vocab_size = output;
+    config.model.max_seq_len = config.seq_len as i64;
+    config.model.causal = config.process.kind == crate::process::ProcessKind::Autoregressive;
+    config.model.validate()
+}
+
+struct TextTask<'a> {
+    config: &'a TextTrainConfig,
+    net: &'a TextTransformer,
+    process: TextProcess,
+    data: &'a TokenizedCorpus,
+    sampler: EpochSampler,
+    device: Device,
+    preview: TextPipeline,
+    run_dir: PathBuf,
+}
+
+impl TextTask<'_> {
+    fn write_previews(&mut self, trainer: &Trainer<'_>, step: u64) -> Result<()> {
+        trainer.copy_averaged_weights_to(&self.preview.model.vs);
+        let options = TextSampleOptions {
+            num: self.config.sample_num.max(1),
+            seed: Some(self.config.train.seed),
+            ..Default::default()
+        };
+        let samples = self.preview.sample(&options, |_, _| {})?;
+        let dir = self.run_dir.join("samples");
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut text = String::new();
+        for (i, s) in samples.texts.iter().enumerate() {
+            text += &format!("=== sample {i} (step {step}) ===\n{s}\n\n");
+        }
+        diffuse_tensor::atomic::write_atomic(&dir.join(format!("step-{step:09}.txt")), |w| {
+            w.write_all(text.as_bytes())
+        })?;
+        // A quick validation estimate on the first batches (the full one is `eval text`).
+        let n = (self.config.eval_batches * self.config.batch_size).min(self.data.validation.len());
+        if n > 0 {
+            let subset = self.data.validation.take(n);
+            let eval = self
+                .preview
+                .evaluate(&subset, self.config.batch_size, 1, |_, _| {})?;
+            tracing::info!(step, bits_per_char = eval.bits_per_char, "validation");
+            let path = self.run_dir.join("validation.jsonl");
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            writeln!(
+                f,
+                "{}",
+                serde_json::json!({"step": step, "bits_per_char": eval.bits_per_char,
+                    "bits_per_token": eval.bits_per_token, "sequences": n})
+            )
+            .map_err(|e| Error::io(&path, e))?;
+        }
+        write_loss_curve(&self.run_dir)
+    }
+}
+
+impl TrainTask for TextTask<'_> {
+    fn loss(&mut self, step: u64, micro_batch: u64) -> Result<Tensor> {
+        let index = step * self.config.train.grad_accum + micro_batch;
+        let x0 = self
+            .data
+            .train
+            .sampled_batch(&self.sampler, index, self.device);
+        self.process
+            .loss(self.net, &x0, self.config.process.time_conditioning)
+    }
+
+    fn after_step(&mut self, report: &StepReport, trainer: &Trainer<'_>) -> Result<()> {
+        let every = self.config.sample_every;
+        if every > 0 && report.step % every == 0 {
+            self.write_previews(trainer, report.step)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a training call ended.
+pub struct TextTrainOutcome {
+    pub summary: TrainSummary,
+    /// The exported model directory (when the run reached its last step).
+    pub model_dir: Option<PathBuf>,
+}
+
+/// Train (or, with `resume`, continue) the run in `run_dir`; `stop_after` ends this call after
+/// that many total steps, as an interruption would.
+pub fn train_text_model(
+    config: &TextTrainConfig,
+    run_dir: &Path,
+    device: Device,
+    resume: bool,
+    stop_after: Option<u64>,
+) -> Result<TextTrainOutcome> {
+    let mut config = config.clone();
+    if config.batch_size == 0 {
+        return Err(Error::InvalidArgument(
+            "--batch-size: must be at least 1".into(),
+        ));
+    }
+    if config.seq_len < 2 {
+        return Err(Error::InvalidArgument(
+            "--seq-len: must be at least 2".into(),
+        ));
+    }
+    let corpus = Corpus::load(&config.data, &default_datasets_dir())?;
+    let tokenizer_path = run_dir.join(RUN_TOKENIZER);
+    let tokenizer = if resume && tokenizer_path.is_file() {
+        TextTokenizer::load(&tokenizer_path)?
+    } else {
+        make_tokenizer(&config, &corpus)?
+    };
+    complete_model_config(&mut config, &tokenizer)?;
+    let data = corpus.tokenize(&tokenizer, config.seq_len, config.val_fraction)?;
+    if data.train.len() < config.batch_size {
+        tracing::warn!(
+            sequences = data.train.len(),
+            batch = config.batch_size,
+            "the corpus has fewer training sequences than one batch; batches repeat sequences"
+        );
+    }
+    fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
+    if !tokenizer_path.is_file() {
+        tokenizer.save(&tokenizer_path)?;
+    }
+
+    // Initial weights from the run's seed, so a run is reproducible from its run.json.
+    diffuse_tensor::manual_seed(config.train.seed);
+    let vs = VarStore::new(device);
+    let net = TextTransformer::new(&vs.root(), &config.model)?;
+    let vocab = tokenizer.vocab_size() as i64;
+    let process = TextProcess::new(&config.process, vocab)?;
+    let sampler = data.train.sampler(config.batch_size, config.train.seed)?;
+    let info = TextModelInfo {
+        process: config.process.clone(),
+        seq_len: config.seq_len,
+        dataset: Some(config.data.clone()),
+        steps: Some(config.train.steps),
+        chars_per_token: Some(data.validation.stats().chars_per_token()),
+        val_fraction: Some(config.val_fraction),
+    };
+    let preview = TextPipeline::new(
+        TextModel::new(
+            &config.model,
+            tokenizer.clone(),
+            Some(serde_json::to_value(&info).map_err(|e| Error::InvalidArgument(e.to_string()))?),
+            device,
+        )?,
+        info,
+    )?;
+    let mut task = TextTask {
+        config: &config,
+        net: &net,
+        process,
+        data: &data,
+        sampler,
+        device,
+        preview,
+        run_dir: run_dir.to_path_buf(),
+    };
+    let mut trainer = Trainer::new(&vs, config.train.clone(), run_dir)?;
+    if resume {
+        trainer.resume(None)?;
+    }
+    let until = stop_after.unwrap_or(config.train.steps);
+    let summary = trainer.run_until(&mut task, until)?;
+    write_loss_curve(run_dir)?;
+    if summary.steps_done < config.train.steps {
+        return Ok(TextTrainOutcome {
+            summary,
+            model_dir: None,
+        });
+    }
+    if config.sample_every == 0 || config.train.steps % config.sample_every != 0 {
+        task.write_previews(&trainer, summary.steps_done)?;
+    }
+    trainer.copy_averaged_weights_to(&task.preview.model.vs);
+    let model_dir = run_dir.join(MODEL_DIR);
+    task.preview.save(&model_dir)?;
+    tracing::info!(model = %model_dir.display(), "saved the model");
+    Ok(TextTrainOutcome {
+        summary,
+        model_dir: Some(model_dir),
+    })
+}
+
+/// Read a run's `run.json` (for `--resume`).
+pub fn read_run_config(run_dir: &Path) -> Result<TextTrainConfig> {
+    let path = run_dir.join(RUN_CONFIG);
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))
+}
