@@ -1,5 +1,6 @@
 //! `diffuse train|sample|inpaint|eval image`: the image commands, thin over `diffuse-image`.
 
+use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_core::editing::Resampling;
@@ -15,7 +16,7 @@ use diffuse_image::train::{
 use diffuse_image::unet::{NormType, UNet2dConfig};
 use diffuse_tensor::ema::EmaConfig;
 use diffuse_tensor::progress::progress_bar;
-use diffuse_tensor::{parse_device, Precision};
+use diffuse_tensor::Precision;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Tensor;
@@ -142,10 +143,6 @@ fn read_model_image(path: &Path, channels: i64, flag: &str) -> Result<Tensor> {
     read_image(path, channels).map_err(|e| anyhow!("{flag}: {e}"))
 }
 
-fn device(flag_value: &str) -> Result<tch::Device> {
-    parse_device(flag_value).map_err(|e| anyhow!("--device: {e}"))
-}
-
 fn load_pipeline(model: &Path, device: tch::Device) -> Result<ImagePipeline> {
     ImagePipeline::load(model, device).map_err(|e| anyhow!("--model: {e}"))
 }
@@ -157,17 +154,6 @@ fn save_raw(samples: &Tensor, path: &Path) -> Result<()> {
         None,
     )
     .with_context(|| format!("--raw: writing {}", path.display()))
-}
-
-fn sampling_bar(label: &str) -> (indicatif::ProgressBar, impl FnMut(usize, usize)) {
-    let bar = progress_bar(0, label, "step");
-    let b = bar.clone();
-    (bar, move |done: usize, total: usize| {
-        if b.length() != Some(total as u64) {
-            b.set_length(total as u64);
-        }
-        b.set_position(done as u64);
-    })
 }
 
 pub fn sample(args: SampleImageArgs) -> Result<()> {
@@ -183,7 +169,7 @@ pub fn sample(args: SampleImageArgs) -> Result<()> {
     // Fail on bad sampler settings before the long part.
     pipeline.sampler(&options)?;
     let started = Instant::now();
-    let (bar, on_step) = sampling_bar("sample");
+    let (bar, on_step) = step_bar("sample");
     let images = pipeline.sample(&options, on_step)?;
     bar.finish();
     let images = images.to_device(tch::Device::Cpu);
@@ -582,35 +568,19 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
 pub fn train(args: TrainImageArgs) -> Result<()> {
     let device = device(&args.device)?;
     let run_dir = &args.out;
-    let mut config = if args.resume {
-        if !run_dir.join(RUN_CONFIG).is_file() {
-            bail!(
-                "--resume: {} holds no run ({RUN_CONFIG} is missing)",
-                run_dir.display()
-            );
-        }
-        let mut config = read_run_config(run_dir)?;
-        if let Some(steps) = args.steps {
-            config.train.steps = steps;
-        }
-        tracing::info!(
-            "resuming with the settings in {}",
-            run_dir.join(RUN_CONFIG).display()
-        );
-        config
-    } else {
-        let non_empty = run_dir
-            .read_dir()
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-        if non_empty {
-            bail!(
-                "--out: {} already exists and is not empty; pass --resume to continue that run, or choose a new directory",
-                run_dir.display()
-            );
-        }
-        build_config(&args)?
-    };
+    let mut config = start_or_resume(
+        run_dir,
+        args.resume,
+        RUN_CONFIG,
+        || {
+            let mut config = read_run_config(run_dir)?;
+            if let Some(steps) = args.steps {
+                config.train.steps = steps;
+            }
+            Ok(config)
+        },
+        || build_config(&args),
+    )?;
     if !args.resume {
         if let Some(epochs) = args.epochs {
             let data = diffuse_image::train::load_dataset(&config, Split::Train)?;
@@ -620,19 +590,13 @@ pub fn train(args: TrainImageArgs) -> Result<()> {
     }
     let started = Instant::now();
     let outcome = train_image_model(&config, run_dir, device, args.resume, args.stop_after)?;
-    let secs = started.elapsed().as_secs_f64();
-    match outcome.model_dir {
-        Some(dir) => println!(
-            "trained {} steps in {secs:.0} s; model in {} (sample it with `diffuse sample image --model {}`)",
-            outcome.summary.steps_done,
-            dir.display(),
-            dir.display()
-        ),
-        None => println!(
-            "stopped at step {} of {} after {secs:.0} s; continue with --resume",
-            outcome.summary.steps_done, config.train.steps
-        ),
-    }
+    print_training_outcome(
+        outcome.summary.steps_done,
+        config.train.steps,
+        outcome.model_dir.as_deref(),
+        started.elapsed().as_secs_f64(),
+        "image",
+    );
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod fid;
 pub mod image;
 pub mod inspect;
 pub mod measure;
+pub mod run_dir;
 pub mod text;
 
 use anyhow::Result;

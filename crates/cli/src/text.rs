@@ -1,11 +1,11 @@
 //! The text commands: `train text`, `train-tokenizer`, `sample text` (unconditional, `--prompt`,
 //! `--infill`) and `eval text` (bits per character on held-out text).
 
+use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_tensor::ema::EmaConfig;
-use diffuse_tensor::progress::progress_bar;
-use diffuse_tensor::{parse_device, Precision};
+use diffuse_tensor::Precision;
 use diffuse_text::corpus::{default_datasets_dir, Corpus};
 use diffuse_text::pipeline::{TextPipeline, TextSampleOptions};
 use diffuse_text::process::{ProcessConfig, ProcessKind, MASK_SCHEDULE_NAMES};
@@ -13,21 +13,6 @@ use diffuse_text::train::{read_run_config, train_text_model, TextTrainConfig, RU
 use diffuse_text::transformer::Positions;
 use std::path::PathBuf;
 use std::time::Instant;
-
-fn device(flag_value: &str) -> Result<tch::Device> {
-    parse_device(flag_value).map_err(|e| anyhow!("--device: {e}"))
-}
-
-fn step_bar(label: &str) -> (indicatif::ProgressBar, impl FnMut(usize, usize)) {
-    let bar = progress_bar(0, label, "step");
-    let b = bar.clone();
-    (bar, move |done: usize, total: usize| {
-        if b.length() != Some(total as u64) {
-            b.set_length(total as u64);
-        }
-        b.set_position(done as u64);
-    })
-}
 
 /// `diffuse train text`.
 #[derive(Args, Debug)]
@@ -208,46 +193,28 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
 pub fn train(args: TrainTextArgs) -> Result<()> {
     let device = device(&args.device)?;
     let run_dir = &args.out;
-    let config = if args.resume {
-        if !run_dir.join(RUN_CONFIG).is_file() {
-            bail!(
-                "--resume: {} holds no run ({RUN_CONFIG} is missing)",
-                run_dir.display()
-            );
-        }
-        let mut config = read_run_config(run_dir)?;
-        if let Some(steps) = args.steps {
-            config.train.steps = steps;
-        }
-        config
-    } else {
-        let non_empty = run_dir
-            .read_dir()
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-        if non_empty {
-            bail!(
-                "--out: {} already exists and is not empty; pass --resume to continue that run, or choose a new directory",
-                run_dir.display()
-            );
-        }
-        build_config(&args)?
-    };
+    let config = start_or_resume(
+        run_dir,
+        args.resume,
+        RUN_CONFIG,
+        || {
+            let mut config = read_run_config(run_dir)?;
+            if let Some(steps) = args.steps {
+                config.train.steps = steps;
+            }
+            Ok(config)
+        },
+        || build_config(&args),
+    )?;
     let started = Instant::now();
     let outcome = train_text_model(&config, run_dir, device, args.resume, args.stop_after)?;
-    let secs = started.elapsed().as_secs_f64();
-    match outcome.model_dir {
-        Some(dir) => println!(
-            "trained {} steps in {secs:.0} s; model in {} (sample it with `diffuse sample text --model {}`)",
-            outcome.summary.steps_done,
-            dir.display(),
-            dir.display()
-        ),
-        None => println!(
-            "stopped at step {} of {} after {secs:.0} s; continue with --resume",
-            outcome.summary.steps_done, config.train.steps
-        ),
-    }
+    print_training_outcome(
+        outcome.summary.steps_done,
+        config.train.steps,
+        outcome.model_dir.as_deref(),
+        started.elapsed().as_secs_f64(),
+        "text",
+    );
     Ok(())
 }
 
@@ -368,6 +335,10 @@ pub fn sample(args: SampleTextArgs) -> Result<()> {
         let mut text = String::new();
         for (i, s) in samples.texts.iter().enumerate() {
             text += &format!("=== sample {i} ===\n{s}\n\n");
+        }
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("--out: creating {}", parent.display()))?;
         }
         diffuse_tensor::atomic::write_atomic(out, |w| {
             std::io::Write::write_all(w, text.as_bytes())

@@ -713,50 +713,13 @@ pub fn save_pipeline_dir(
     scheduler: &SchedulerConfig,
     info: &ImageModelInfo,
 ) -> Result<()> {
-    if dir.exists() && !dir.join(MODEL_INDEX).is_file() {
-        let empty = fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .next()
-            .is_none();
-        if !empty {
-            return Err(Error::InvalidArgument(format!(
-                "{}: exists and is not a model directory; refusing to overwrite it",
-                dir.display()
-            )));
-        }
-    }
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    let write = || -> Result<()> {
-        fs::create_dir_all(staging.join("unet")).map_err(|e| Error::io(&staging, e))?;
-        fs::create_dir_all(staging.join("scheduler")).map_err(|e| Error::io(&staging, e))?;
+    diffuse_tensor::atomic::write_dir_atomic(dir, MODEL_INDEX, |staging| {
+        fs::create_dir_all(staging.join("unet")).map_err(|e| Error::io(staging, e))?;
+        fs::create_dir_all(staging.join("scheduler")).map_err(|e| Error::io(staging, e))?;
         unet.to_json_file(&staging.join(UNET_CONFIG))?;
         save_unet_weights(vs, &staging.join(UNET_WEIGHTS))?;
         scheduler.save(&staging.join(SCHEDULER_CONFIG))?;
         write_json_atomic(&staging.join(DIFFUSE_INFO), info)?;
-        write_json_atomic(&staging.join(MODEL_INDEX), &model_index(scheduler))?;
-        Ok(())
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    // Swap: the old directory moves aside first, so at every moment one complete model exists.
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-    }
-    fs::rename(&staging, dir).map_err(|e| Error::io(dir, e))?;
-    let _ = fs::remove_dir_all(&old);
-    diffuse_tensor::atomic::sync_parent(dir);
-    Ok(())
+        write_json_atomic(&staging.join(MODEL_INDEX), &model_index(scheduler))
+    })
 }

@@ -86,6 +86,67 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     })
 }
 
+/// Write a directory atomically: `fill` writes every file into a staging directory beside
+/// `dir`, which then takes `dir`'s place (an old `dir` moves aside first and is removed after, so
+/// at every moment one complete directory exists). An existing `dir` is replaced only if it is
+/// empty or holds `marker` (a file only this kind of directory has), so a user's unrelated folder
+/// is never overwritten; files of the old `dir` that `fill` did not write are kept. On any error
+/// the staging directory is removed and `dir` is untouched.
+pub fn write_dir_atomic(
+    dir: &Path,
+    marker: &str,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    if dir.exists() && !dir.join(marker).is_file() {
+        let empty = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(Error::InvalidArgument(format!(
+                "{}: exists and is not a model directory; refusing to overwrite it",
+                dir.display()
+            )));
+        }
+    }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = std::fs::create_dir_all(&staging)
+        .map_err(|e| Error::io(&staging, e))
+        .and_then(|_| fill(&staging));
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    // Files of the old directory that the new one does not write (a model card, pictures)
+    // are carried over: replacing a model must not lose what the user put beside it.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let target = staging.join(entry.file_name());
+            if !target.exists() {
+                let _ = std::fs::rename(entry.path(), &target);
+            }
+        }
+    }
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&staging, dir).map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    sync_parent(dir);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +178,46 @@ mod tests {
         write_json_atomic(&path, &serde_json::json!({"a": 2})).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
         assert_eq!(v["a"], 2);
+    }
+
+    #[test]
+    fn directory_write_replaces_keeps_extra_files_and_refuses_foreign_folders() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("model");
+        let fill = |value: &'static str| {
+            move |staging: &Path| write_json_atomic(&staging.join("config.json"), &value)
+        };
+        write_dir_atomic(&dir, "config.json", fill("one")).unwrap();
+        fs::write(dir.join("README.md"), "my notes").unwrap();
+        write_dir_atomic(&dir, "config.json", fill("two")).unwrap();
+        let v: String =
+            serde_json::from_slice(&fs::read(dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(v, "two");
+        assert_eq!(
+            fs::read_to_string(dir.join("README.md")).unwrap(),
+            "my notes"
+        );
+        // A failed write leaves the old directory as it was and no staging folder behind.
+        let err = write_dir_atomic(&dir, "config.json", |staging| {
+            fs::write(staging.join("config.json"), "half").unwrap();
+            Err(Error::InvalidArgument("disk on fire".into()))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disk on fire"));
+        let v: String =
+            serde_json::from_slice(&fs::read(dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(v, "two");
+        let names: Vec<_> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("model")]);
+        // A folder that is not this kind of directory is never replaced.
+        let foreign = root.path().join("photos");
+        fs::create_dir(&foreign).unwrap();
+        fs::write(foreign.join("cat.jpg"), "meow").unwrap();
+        let err = write_dir_atomic(&foreign, "config.json", fill("x")).unwrap_err();
+        assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+        assert_eq!(fs::read_to_string(foreign.join("cat.jpg")).unwrap(), "meow");
     }
 }

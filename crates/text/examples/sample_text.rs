@@ -22,7 +22,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let continued = pipe.continue_prompt("ROMEO:\n", &options, |_, _| {})?;
     println!("--- continued ---\n{}\n", continued.texts[0]);
     // Each `_` is one token to generate (one character with a character-level tokenizer).
-    let filled = pipe.infill("To be, or not to be, that is the ________:", &options, |_, _| {})?;
+    let filled = pipe.infill(
+        "To be, or not to be, that is the ________:",
+        &options,
+        |_, _| {},
+    )?;
     println!("--- filled ---\n{}", filled.texts[0]);
     Ok(())
 }

@@ -8,7 +8,7 @@
 
 use crate::tokenizer::TextTokenizer;
 use crate::transformer::{TextTransformer, TransformerConfig};
-use diffuse_tensor::atomic::{sync_parent, write_json_atomic};
+use diffuse_tensor::atomic::write_json_atomic;
 use diffuse_tensor::weights::{load_var_store, save_var_store};
 use diffuse_tensor::{Error, Result};
 use std::fs;
@@ -142,31 +142,7 @@ pub fn save_text_model_dir(
     info: Option<&serde_json::Value>,
 ) -> Result<()> {
     check_tokenizer_fits(config, tokenizer)?;
-    if dir.exists() && !dir.join(CONFIG_FILE).is_file() {
-        let empty = fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .next()
-            .is_none();
-        if !empty {
-            return Err(Error::InvalidArgument(format!(
-                "{}: exists and is not a model directory; refusing to overwrite it",
-                dir.display()
-            )));
-        }
-    }
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    let write = || -> Result<()> {
-        fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    diffuse_tensor::atomic::write_dir_atomic(dir, CONFIG_FILE, |staging| {
         config.to_json_file(&staging.join(CONFIG_FILE))?;
         save_var_store(vs, &staging.join(WEIGHTS_FILE), None)?;
         tokenizer.save(&staging.join(TOKENIZER_FILE))?;
@@ -174,18 +150,5 @@ pub fn save_text_model_dir(
             write_json_atomic(&staging.join(INFO_FILE), info)?;
         }
         Ok(())
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    // Swap: the old directory moves aside first, so at every moment one complete model exists.
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-    }
-    fs::rename(&staging, dir).map_err(|e| Error::io(dir, e))?;
-    let _ = fs::remove_dir_all(&old);
-    sync_parent(dir);
-    Ok(())
+    })
 }
