@@ -46,6 +46,14 @@ pub const BENCHES: &[Bench] = &[
         name: "image",
         description: "UNet2d vs diffusers' UNet2DModel (bundled MNIST architecture): train step, forward, 20-step sampling, peak memory",
     },
+    Bench {
+        name: "text",
+        description: "text transformer vs the same network in PyTorch (bundled Shakespeare architecture): MDLM train step, forward, 128-step MDLM sampling with and without the cache, peak memory",
+    },
+    Bench {
+        name: "text_quality",
+        description: "validation bits/char of MDLM, D3PM absorbing, D3PM uniform and the autoregressive baseline after the same training time on Shakespeare (MDLM also in PyTorch; DIFFUSE_BENCH_SECONDS per process, default 120)",
+    },
 ];
 
 /// The pip requirements of the Python reference environment; torch is not among them (setup's is reused).
@@ -676,6 +684,17 @@ mod tests {
     #[test]
     fn registry() {
         assert!(lookup("matmul").is_ok() && lookup("train_step").is_ok());
+        assert!(lookup("text").is_ok() && lookup("text_quality").is_ok());
+        // Every registered benchmark has its PyTorch side.
+        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench");
+        for b in BENCHES {
+            assert!(
+                scripts.join(format!("{}.py", b.name)).is_file(),
+                "{} has no xtask/bench/{}.py",
+                b.name,
+                b.name
+            );
+        }
         let err = lookup("nope").unwrap_err().to_string();
         assert!(err.contains("matmul, train_step"), "{err}");
     }

@@ -432,6 +432,248 @@ fn bench_image(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// The bundled text model's architecture (character-level Shakespeare): `small_transformer()`
+/// narrowed to width 192, 4 layers, 3 heads, dropout 0, for vocabularies of `vocab_size` ids in
+/// and `output_vocab_size` logits out.
+fn bench_text_config(
+    vocab_size: i64,
+    output_vocab_size: i64,
+    causal: bool,
+) -> diffuse_text::transformer::TransformerConfig {
+    diffuse_text::transformer::TransformerConfig {
+        vocab_size,
+        output_vocab_size,
+        hidden_size: 192,
+        num_layers: 4,
+        num_heads: 3,
+        mlp_ratio: 4.0,
+        max_seq_len: 128,
+        positions: diffuse_text::transformer::Positions::Rotary,
+        dropout: 0.0,
+        causal,
+        ..diffuse_text::train::small_transformer()
+    }
+}
+
+/// diffuse's text transformer against the same network in plain PyTorch
+/// (`crates/text/tests/golden/make_transformer_golden.py`, built from the config.json written
+/// here to target/bench-cache): the bundled model's architecture with 85 data tokens plus
+/// [MASK]. Cases: an MDLM training step (random tokens, continuous-time ELBO, backward, AdamW)
+/// at batch 32 x 128, a no-grad forward at the same size, and MDLM ancestral sampling of 8 x 128
+/// and of 1 x 128 tokens in 128 steps with and without the cache (on the untrained, seeded
+/// model). The cache saves a call only when a step unmasks nothing in the whole batch: about 1/e
+/// of the steps for one sequence of 128 tokens in 128 steps, almost never for 8 sequences.
+fn bench_text(device: Device) -> Result<()> {
+    use diffuse_core::categorical::mdlm::{Mdlm, MdlmConfig};
+    use diffuse_core::categorical::SampleOptions;
+    use diffuse_text::process::TransformerDenoiser;
+    use diffuse_text::transformer::{parameter_count, TextTransformer};
+    let vocab = 85;
+    let config = bench_text_config(vocab + 1, vocab + 1, false);
+    config.to_json_file(&bench_cache()?.join("text_transformer_config.json"))?;
+    let mdlm = Mdlm::new(MdlmConfig::new(vocab))?;
+
+    tch::manual_seed(0);
+    let vs = VarStore::new(device);
+    let net = TextTransformer::new(&vs.root(), &config)?;
+    let params = parameter_count(&vs) as f64 / 1e6;
+    let mut opt = AdamW::new(
+        &vs,
+        AdamWConfig {
+            lr: 1e-3,
+            ..Default::default()
+        },
+    )?;
+    let (batch, len) = (32i64, 128i64);
+    let x0 = Tensor::randint(vocab, [batch, len], (Kind::Int64, device));
+    let train = TransformerDenoiser {
+        net: &net,
+        time_conditioning: false,
+        train: true,
+    };
+    reset_peak_rss();
+    let mut failed = None;
+    let ms = time_ms(device, 2, 5, Duration::from_secs(5), || {
+        opt.zero_grad();
+        match mdlm.loss(&train, &x0) {
+            Ok(loss) => {
+                loss.backward();
+                opt.step(1e-3);
+            }
+            Err(e) => failed = Some(e),
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    emit(
+        "transformer b32x128 MDLM train step (fwd+bwd+adamw)",
+        ms,
+        &format!(
+            "{params:.2}M parameters, {:.0} tokens/s{}",
+            (batch * len) as f64 * 1e3 / ms,
+            memory_note()
+        ),
+    );
+
+    let x_t = Tensor::randint(vocab + 1, [batch, len], (Kind::Int64, device));
+    reset_peak_rss();
+    let ms = time_ms(device, 2, 10, Duration::from_secs(3), || {
+        let _ = tch::no_grad(|| net.forward_t(&x_t, None, false));
+    });
+    emit(
+        "transformer b32x128 forward (no grad)",
+        ms,
+        &format!(
+            "{:.0} tokens/s{}",
+            (batch * len) as f64 * 1e3 / ms,
+            memory_note()
+        ),
+    );
+
+    let eval = TransformerDenoiser {
+        net: &net,
+        time_conditioning: false,
+        train: false,
+    };
+    let steps = 128usize;
+    for (num, cache) in [(8i64, true), (8, false), (1, true), (1, false)] {
+        let options = SampleOptions {
+            steps,
+            cache,
+            ..Default::default()
+        };
+        let mut calls = 0;
+        let mut failed = None;
+        reset_peak_rss();
+        let ms = time_ms(device, 1, 3, Duration::from_secs(5), || {
+            // The same seed every run, so every run makes the same number of model calls.
+            tch::manual_seed(1);
+            match mdlm.sample(&eval, num, len, device, &options, |_, _| {}) {
+                Ok(s) => calls = s.model_calls,
+                Err(e) => failed = Some(e),
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        emit(
+            &format!(
+                "MDLM sampling {num}x{len}, {steps} steps, {}",
+                if cache { "cache" } else { "no cache" }
+            ),
+            ms,
+            &format!(
+                "{:.0} characters/s, {calls} model calls{}",
+                (num * len) as f64 * 1e3 / ms,
+                memory_note()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Validation bits/char of the four text processes after the same wall-clock training budget
+/// (`DIFFUSE_BENCH_SECONDS`, default 120 s each) from the same seed: character-level Shakespeare,
+/// sequences of 128, batch 32, the `text` benchmark's network (causal for the autoregressive
+/// baseline), AdamW at 1e-3 with 100 warmup steps and gradient clipping at 1, through the
+/// library's corpus, process losses and NLL. Scored on the first 64 validation sequences: MDLM
+/// with 4 stratified times per sequence, D3PM's whole bound with T = 100 (not the default 1000,
+/// whose bound takes 10x longer to evaluate), the autoregressive model exactly. The MDLM
+/// network's config.json goes to target/bench-cache for the peer, which trains it in PyTorch.
+fn bench_text_quality(device: Device) -> Result<()> {
+    use diffuse_tensor::lr::{LrSchedule, LrScheduleKind};
+    use diffuse_text::corpus::{default_datasets_dir, Corpus};
+    use diffuse_text::process::{ProcessConfig, ProcessKind, TextProcess};
+    use diffuse_text::transformer::TextTransformer;
+    use std::time::Instant;
+    let seconds: f64 = match std::env::var("DIFFUSE_BENCH_SECONDS") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|s: &f64| *s > 0.0 && s.is_finite())
+            .with_context(|| format!("DIFFUSE_BENCH_SECONDS={v:?}: expected seconds > 0"))?,
+        Err(_) => 120.0,
+    };
+    let budget = Duration::from_secs_f64(seconds);
+    let (seq_len, batch, seed, d3pm_timesteps) = (128usize, 32usize, 0u64, 100usize);
+    let corpus = Corpus::load("shakespeare", &default_datasets_dir())?;
+    let tokenizer = corpus.char_tokenizer()?;
+    let data = corpus.tokenize(&tokenizer, seq_len, 0.05)?;
+    let validation = data.validation.take(64);
+    let chars_per_token = validation.stats().chars_per_token();
+    let v = tokenizer.vocab_size() as i64;
+    let schedule = LrSchedule {
+        kind: LrScheduleKind::ConstantWithWarmup,
+        warmup_steps: 100,
+        total_steps: u64::MAX,
+    };
+    for kind in [
+        ProcessKind::Mdlm,
+        ProcessKind::D3pmAbsorbing,
+        ProcessKind::D3pmUniform,
+        ProcessKind::Autoregressive,
+    ] {
+        let process_config = ProcessConfig {
+            d3pm_timesteps,
+            ..ProcessConfig::new(kind)
+        };
+        let (input, output) = kind.vocab_sizes(v);
+        let config = bench_text_config(input, output, kind == ProcessKind::Autoregressive);
+        if kind == ProcessKind::Mdlm {
+            // The peer trains the same network for MDLM.
+            config.to_json_file(&bench_cache()?.join("text_quality_mdlm_config.json"))?;
+        }
+        diffuse_tensor::manual_seed(seed);
+        let vs = VarStore::new(device);
+        let net = TextTransformer::new(&vs.root(), &config)?;
+        let process = TextProcess::new(&process_config, v)?;
+        let sampler = data.train.sampler(batch, seed)?;
+        let mut opt = AdamW::new(
+            &vs,
+            AdamWConfig {
+                lr: 1e-3,
+                ..Default::default()
+            },
+        )?;
+        let start = Instant::now();
+        let mut steps = 0u64;
+        while start.elapsed() < budget {
+            let x0 = data.train.sampled_batch(&sampler, steps, device);
+            opt.zero_grad();
+            let loss = process.loss(&net, &x0, process_config.time_conditioning)?;
+            loss.backward();
+            diffuse_tensor::grad::clip_grad_norm(opt.parameters(), 1.0);
+            opt.step(schedule.lr(1e-3, steps));
+            steps += 1;
+        }
+        diffuse_cli::measure::sync(device);
+        let ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        let nll = process.nll(
+            &net,
+            process_config.time_conditioning,
+            validation.tokens(),
+            batch as i64,
+            4,
+            |_, _| {},
+        )?;
+        let bpc = nll.bits_per_char(chars_per_token)?;
+        let se = nll.std_error / std::f64::consts::LN_2 / chars_per_token;
+        let how = match kind {
+            ProcessKind::Autoregressive => "exact".to_owned(),
+            ProcessKind::Mdlm => "upper bound, 4 times per sequence".to_owned(),
+            _ => format!("upper bound, T = {d3pm_timesteps}"),
+        };
+        emit(
+            &format!("{}, {seconds} s of training", kind.name()),
+            ms,
+            &format!("{steps} steps, validation bits/char {bpc:.3} ({how}; s.e. {se:.3})"),
+        );
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     diffuse_tensor::runtime::tune_allocator();
     diffuse_cli::report(run())
@@ -459,11 +701,13 @@ fn run() -> Result<()> {
         Some("sampler_step") => bench_sampler_step(device)?,
         Some("sampler_quality") => bench_sampler_quality()?,
         Some("image") => bench_image(device)?,
+        Some("text") => bench_text(device)?,
+        Some("text_quality") => bench_text_quality(device)?,
         Some(other) => {
-            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step, sampler_quality or image")
+            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step, sampler_quality, image, text or text_quality")
         }
         None => bail!(
-            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality, image)"
+            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality, image, text, text_quality)"
         ),
     }
     Ok(())
