@@ -1,7 +1,7 @@
 """PyTorch side of the `text` benchmark: diffuse's text transformer in plain PyTorch (the class
 `TextTransformer` of crates/text/tests/golden/make_transformer_golden.py, same parameter names,
 parity-tested), built from the config.json that diffuse-bench writes to target/bench-cache (the
-bundled model's architecture, 85 data tokens plus [MASK]), in eager mode. The MDLM loss and the
+bundled model's architecture, 84 data tokens plus [MASK]), in eager mode. The MDLM loss and the
 cached ancestral sampler are written here in plain torch, step for step as in
 crates/core/src/categorical/mdlm.rs (log-linear schedule, eps 1e-3; SUBS; f64 inverse-CDF
 draws, one uniform per position every step), so both sides do the same work; with the same seed

@@ -61,6 +61,10 @@ const STEPS: &[Step] = &[
         name: "image grid from the bundled MNIST model",
         run: image_grid,
     },
+    Step {
+        name: "text from the bundled Shakespeare model",
+        run: text_sample,
+    },
 ];
 
 /// Run every demo step, stopping at the first that fails.
@@ -125,6 +129,23 @@ fn image_grid(ctx: &Demo) -> Result<()> {
             "0",
             "--out",
             &out,
+        ],
+    )?;
+    println!("demo: wrote {out}");
+    Ok(())
+}
+
+/// Two 256-character passages from the bundled Shakespeare MDLM (past its 128-character context,
+/// so semi-autoregressively), printed and written to a text file.
+fn text_sample(ctx: &Demo) -> Result<()> {
+    let model = ctx.repo.join("data").join("models").join("shakespeare");
+    let out = ctx.out.join("shakespeare.txt");
+    let (model, out) = (model.display().to_string(), out.display().to_string());
+    diffuse(
+        ctx,
+        &[
+            "sample", "text", "--model", &model, "--num", "2", "--length", "256", "--seed", "0",
+            "--top-p", "0.95", "--out", &out,
         ],
     )?;
     println!("demo: wrote {out}");

@@ -443,9 +443,9 @@ fn bench_text_config(
     diffuse_text::transformer::TransformerConfig {
         vocab_size,
         output_vocab_size,
-        hidden_size: 192,
+        hidden_size: 128,
         num_layers: 4,
-        num_heads: 3,
+        num_heads: 2,
         mlp_ratio: 4.0,
         max_seq_len: 128,
         positions: diffuse_text::transformer::Positions::Rotary,
@@ -457,7 +457,7 @@ fn bench_text_config(
 
 /// diffuse's text transformer against the same network in plain PyTorch
 /// (`crates/text/tests/golden/make_transformer_golden.py`, built from the config.json written
-/// here to target/bench-cache): the bundled model's architecture with 85 data tokens plus
+/// here to target/bench-cache): the bundled model's architecture with 84 data tokens (its characters) plus
 /// [MASK]. Cases: an MDLM training step (random tokens, continuous-time ELBO, backward, AdamW)
 /// at batch 32 x 128, a no-grad forward at the same size, and MDLM ancestral sampling of 8 x 128
 /// and of 1 x 128 tokens in 128 steps with and without the cache (on the untrained, seeded
@@ -468,7 +468,7 @@ fn bench_text(device: Device) -> Result<()> {
     use diffuse_core::categorical::SampleOptions;
     use diffuse_text::process::TransformerDenoiser;
     use diffuse_text::transformer::{parameter_count, TextTransformer};
-    let vocab = 85;
+    let vocab = 84;
     let config = bench_text_config(vocab + 1, vocab + 1, false);
     config.to_json_file(&bench_cache()?.join("text_transformer_config.json"))?;
     let mdlm = Mdlm::new(MdlmConfig::new(vocab))?;
