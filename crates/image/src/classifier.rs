@@ -505,21 +505,26 @@ pub fn save_classifier_dir(
     info: &ClassifierInfo,
     reference: Option<&FeatureStats>,
 ) -> Result<()> {
-    diffuse_tensor::atomic::write_dir_atomic(dir, INFO_FILE, |staging| {
-        write_json_atomic(&staging.join(CONFIG_FILE), model.config())?;
-        let mut metadata = Metadata::new();
-        metadata.insert("format".into(), "diffuse-classifier".into());
-        metadata.insert("dataset".into(), info.dataset.clone());
-        save_var_store(vs, &staging.join(WEIGHTS_FILE), Some(metadata))?;
-        write_json_atomic(&staging.join(INFO_FILE), info)?;
-        if let Some(stats) = reference {
+    diffuse_tensor::atomic::write_dir_atomic(
+        dir,
+        INFO_FILE,
+        &[CONFIG_FILE, WEIGHTS_FILE, INFO_FILE, REFERENCE_STATS_FILE],
+        |staging| {
+            write_json_atomic(&staging.join(CONFIG_FILE), model.config())?;
             let mut metadata = Metadata::new();
+            metadata.insert("format".into(), "diffuse-classifier".into());
             metadata.insert("dataset".into(), info.dataset.clone());
-            metadata.insert("split".into(), info.reference_split.clone());
-            stats.save(&staging.join(REFERENCE_STATS_FILE), Some(metadata))?;
-        }
-        Ok(())
-    })
+            save_var_store(vs, &staging.join(WEIGHTS_FILE), Some(metadata))?;
+            write_json_atomic(&staging.join(INFO_FILE), info)?;
+            if let Some(stats) = reference {
+                let mut metadata = Metadata::new();
+                metadata.insert("dataset".into(), info.dataset.clone());
+                metadata.insert("split".into(), info.reference_split.clone());
+                stats.save(&staging.join(REFERENCE_STATS_FILE), Some(metadata))?;
+            }
+            Ok(())
+        },
+    )
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -713,13 +713,18 @@ pub fn save_pipeline_dir(
     scheduler: &SchedulerConfig,
     info: &ImageModelInfo,
 ) -> Result<()> {
-    diffuse_tensor::atomic::write_dir_atomic(dir, MODEL_INDEX, |staging| {
-        fs::create_dir_all(staging.join("unet")).map_err(|e| Error::io(staging, e))?;
-        fs::create_dir_all(staging.join("scheduler")).map_err(|e| Error::io(staging, e))?;
-        unet.to_json_file(&staging.join(UNET_CONFIG))?;
-        save_unet_weights(vs, &staging.join(UNET_WEIGHTS))?;
-        scheduler.save(&staging.join(SCHEDULER_CONFIG))?;
-        write_json_atomic(&staging.join(DIFFUSE_INFO), info)?;
-        write_json_atomic(&staging.join(MODEL_INDEX), &model_index(scheduler))
-    })
+    diffuse_tensor::atomic::write_dir_atomic(
+        dir,
+        MODEL_INDEX,
+        &[MODEL_INDEX, "unet", "scheduler", DIFFUSE_INFO],
+        |staging| {
+            fs::create_dir_all(staging.join("unet")).map_err(|e| Error::io(staging, e))?;
+            fs::create_dir_all(staging.join("scheduler")).map_err(|e| Error::io(staging, e))?;
+            unet.to_json_file(&staging.join(UNET_CONFIG))?;
+            save_unet_weights(vs, &staging.join(UNET_WEIGHTS))?;
+            scheduler.save(&staging.join(SCHEDULER_CONFIG))?;
+            write_json_atomic(&staging.join(DIFFUSE_INFO), info)?;
+            write_json_atomic(&staging.join(MODEL_INDEX), &model_index(scheduler))
+        },
+    )
 }

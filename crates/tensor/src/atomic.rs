@@ -90,11 +90,14 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
 /// `dir`, which then takes `dir`'s place (an old `dir` moves aside first and is removed after, so
 /// at every moment one complete directory exists). An existing `dir` is replaced only if it is
 /// empty or holds `marker` (a file only this kind of directory has), so a user's unrelated folder
-/// is never overwritten; files of the old `dir` that `fill` did not write are kept. On any error
-/// the staging directory is removed and `dir` is untouched.
+/// is never overwritten. Files of the old `dir` that `fill` did not write are kept unless they are
+/// among `owned` (the names this kind of directory consists of, optional ones included, so an
+/// optional file left out this time does not survive from last time). On any error the staging
+/// directory is removed and `dir` is untouched.
 pub fn write_dir_atomic(
     dir: &Path,
     marker: &str,
+    owned: &[&str],
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     if dir.exists() && !dir.join(marker).is_file() {
@@ -132,7 +135,10 @@ pub fn write_dir_atomic(
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let target = staging.join(entry.file_name());
-            if !target.exists() {
+            let is_owned = owned
+                .iter()
+                .any(|o| entry.file_name() == std::ffi::OsStr::new(o));
+            if !is_owned && !target.exists() {
                 let _ = std::fs::rename(entry.path(), &target);
             }
         }
@@ -187,9 +193,13 @@ mod tests {
         let fill = |value: &'static str| {
             move |staging: &Path| write_json_atomic(&staging.join("config.json"), &value)
         };
-        write_dir_atomic(&dir, "config.json", fill("one")).unwrap();
+        let owned = ["config.json", "extra.json"];
+        write_dir_atomic(&dir, "config.json", &owned, fill("one")).unwrap();
         fs::write(dir.join("README.md"), "my notes").unwrap();
-        write_dir_atomic(&dir, "config.json", fill("two")).unwrap();
+        fs::write(dir.join("extra.json"), "{}").unwrap();
+        write_dir_atomic(&dir, "config.json", &owned, fill("two")).unwrap();
+        // An owned file the new write left out is gone; a file the user added stays.
+        assert!(!dir.join("extra.json").exists());
         let v: String =
             serde_json::from_slice(&fs::read(dir.join("config.json")).unwrap()).unwrap();
         assert_eq!(v, "two");
@@ -198,7 +208,7 @@ mod tests {
             "my notes"
         );
         // A failed write leaves the old directory as it was and no staging folder behind.
-        let err = write_dir_atomic(&dir, "config.json", |staging| {
+        let err = write_dir_atomic(&dir, "config.json", &owned, |staging| {
             fs::write(staging.join("config.json"), "half").unwrap();
             Err(Error::InvalidArgument("disk on fire".into()))
         })
@@ -216,7 +226,7 @@ mod tests {
         let foreign = root.path().join("photos");
         fs::create_dir(&foreign).unwrap();
         fs::write(foreign.join("cat.jpg"), "meow").unwrap();
-        let err = write_dir_atomic(&foreign, "config.json", fill("x")).unwrap_err();
+        let err = write_dir_atomic(&foreign, "config.json", &owned, fill("x")).unwrap_err();
         assert!(err.to_string().contains("refusing to overwrite"), "{err}");
         assert_eq!(fs::read_to_string(foreign.join("cat.jpg")).unwrap(), "meow");
     }

@@ -142,13 +142,18 @@ pub fn save_text_model_dir(
     info: Option<&serde_json::Value>,
 ) -> Result<()> {
     check_tokenizer_fits(config, tokenizer)?;
-    diffuse_tensor::atomic::write_dir_atomic(dir, CONFIG_FILE, |staging| {
-        config.to_json_file(&staging.join(CONFIG_FILE))?;
-        save_var_store(vs, &staging.join(WEIGHTS_FILE), None)?;
-        tokenizer.save(&staging.join(TOKENIZER_FILE))?;
-        if let Some(info) = info {
-            write_json_atomic(&staging.join(INFO_FILE), info)?;
-        }
-        Ok(())
-    })
+    diffuse_tensor::atomic::write_dir_atomic(
+        dir,
+        CONFIG_FILE,
+        &[CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, INFO_FILE],
+        |staging| {
+            config.to_json_file(&staging.join(CONFIG_FILE))?;
+            save_var_store(vs, &staging.join(WEIGHTS_FILE), None)?;
+            tokenizer.save(&staging.join(TOKENIZER_FILE))?;
+            if let Some(info) = info {
+                write_json_atomic(&staging.join(INFO_FILE), info)?;
+            }
+            Ok(())
+        },
+    )
 }
