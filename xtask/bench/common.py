@@ -35,3 +35,24 @@ def time_ms(device, warmup, min_iters, min_time_s, f):
 
 def emit(case, ms, work):
     print(json.dumps({"case": case, "ms": ms, "work": work}), flush=True)
+
+
+def reset_peak_rss():
+    """Reset this process's peak resident set (Linux: 5 to /proc/self/clear_refs), as diffuse-bench does."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def memory_note():
+    """", peak RSS N MB" since the last reset (VmHWM), or "" where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return f", peak RSS {int(line.split()[1]) / 1024:.0f} MB"
+    except OSError:
+        pass
+    return ""

@@ -9,32 +9,13 @@ import os
 import torch
 from diffusers import DPMSolverMultistepScheduler, UNet2DModel
 
-from common import args, emit, time_ms
+from common import args, emit, memory_note, reset_peak_rss, time_ms
 
 a = args()
 device = torch.device(a.device)
 cache = os.path.join(os.path.dirname(__file__), "..", "..", "target", "bench-cache")
 with open(os.path.join(cache, "image_unet_config.json")) as f:
     config = json.load(f)
-
-
-def reset_peak_rss():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def memory_note():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return f", peak RSS {int(line.split()[1]) / 1024:.0f} MB"
-    except OSError:
-        pass
-    return ""
 
 
 torch.manual_seed(0)

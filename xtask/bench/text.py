@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from common import args, emit, time_ms
+from common import args, emit, memory_note, reset_peak_rss, time_ms
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, os.path.join(ROOT, "crates", "text", "tests", "golden"))
@@ -102,25 +102,6 @@ def mdlm_sample(model, batch, length, steps, cache, mask_id, device):
             cached = logits
         x = nxt
     return x, calls
-
-
-def reset_peak_rss():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def memory_note():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return f", peak RSS {int(line.split()[1]) / 1024:.0f} MB"
-    except OSError:
-        pass
-    return ""
 
 
 def main():
