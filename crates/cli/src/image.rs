@@ -1,6 +1,6 @@
 //! `diffuse train|sample|inpaint|eval image`: the image commands, thin over `diffuse-image`.
 
-use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar};
+use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar, LoopFlags};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_core::editing::Resampling;
@@ -16,7 +16,6 @@ use diffuse_image::train::{
 use diffuse_image::unet::{NormType, UNet2dConfig};
 use diffuse_tensor::ema::EmaConfig;
 use diffuse_tensor::progress::progress_bar;
-use diffuse_tensor::Precision;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Tensor;
@@ -535,33 +534,28 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
         "hybrid" => hybrid_objective(config.objective),
         other => bail!("--objective: unknown objective '{other}' (expected simple or hybrid)"),
     };
-    // The loop.
-    let t = &mut config.train;
-    t.steps = args.steps.unwrap_or(1000);
-    t.grad_accum = args.grad_accum;
-    t.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
-    t.optimizer.lr = args.lr;
-    t.optimizer.weight_decay = args.weight_decay;
-    t.lr_schedule = args
-        .lr_schedule
-        .parse()
-        .map_err(|e| anyhow!("--lr-schedule: {e}"))?;
-    t.warmup_steps = args.warmup_steps;
-    t.ema = (args.ema_decay > 0.0).then(|| EmaConfig {
-        decay: args.ema_decay,
-        use_ema_warmup: true,
-        inv_gamma: 1.0,
-        power: 0.75,
-        ..EmaConfig::default()
-    });
-    t.seed = args.seed;
-    t.checkpoint_every = args.checkpoint_every;
-    t.keep_last = args.keep_last;
-    t.log_every = args.log_every;
-    t.precision = args
-        .precision
-        .parse::<Precision>()
-        .map_err(|e| anyhow!("--precision: {e}"))?;
+    LoopFlags {
+        steps: args.steps.unwrap_or(1000),
+        grad_accum: args.grad_accum,
+        max_grad_norm: args.max_grad_norm,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        lr_schedule: &args.lr_schedule,
+        warmup_steps: args.warmup_steps,
+        ema: (args.ema_decay > 0.0).then(|| EmaConfig {
+            decay: args.ema_decay,
+            use_ema_warmup: true,
+            inv_gamma: 1.0,
+            power: 0.75,
+            ..EmaConfig::default()
+        }),
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        keep_last: args.keep_last,
+        log_every: args.log_every,
+        precision: &args.precision,
+    }
+    .apply(&mut config.train)?;
     Ok(config)
 }
 

@@ -2,8 +2,10 @@
 //! callbacks, and the start-or-resume rules of a training run directory.
 
 use anyhow::{anyhow, bail, Result};
-use diffuse_tensor::parse_device;
+use diffuse_tensor::ema::EmaConfig;
 use diffuse_tensor::progress::progress_bar;
+use diffuse_tensor::train::TrainConfig;
+use diffuse_tensor::{parse_device, Precision};
 use std::path::Path;
 
 /// Parse `--device` (auto, cpu, cuda, cuda:N).
@@ -76,5 +78,50 @@ pub fn print_training_outcome(
         None => println!(
             "stopped at step {steps_done} of {total_steps} after {seconds:.0} s; continue with --resume"
         ),
+    }
+}
+
+/// The training-loop flags every `train` command has (their defaults differ per modality, so
+/// each command declares its own and hands the values over here).
+pub struct LoopFlags<'a> {
+    pub steps: u64,
+    pub grad_accum: u64,
+    /// 0 = no clipping.
+    pub max_grad_norm: f64,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub lr_schedule: &'a str,
+    pub warmup_steps: u64,
+    pub ema: Option<EmaConfig>,
+    pub seed: u64,
+    pub checkpoint_every: u64,
+    pub keep_last: usize,
+    pub log_every: u64,
+    pub precision: &'a str,
+}
+
+impl LoopFlags<'_> {
+    /// Write the flags into `t`, with one clear error naming a bad --lr-schedule or --precision.
+    pub fn apply(self, t: &mut TrainConfig) -> Result<()> {
+        t.steps = self.steps;
+        t.grad_accum = self.grad_accum;
+        t.max_grad_norm = (self.max_grad_norm > 0.0).then_some(self.max_grad_norm);
+        t.optimizer.lr = self.lr;
+        t.optimizer.weight_decay = self.weight_decay;
+        t.lr_schedule = self
+            .lr_schedule
+            .parse()
+            .map_err(|e| anyhow!("--lr-schedule: {e}"))?;
+        t.warmup_steps = self.warmup_steps;
+        t.ema = self.ema;
+        t.seed = self.seed;
+        t.checkpoint_every = self.checkpoint_every;
+        t.keep_last = self.keep_last;
+        t.log_every = self.log_every;
+        t.precision = self
+            .precision
+            .parse::<Precision>()
+            .map_err(|e| anyhow!("--precision: {e}"))?;
+        Ok(())
     }
 }

@@ -1,11 +1,10 @@
 //! The text commands: `train text`, `train-tokenizer`, `sample text` (unconditional, `--prompt`,
 //! `--infill`) and `eval text` (bits per character on held-out text).
 
-use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar};
+use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar, LoopFlags};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_tensor::ema::EmaConfig;
-use diffuse_tensor::Precision;
 use diffuse_text::corpus::{default_datasets_dir, Corpus};
 use diffuse_text::pipeline::{TextPipeline, TextSampleOptions};
 use diffuse_text::process::{ProcessConfig, ProcessKind, MASK_SCHEDULE_NAMES};
@@ -164,29 +163,25 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
         "learned" => Positions::Learned,
         other => bail!("--positions: expected rotary or learned, got '{other}'"),
     };
-    let t = &mut config.train;
-    t.steps = args.steps.unwrap_or(1000);
-    t.grad_accum = args.grad_accum;
-    t.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
-    t.optimizer.lr = args.lr;
-    t.optimizer.weight_decay = args.weight_decay;
-    t.lr_schedule = args
-        .lr_schedule
-        .parse()
-        .map_err(|e| anyhow!("--lr-schedule: {e}"))?;
-    t.warmup_steps = args.warmup_steps;
-    t.ema = (args.ema_decay > 0.0).then(|| EmaConfig {
-        decay: args.ema_decay,
-        ..EmaConfig::default()
-    });
-    t.seed = args.seed;
-    t.checkpoint_every = args.checkpoint_every;
-    t.keep_last = args.keep_last;
-    t.log_every = args.log_every;
-    t.precision = args
-        .precision
-        .parse::<Precision>()
-        .map_err(|e| anyhow!("--precision: {e}"))?;
+    LoopFlags {
+        steps: args.steps.unwrap_or(1000),
+        grad_accum: args.grad_accum,
+        max_grad_norm: args.max_grad_norm,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        lr_schedule: &args.lr_schedule,
+        warmup_steps: args.warmup_steps,
+        ema: (args.ema_decay > 0.0).then(|| EmaConfig {
+            decay: args.ema_decay,
+            ..EmaConfig::default()
+        }),
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        keep_last: args.keep_last,
+        log_every: args.log_every,
+        precision: &args.precision,
+    }
+    .apply(&mut config.train)?;
     Ok(config)
 }
 
