@@ -24,6 +24,7 @@ mod json_float;
 pub mod likelihood;
 pub mod losses;
 pub mod prediction;
+pub mod sampler_choice;
 pub mod samplers;
 pub mod schedule;
 pub mod scheduler_config;

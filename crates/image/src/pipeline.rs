@@ -15,8 +15,11 @@ use diffuse_core::editing::{self, Resampling};
 use diffuse_core::guidance::ClassifierFreeGuidance;
 use diffuse_core::losses::ObjectiveConfig;
 use diffuse_core::prediction::PredictionType;
-use diffuse_core::samplers::ddim::DdimSampler;
-use diffuse_core::samplers::ddpm::VarianceType;
+use diffuse_core::sampler_choice::SamplerChoice;
+pub use diffuse_core::sampler_choice::{
+    convert_scheduler, scheduler_for, scheduler_prediction_type, scheduler_variance_type,
+    SAMPLER_NAMES,
+};
 use diffuse_core::samplers::{self, Sampler, StepInfo};
 use diffuse_core::scheduler_config::{SchedulerConfig, DIFFUSERS_VERSION};
 use diffuse_core::vlb::{dataset_bits_per_dim, VlbTables};
@@ -53,18 +56,6 @@ pub struct ImageModelInfo {
     /// Optimiser steps it was trained for.
     pub steps: Option<u64>,
 }
-
-/// Sampler names the command line accepts, with what they build.
-pub const SAMPLER_NAMES: &[&str] = &[
-    "ddpm",
-    "ddim",
-    "euler",
-    "euler-ancestral",
-    "heun",
-    "dpm++2m",
-    "dpm++3m",
-    "sde-dpm++2m",
-];
 
 /// How to sample.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,6 +95,18 @@ impl Default for SampleOptions {
             guidance: 1.0,
             guidance_rescale: 0.0,
             batch_size: None,
+        }
+    }
+}
+
+impl SampleOptions {
+    /// The sampler part of the options.
+    pub fn sampler_choice(&self) -> SamplerChoice {
+        SamplerChoice {
+            name: self.sampler.clone(),
+            steps: self.steps,
+            eta: self.eta,
+            karras: self.karras,
         }
     }
 }
@@ -178,91 +181,6 @@ fn require_file(dir: &Path, name: &str) -> Result<PathBuf> {
             ),
         ))
     }
-}
-
-/// The parameterisation the scheduler expects the network to output.
-pub fn scheduler_prediction_type(config: &SchedulerConfig) -> PredictionType {
-    match config {
-        SchedulerConfig::Ddpm(c) => c.prediction_type,
-        SchedulerConfig::Ddim(c) => c.prediction_type,
-        SchedulerConfig::Euler(c) => c.prediction_type,
-        SchedulerConfig::EulerAncestral(c) => c.prediction_type,
-        SchedulerConfig::Heun(c) => c.prediction_type,
-        SchedulerConfig::DpmSolver(c) => c.prediction_type,
-    }
-}
-
-/// The variance type of a DDPM scheduler config (fixed_small for the others).
-pub fn scheduler_variance_type(config: &SchedulerConfig) -> VarianceType {
-    match config {
-        SchedulerConfig::Ddpm(c) => c.variance_type,
-        SchedulerConfig::DpmSolver(c) => c.variance_type.unwrap_or_default(),
-        _ => VarianceType::FixedSmall,
-    }
-}
-
-/// Re-read `config` as scheduler `class`, the way diffusers' `Scheduler.from_config(other.config)`
-/// does: the keys both share (schedule, prediction type, clipping, spacing) carry over, the others
-/// take the new class's defaults.
-pub fn convert_scheduler(config: &SchedulerConfig, class: &str) -> Result<SchedulerConfig> {
-    let mut value = config.to_json();
-    let map = value.as_object_mut().expect("configs are objects");
-    map.insert("_class_name".into(), Value::from(class));
-    // DDPM's variance types mean nothing to DDIM/Euler/Heun; DPM-Solver reads learned ones only.
-    if class != "DDPMScheduler" {
-        let learned = matches!(
-            map.get("variance_type").and_then(Value::as_str),
-            Some("learned" | "learned_range")
-        );
-        if !(class == "DPMSolverMultistepScheduler" && learned) {
-            map.remove("variance_type");
-        }
-    }
-    SchedulerConfig::from_json(&value.to_string(), class)
-}
-
-/// The scheduler config for sampler `name` (one of [`SAMPLER_NAMES`]) built from `base`.
-pub fn scheduler_for(base: &SchedulerConfig, name: &str, karras: bool) -> Result<SchedulerConfig> {
-    let class = match name {
-        "ddpm" => "DDPMScheduler",
-        "ddim" => "DDIMScheduler",
-        "euler" => "EulerDiscreteScheduler",
-        "euler-ancestral" => "EulerAncestralDiscreteScheduler",
-        "heun" => "HeunDiscreteScheduler",
-        "dpm++2m" | "dpm++3m" | "sde-dpm++2m" => "DPMSolverMultistepScheduler",
-        other => {
-            return Err(Error::InvalidArgument(format!(
-                "--sampler: unknown sampler '{other}' (expected one of {})",
-                SAMPLER_NAMES.join(", ")
-            )))
-        }
-    };
-    let mut config = if base.class_name() == class {
-        base.clone()
-    } else {
-        convert_scheduler(base, class)?
-    };
-    match &mut config {
-        SchedulerConfig::DpmSolver(c) => {
-            use diffuse_core::samplers::dpm_solver::AlgorithmType;
-            c.solver_order = if name == "dpm++3m" { 3 } else { 2 };
-            c.algorithm_type = if name == "sde-dpm++2m" {
-                AlgorithmType::SdeDpmSolverPlusPlus
-            } else {
-                AlgorithmType::DpmSolverPlusPlus
-            };
-            c.use_karras_sigmas = karras;
-        }
-        SchedulerConfig::Euler(c) => c.use_karras_sigmas = karras,
-        SchedulerConfig::Heun(c) => c.use_karras_sigmas = karras,
-        _ if karras => {
-            return Err(Error::InvalidArgument(format!(
-                "--karras: the {name} sampler has no Karras sigma spacing (euler, heun and the dpm++ samplers do)"
-            )))
-        }
-        _ => {}
-    }
-    Ok(config)
 }
 
 impl ImagePipeline {
@@ -354,54 +272,7 @@ impl ImagePipeline {
 
     /// The sampler for `options` with its timesteps set.
     pub fn sampler(&self, options: &SampleOptions) -> Result<Box<dyn Sampler>> {
-        let config = match &options.sampler {
-            Some(name) => scheduler_for(&self.scheduler, name, options.karras)?,
-            None if options.karras => {
-                let name = match self.scheduler.class_name() {
-                    "EulerDiscreteScheduler" => "euler",
-                    "HeunDiscreteScheduler" => "heun",
-                    "DPMSolverMultistepScheduler" => "dpm++2m",
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "--karras: the model's {other} has no Karras sigma spacing"
-                        )))
-                    }
-                };
-                scheduler_for(&self.scheduler, name, true)?
-            }
-            None => self.scheduler.clone(),
-        };
-        let mut sampler: Box<dyn Sampler> = match (&config, options.eta) {
-            (SchedulerConfig::Ddim(c), eta) => {
-                let mut ddim = DdimSampler::new(c.clone())?;
-                let eta = eta.unwrap_or(0.0);
-                if !(eta >= 0.0 && eta.is_finite()) {
-                    return Err(Error::InvalidArgument(format!(
-                        "--eta: must be a number >= 0, got {eta}"
-                    )));
-                }
-                ddim.eta = eta;
-                Box::new(ddim)
-            }
-            (_, Some(_)) => {
-                return Err(Error::InvalidArgument(format!(
-                    "--eta: only the ddim sampler takes eta (this is {})",
-                    config.class_name()
-                )))
-            }
-            (config, None) => config.build()?,
-        };
-        let default_steps = if config.class_name() == "DDPMScheduler" {
-            1000
-        } else {
-            50
-        };
-        let steps = options.steps.unwrap_or(default_steps);
-        sampler.set_timesteps(steps).map_err(|e| match e {
-            Error::InvalidArgument(m) => Error::InvalidArgument(format!("--steps: {m}")),
-            other => other,
-        })?;
-        Ok(sampler)
+        options.sampler_choice().build(&self.scheduler)
     }
 
     /// Channels the sampler reads: with a learned variance only DDPM and DPM-Solver use the extra ones.
@@ -489,14 +360,9 @@ impl ImagePipeline {
     }
 
     fn learned_sampler(&self, options: &SampleOptions) -> Result<bool> {
-        let config = match &options.sampler {
-            Some(name) => scheduler_for(&self.scheduler, name, options.karras)?,
-            None => self.scheduler.clone(),
-        };
-        Ok(matches!(
-            config,
-            SchedulerConfig::Ddpm(_) | SchedulerConfig::DpmSolver(_)
-        ) && scheduler_variance_type(&config).is_learned())
+        options
+            .sampler_choice()
+            .uses_learned_variance(&self.scheduler)
     }
 
     fn check_num(options: &SampleOptions) -> Result<()> {

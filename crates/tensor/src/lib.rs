@@ -17,6 +17,7 @@ pub mod device;
 pub mod ema;
 mod error;
 pub mod ffi;
+pub mod frechet;
 pub mod grad;
 pub mod lr;
 pub mod metrics;

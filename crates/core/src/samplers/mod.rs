@@ -6,6 +6,7 @@
 
 pub mod ddim;
 pub mod ddpm;
+pub mod diffwave;
 pub mod dpm_solver;
 pub mod euler;
 pub mod euler_ancestral;
