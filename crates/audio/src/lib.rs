@@ -1,4 +1,22 @@
-//! Audio for diffuse: WAV to tensors and back, audio datasets and 1-D denoisers (DiffWave-style
-//! and a 1-D UNet). Depends on `diffuse-core`, never on the other modality crates.
+//! Audio for diffuse: WAV (and FLAC/AIFF) to tensors and back, band-limited resampling, audio
+//! datasets, log-mel spectrograms and their statistics, and two 1-D denoisers (DiffWave-style
+//! dilated residual convolutions and a 1-D UNet) that every Gaussian objective and sampler in
+//! `diffuse-core` drives. Depends on `diffuse-core`, never on the other modality crates.
 //!
-//! Filled in by the audio work; it exists now so the workspace has its final shape.
+//! `clip` is one clip in memory ([`clip::AudioClip`]: channels, rate, resampling, trimming,
+//! normalisation); `wav` reads and writes files; `data` loads datasets; `features` computes
+//! log-mel spectrograms, their PNG pictures and the log-mel Fréchet distance; `diffwave`,
+//! `unet1d` and `network` are the networks; `pipeline` is a model directory (sample, fill gaps,
+//! evaluate) and `train` the training run.
+//! Tensor shape misuse panics (as tch does); everything touching files or user input returns
+//! [`diffuse_tensor::Error`].
+
+pub mod clip;
+pub mod data;
+pub mod diffwave;
+pub mod features;
+pub mod network;
+pub mod pipeline;
+pub mod train;
+pub mod unet1d;
+pub mod wav;
