@@ -1,18 +1,14 @@
 //! `diffuse train|sample|inpaint|eval image`: the image commands, thin over `diffuse-image`.
 
+use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
 use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar, LoopFlags};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_core::editing::Resampling;
-use diffuse_core::losses::{TimestepSampling, Weighting};
-use diffuse_core::prediction::PredictionType;
-use diffuse_core::schedule::BetaSchedule;
 use diffuse_image::data::{ImageDataset, Split};
 use diffuse_image::io::{read_image, read_mask, save_grid, save_image, save_images};
-use diffuse_image::pipeline::{ImagePipeline, SampleOptions, SAMPLER_NAMES};
-use diffuse_image::train::{
-    hybrid_objective, read_run_config, train_image_model, ImageTrainConfig, RUN_CONFIG,
-};
+use diffuse_image::pipeline::{ImagePipeline, SampleOptions};
+use diffuse_image::train::{read_run_config, train_image_model, ImageTrainConfig, RUN_CONFIG};
 use diffuse_image::unet::{NormType, UNet2dConfig};
 use diffuse_tensor::ema::EmaConfig;
 use diffuse_tensor::progress::progress_bar;
@@ -23,18 +19,8 @@ use tch::Tensor;
 /// Options shared by every command that samples.
 #[derive(Args, Clone, Debug)]
 pub struct SamplerArgs {
-    /// Sampler: ddpm, ddim, euler, euler-ancestral, heun, dpm++2m, dpm++3m, sde-dpm++2m (default: the model's scheduler).
-    #[arg(long)]
-    pub sampler: Option<String>,
-    /// Inference steps (default 1000 for ddpm, 50 otherwise).
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// DDIM's eta: 0 deterministic, 1 ancestral.
-    #[arg(long)]
-    pub eta: Option<f64>,
-    /// Karras sigma spacing (euler, heun, dpm++ samplers).
-    #[arg(long)]
-    pub karras: bool,
+    #[command(flatten)]
+    pub choice: SamplerChoiceArgs,
     /// Seed of the random generator.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -54,20 +40,13 @@ pub struct SamplerArgs {
 
 impl SamplerArgs {
     pub fn options(&self, num: usize, batch_size: Option<usize>) -> Result<SampleOptions> {
-        if let Some(name) = &self.sampler {
-            if !SAMPLER_NAMES.contains(&name.as_str()) {
-                bail!(
-                    "--sampler: unknown sampler '{name}' (expected one of {})",
-                    SAMPLER_NAMES.join(", ")
-                );
-            }
-        }
+        let choice = self.choice.choice()?;
         Ok(SampleOptions {
             num,
-            sampler: self.sampler.clone(),
-            steps: self.steps,
-            eta: self.eta,
-            karras: self.karras,
+            sampler: choice.name,
+            steps: choice.steps,
+            eta: choice.eta,
+            karras: choice.karras,
             seed: Some(self.seed),
             class: self.class,
             guidance: self.guidance,
@@ -325,29 +304,8 @@ pub struct TrainImageArgs {
     /// f32, or bf16 (autocast; CUDA only).
     #[arg(long, default_value = "f32")]
     pub precision: String,
-    /// epsilon, sample or v_prediction.
-    #[arg(long, default_value = "epsilon")]
-    pub prediction_type: String,
-    /// simple (L_simple) or hybrid (learned variance, L_simple + 0.001 L_vlb).
-    #[arg(long, default_value = "simple")]
-    pub objective: String,
-    /// uniform, min-snr or soft-min-snr.
-    #[arg(long, default_value = "uniform")]
-    pub weighting: String,
-    /// gamma of the SNR weightings.
-    #[arg(long, default_value_t = 5.0)]
-    pub snr_gamma: f64,
-    /// uniform or loss-second-moment (importance sampling).
-    #[arg(long, default_value = "uniform")]
-    pub timestep_sampling: String,
-    /// Offset noise strength (0 = off, 0.1 usual).
-    #[arg(long, default_value_t = 0.0)]
-    pub offset_noise: f64,
-    /// linear, scaled_linear, squaredcos_cap_v2 or sigmoid.
-    #[arg(long, default_value = "linear")]
-    pub beta_schedule: String,
-    #[arg(long, default_value_t = 1000)]
-    pub num_train_timesteps: usize,
+    #[command(flatten)]
+    pub objective: ObjectiveArgs,
     /// Condition on class labels (with label dropout, for guidance).
     #[arg(long)]
     pub class_conditional: bool,
@@ -397,11 +355,6 @@ pub struct TrainImageArgs {
     /// Stop after this many total steps as if interrupted (resume later with --resume).
     #[arg(long, hide = true)]
     pub stop_after: Option<u64>,
-}
-
-fn parse_enum<T: serde::de::DeserializeOwned>(flag: &str, value: &str, allowed: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::from(value.replace('-', "_")))
-        .map_err(|_| anyhow!("{flag}: unknown value '{value}' (expected {allowed})"))
 }
 
 fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
@@ -500,40 +453,8 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
     }
     unet.dropout = args.dropout;
     // The schedule and objective.
-    config.scheduler.schedule.beta_schedule = parse_enum::<BetaSchedule>(
-        "--beta-schedule",
-        &args.beta_schedule,
-        "linear, scaled_linear, squaredcos_cap_v2 or sigmoid",
-    )?;
-    config.scheduler.schedule.num_train_timesteps = args.num_train_timesteps;
-    let prediction: PredictionType = args
-        .prediction_type
-        .parse()
-        .map_err(|e| anyhow!("--prediction-type: {e}"))?;
-    config.objective.prediction_type = prediction;
-    config.objective.weighting = match args.weighting.as_str() {
-        "uniform" => Weighting::Uniform,
-        "min-snr" | "min_snr" => Weighting::MinSnr {
-            gamma: args.snr_gamma,
-        },
-        "soft-min-snr" | "soft_min_snr" => Weighting::SoftMinSnr {
-            gamma: args.snr_gamma,
-        },
-        other => bail!(
-            "--weighting: unknown weighting '{other}' (expected uniform, min-snr or soft-min-snr)"
-        ),
-    };
-    config.objective.timestep_sampling = parse_enum::<TimestepSampling>(
-        "--timestep-sampling",
-        &args.timestep_sampling,
-        "uniform or loss-second-moment",
-    )?;
-    config.objective.offset_noise = args.offset_noise;
-    config.objective = match args.objective.as_str() {
-        "simple" => config.objective,
-        "hybrid" => hybrid_objective(config.objective),
-        other => bail!("--objective: unknown objective '{other}' (expected simple or hybrid)"),
-    };
+    args.objective
+        .apply(&mut config.scheduler, &mut config.objective)?;
     LoopFlags {
         steps: args.steps.unwrap_or(1000),
         grad_accum: args.grad_accum,

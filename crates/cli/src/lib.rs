@@ -5,6 +5,7 @@
 
 pub mod doctor;
 pub mod fid;
+pub mod gaussian;
 pub mod image;
 pub mod inspect;
 pub mod measure;
