@@ -4,6 +4,7 @@
 mod categorical_d3pm;
 mod categorical_learning;
 mod categorical_mdlm;
+mod diffwave_fast;
 mod dpm_solver;
 mod editing;
 mod edm;
