@@ -54,6 +54,10 @@ pub const BENCHES: &[Bench] = &[
         name: "text_quality",
         description: "validation bits/char of MDLM, D3PM absorbing, D3PM uniform and the autoregressive baseline after the same training time on Shakespeare (MDLM also in PyTorch; DIFFUSE_BENCH_SECONDS per process, default 120)",
     },
+    Bench {
+        name: "audio",
+        description: "DiffWave (default config) vs the same network in PyTorch: train step, 1 s of 16 kHz audio in 6 (DiffWave fast), 50 and 200 (DDPM) steps with real-time factors, UNet1d train step, peak memory",
+    },
 ];
 
 /// The pip requirements of the Python reference environment; torch is not among them (setup's is reused).
@@ -685,6 +689,7 @@ mod tests {
     fn registry() {
         assert!(lookup("matmul").is_ok() && lookup("train_step").is_ok());
         assert!(lookup("text").is_ok() && lookup("text_quality").is_ok());
+        assert!(lookup("audio").is_ok());
         // Every registered benchmark has its PyTorch side.
         let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench");
         for b in BENCHES {

@@ -62,6 +62,10 @@ const STEPS: &[Step] = &[
         run: image_grid,
     },
     Step {
+        name: "audio clips from the bundled drums model",
+        run: audio_sample,
+    },
+    Step {
         name: "text from the bundled Shakespeare model",
         run: text_sample,
     },
@@ -132,6 +136,32 @@ fn image_grid(ctx: &Demo) -> Result<()> {
         ],
     )?;
     println!("demo: wrote {out}");
+    Ok(())
+}
+
+/// Four drum one-shots from the bundled drums model with its full 200-step DDPM chain (seconds on
+/// a CPU), each as a WAV file with its spectrogram.
+fn audio_sample(ctx: &Demo) -> Result<()> {
+    let model = ctx.repo.join("data").join("models").join("drums");
+    let out = ctx.out.join("drums.wav");
+    let (model, out) = (model.display().to_string(), out.display().to_string());
+    diffuse(
+        ctx,
+        &[
+            "sample",
+            "audio",
+            "--model",
+            &model,
+            "--num",
+            "4",
+            "--seed",
+            "0",
+            "--out",
+            &out,
+            "--spectrogram",
+        ],
+    )?;
+    println!("demo: wrote out/drums-0.wav .. out/drums-3.wav and their spectrograms (.png)");
     Ok(())
 }
 

@@ -1,1 +1,604 @@
-//! (in progress)
+//! Audio datasets held in memory as f32 `[N, C, L]` clips at one sample rate, loaded from the
+//! named datasets that `cargo xtask setup --data speech|drums` fetches, from any folder of
+//! WAV/FLAC/AIFF files, or from one file.
+//!
+//! Every file goes through the same steps, in this order: read ([`crate::wav::read_audio`]), mix
+//! to the configured channel count, resample to the configured rate (band-limited), optionally
+//! cut leading silence (so one-shots and spoken words start at the onset, which is what a model
+//! of fixed-length clips should see), normalise the loudness, then cut or zero-pad to
+//! `clip_frames`. Files are taken in sorted relative-path order, so a dataset is the same on
+//! every machine.
+//!
+//! The held-out split is a fixed, evenly spread subset of the files (every k-th file of the
+//! sorted list, about `validation_fraction` of them), not a random one: no seed to carry around,
+//! and each part of an alphabetically grouped collection (drum kits, prompt folders) is
+//! represented in both splits. With fewer than [`MIN_FILES_FOR_VALIDATION`] files there is no
+//! held-out split: [`Split::Train`] gets every file and [`Split::Validation`] is an error.
+
+use crate::clip::AudioClip;
+use crate::wav::{audio_extensions, is_audio_path, read_audio};
+use diffuse_tensor::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use tch::{Device, Kind, Tensor};
+
+/// Audio datasets that `cargo xtask setup --data NAME` provides.
+const NAMED: [&str; 2] = ["speech", "drums"];
+
+/// Below this many files a validation split would be too small to mean anything.
+pub const MIN_FILES_FOR_VALIDATION: usize = 5;
+
+/// Loading shows a progress bar from this many files on.
+const PROGRESS_FROM: usize = 64;
+
+/// Which part of a dataset to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Everything but the held-out files.
+    Train,
+    /// The held-out files (about `validation_fraction` of them).
+    Validation,
+    /// Every file.
+    All,
+}
+
+impl FromStr for Split {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "train" => Ok(Split::Train),
+            "validation" | "val" | "valid" => Ok(Split::Validation),
+            "all" => Ok(Split::All),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown split '{s}' (expected train, validation or all)"
+            ))),
+        }
+    }
+}
+
+/// Loudness normalisation of each clip. String form (configs and the CLI): `none`,
+/// `peak` (= `peak:0.95`), `peak:P` (largest sample becomes P, 0 < P <= 1), `rms` (= `rms:-20`),
+/// `rms:DB` (RMS loudness DB dBFS, DB <= 0, limited so no sample exceeds 1).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Normalize {
+    /// Leave levels as recorded.
+    None,
+    /// Scale so the largest absolute sample equals this.
+    Peak(f32),
+    /// Scale to this RMS level in dBFS (see [`AudioClip::normalize_rms_db`]).
+    RmsDb(f32),
+}
+
+impl Normalize {
+    /// Apply to one clip.
+    pub fn apply(&self, clip: &AudioClip) -> AudioClip {
+        match *self {
+            Normalize::None => clip.clone(),
+            Normalize::Peak(p) => clip.normalize_peak(p),
+            Normalize::RmsDb(db) => clip.normalize_rms_db(db),
+        }
+    }
+
+    fn check(self) -> Result<Self> {
+        match self {
+            Normalize::Peak(p) if !(p > 0.0 && p <= 1.0) => Err(Error::InvalidArgument(format!(
+                "normalize: the peak must be in (0, 1], got {p}"
+            ))),
+            Normalize::RmsDb(db) if !(db.is_finite() && db <= 0.0) => Err(Error::InvalidArgument(
+                format!("normalize: the RMS level must be a finite dBFS value <= 0, got {db}"),
+            )),
+            ok => Ok(ok),
+        }
+    }
+}
+
+impl std::fmt::Display for Normalize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Normalize::None => write!(f, "none"),
+            Normalize::Peak(p) => write!(f, "peak:{p}"),
+            Normalize::RmsDb(db) => write!(f, "rms:{db}"),
+        }
+    }
+}
+
+impl FromStr for Normalize {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim().to_ascii_lowercase();
+        let (kind, value) = match t.split_once(':') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (t.as_str(), None),
+        };
+        let number = |v: &str| {
+            v.trim_end_matches("dbfs")
+                .trim_end_matches("db")
+                .trim()
+                .parse::<f32>()
+                .map_err(|_| {
+                    Error::InvalidArgument(format!("normalize: '{v}' is not a number in '{s}'"))
+                })
+        };
+        let n = match (kind, value) {
+            ("none", None) => Normalize::None,
+            ("peak", None) => Normalize::Peak(0.95),
+            ("peak", Some(v)) => Normalize::Peak(number(v)?),
+            ("rms", None) => Normalize::RmsDb(-20.0),
+            ("rms", Some(v)) => Normalize::RmsDb(number(v)?),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown normalisation '{s}' (expected none, peak, peak:0.9, rms or rms:-20)"
+                )))
+            }
+        };
+        n.check()
+    }
+}
+
+impl From<Normalize> for String {
+    fn from(n: Normalize) -> String {
+        n.to_string()
+    }
+}
+
+impl TryFrom<String> for Normalize {
+    type Error = Error;
+
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+/// How files become training clips.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AudioDataConfig {
+    /// Rate every clip is resampled to, Hz.
+    pub sample_rate: u32,
+    /// 1 (mono: channels averaged) or more (mono copied); other conversions are errors.
+    pub channels: usize,
+    /// Length of every clip in frames (cut or zero-padded at the end).
+    pub clip_frames: usize,
+    /// Loudness normalisation, applied after trimming.
+    pub normalize: Normalize,
+    /// Cut what comes before the first sample louder than this (keeping 5 ms), if set.
+    pub trim_silence: Option<f32>,
+    /// Share of the files held out for [`Split::Validation`], in [0, 1).
+    pub validation_fraction: f64,
+}
+
+impl Default for AudioDataConfig {
+    fn default() -> Self {
+        AudioDataConfig {
+            sample_rate: 16000,
+            channels: 1,
+            clip_frames: 16384,
+            normalize: Normalize::Peak(0.95),
+            trim_silence: Some(0.01),
+            validation_fraction: 0.1,
+        }
+    }
+}
+
+impl AudioDataConfig {
+    /// Check every field; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.sample_rate == 0 {
+            return bad("sample_rate must be above 0 Hz".into());
+        }
+        if self.channels == 0 || self.channels > 64 {
+            return bad(format!(
+                "channels must be between 1 and 64, got {}",
+                self.channels
+            ));
+        }
+        if self.clip_frames == 0 {
+            return bad("clip_frames must be at least 1".into());
+        }
+        if let Some(t) = self.trim_silence {
+            if !(t.is_finite() && (0.0..1.0).contains(&t)) {
+                return bad(format!("trim_silence must be in [0, 1), got {t}"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.validation_fraction) {
+            return bad(format!(
+                "validation_fraction must be in [0, 1), got {}",
+                self.validation_fraction
+            ));
+        }
+        self.normalize.check().map(|_| ())
+    }
+
+    /// One file's samples as a training clip: channels, rate, trim, loudness, length.
+    pub fn prepare(&self, clip: &AudioClip) -> Result<AudioClip> {
+        let mut clip = clip
+            .to_channels(self.channels)?
+            .resample(self.sample_rate)?;
+        if let Some(threshold) = self.trim_silence {
+            clip = clip.trim_leading_silence(threshold);
+        }
+        Ok(self.normalize.apply(&clip).fit_length(self.clip_frames))
+    }
+}
+
+/// In-memory audio dataset: clips `[N, C, L]` f32 on the CPU, one name per clip (its path
+/// relative to the dataset folder), one sample rate.
+pub struct AudioDataset {
+    clips: Tensor,
+    names: Vec<String>,
+    sample_rate: u32,
+}
+
+impl std::fmt::Debug for AudioDataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioDataset")
+            .field("shape", &self.clips.size())
+            .field("sample_rate", &self.sample_rate)
+            .finish()
+    }
+}
+
+impl AudioDataset {
+    /// A dataset from clips `[N, C, L]` (any float kind and device; kept as f32 on the CPU) at
+    /// `sample_rate`, e.g. synthetic data. `names` may be empty (clips are then named
+    /// `clip-00000`, ...) or hold one name per clip. Panics on other shapes or a rate of 0.
+    pub fn from_clips(clips: Tensor, sample_rate: u32, names: Vec<String>) -> Self {
+        let size = clips.size();
+        assert!(
+            size.len() == 3 && clips.is_floating_point(),
+            "clips must be float [N, C, L], got {:?} {size:?}",
+            clips.kind()
+        );
+        assert!(sample_rate > 0, "the sample rate must be above 0 Hz");
+        let names = if names.is_empty() {
+            (0..size[0]).map(|i| format!("clip-{i:05}")).collect()
+        } else {
+            names
+        };
+        assert_eq!(
+            names.len() as i64,
+            size[0],
+            "one name per clip: {} names for {} clips",
+            names.len(),
+            size[0]
+        );
+        AudioDataset {
+            clips: clips
+                .detach()
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous(),
+            names,
+            sample_rate,
+        }
+    }
+
+    /// Load a dataset.
+    ///
+    /// `spec` is one of:
+    /// - `speech` or `drums`: the dataset in `datasets_dir/<name>/` (missing => an error saying to
+    ///   run `cargo xtask setup --data NAME`); another plain name is also looked up there when no
+    ///   such path exists;
+    /// - a folder: every file with an audio extension (`.wav`, `.flac`, `.aif`, `.aiff`,
+    ///   case-insensitive) in it and its subfolders, hidden files and folders skipped;
+    /// - one audio file (read whatever its extension), which has no validation split.
+    ///
+    /// See the module docs for the processing steps and the split. Any unreadable file is an
+    /// error naming it; so is a folder without audio files.
+    pub fn load(
+        spec: &str,
+        split: Split,
+        config: &AudioDataConfig,
+        datasets_dir: &Path,
+    ) -> Result<Self> {
+        config.validate()?;
+        let location = resolve(spec, datasets_dir)?;
+        let (root, files) = if location.is_file() {
+            let parent = location.parent().unwrap_or(Path::new("")).to_path_buf();
+            (parent, vec![location.clone()])
+        } else {
+            (location.clone(), audio_files(&location)?)
+        };
+        let names: Vec<String> = files.iter().map(|f| relative_name(&root, f)).collect();
+        let chosen = split_indices(files.len(), config.validation_fraction, split);
+        if chosen.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{spec}: no held-out clips: {} audio file(s) are too few for a validation split \
+                 (it needs at least {MIN_FILES_FOR_VALIDATION} files and validation_fraction > 0; \
+                 use the train split, which has every file)",
+                files.len()
+            )));
+        }
+        let chosen_files: Vec<&Path> = chosen.iter().map(|&i| files[i].as_path()).collect();
+        let clips = load_clips(&chosen_files, config)?;
+        let (c, l) = (config.channels, config.clip_frames);
+        let mut flat = Vec::with_capacity(clips.len() * c * l);
+        for clip in &clips {
+            for ch in &clip.channels {
+                flat.extend_from_slice(ch);
+            }
+        }
+        let tensor = Tensor::from_slice(&flat).view([clips.len() as i64, c as i64, l as i64]);
+        tracing::info!(
+            "loaded {} clip(s) of {} ({split:?} split of {} file(s)) as [{}, {c}, {l}] at {} Hz",
+            clips.len(),
+            location.display(),
+            files.len(),
+            clips.len(),
+            config.sample_rate
+        );
+        Ok(AudioDataset {
+            clips: tensor,
+            names: chosen.iter().map(|&i| names[i].clone()).collect(),
+            sample_rate: config.sample_rate,
+        })
+    }
+
+    /// Where named datasets live: `$DIFFUSE_DATA_DIR`, else `./data/datasets` if it exists, else
+    /// the workspace's `data/datasets` (found from this crate's source folder).
+    pub fn default_datasets_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("DIFFUSE_DATA_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        let local = PathBuf::from("data/datasets");
+        if local.is_dir() {
+            return local;
+        }
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/datasets")
+    }
+
+    /// Number of clips.
+    pub fn len(&self) -> usize {
+        self.clips.size()[0] as usize
+    }
+
+    /// Whether there are no clips.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Channels per clip.
+    pub fn channels(&self) -> usize {
+        self.clips.size()[1] as usize
+    }
+
+    /// Frames per clip.
+    pub fn clip_frames(&self) -> usize {
+        self.clips.size()[2] as usize
+    }
+
+    /// All clips `[N, C, L]` f32 (CPU).
+    pub fn clips(&self) -> &Tensor {
+        &self.clips
+    }
+
+    /// Clip names (paths relative to the dataset folder, `/`-separated), in clip order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Sample rate of every clip, Hz.
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    /// Clip `i` as an [`AudioClip`]. Panics when `i` is out of range.
+    pub fn clip(&self, i: usize) -> AudioClip {
+        assert!(
+            i < self.len(),
+            "clip {i} out of range for {} clips",
+            self.len()
+        );
+        AudioClip::from_tensor(&self.clips.get(i as i64), self.sample_rate)
+            .expect("dataset clips are valid [C, L] float")
+    }
+
+    /// The clips at `indices` (in that order, repeats allowed) as `[B, C, L]` f32 on the CPU.
+    /// Panics on an index out of range.
+    pub fn batch(&self, indices: &[i64]) -> Tensor {
+        let n = self.len() as i64;
+        if let Some(bad) = indices.iter().find(|&&i| i < 0 || i >= n) {
+            panic!("clip index {bad} out of range for a dataset of {n} clips");
+        }
+        self.clips.index_select(0, &Tensor::from_slice(indices))
+    }
+}
+
+/// The folder or file `spec` names (see [`AudioDataset::load`]).
+fn resolve(spec: &str, datasets_dir: &Path) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    let plain_name = !spec.is_empty() && !spec.contains(['/', '\\']) && spec != "." && spec != "..";
+    if NAMED.contains(&spec) {
+        let dir = datasets_dir.join(spec);
+        if !dir.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "dataset {spec} is not in {}: run `cargo xtask setup --data {spec}` \
+                 (or set DIFFUSE_DATA_DIR to the folder holding {spec}/)",
+                datasets_dir.display()
+            )));
+        }
+        return Ok(dir);
+    }
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    if plain_name && datasets_dir.join(spec).exists() {
+        return Ok(datasets_dir.join(spec));
+    }
+    Err(Error::InvalidArgument(format!(
+        "{spec}: no such file or folder{} (named audio datasets: {})",
+        if plain_name {
+            format!(
+                ", and no dataset of that name in {}",
+                datasets_dir.display()
+            )
+        } else {
+            String::new()
+        },
+        NAMED.join(", ")
+    )))
+}
+
+/// Audio files under `root` (recursive; hidden entries skipped), sorted by relative path.
+pub fn audio_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            // file_type does not follow links; metadata does, so linked folders are entered.
+            let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() && is_audio_path(&path) {
+                found.push(path);
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: no audio files (.{}) in this folder or its subfolders",
+            root.display(),
+            audio_extensions().join(", .")
+        )));
+    }
+    found.sort_by_key(|f| relative_name(root, f));
+    Ok(found)
+}
+
+/// `path` relative to `root`, `/`-separated on every platform (the sort key and the clip name).
+fn relative_name(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Indices (into the sorted file list of `n` files) of `split`. Validation takes `k =
+/// max(1, round(n * fraction))` files at positions `floor((j + 1/2) n / k)`, spread evenly over
+/// the list; none when `n` < [`MIN_FILES_FOR_VALIDATION`] or the fraction is 0.
+pub fn split_indices(n: usize, validation_fraction: f64, split: Split) -> Vec<usize> {
+    let k = if n < MIN_FILES_FOR_VALIDATION || validation_fraction <= 0.0 {
+        0
+    } else {
+        ((n as f64 * validation_fraction).round() as usize).clamp(1, n - 1)
+    };
+    let held: Vec<usize> = (0..k).map(|j| (2 * j + 1) * n / (2 * k)).collect();
+    match split {
+        Split::All => (0..n).collect(),
+        Split::Validation => held,
+        Split::Train => (0..n).filter(|i| held.binary_search(i).is_err()).collect(),
+    }
+}
+
+/// Read and prepare `files` on all cores, in order; the first failure (in file order) wins.
+fn load_clips(files: &[&Path], config: &AudioDataConfig) -> Result<Vec<AudioClip>> {
+    let n = files.len();
+    let bar = (n >= PROGRESS_FROM)
+        .then(|| diffuse_tensor::progress::progress_bar(n as u64, "loading audio", "file"));
+    let slots: Vec<Mutex<Option<Result<AudioClip>>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |p| p.get())
+        .min(n)
+        .max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let path = files[i];
+                let result = read_audio(path).and_then(|clip| {
+                    config.prepare(&clip).map_err(|e| match e {
+                        Error::InvalidArgument(m) => Error::format(path, m),
+                        other => other,
+                    })
+                });
+                let failed = result.is_err();
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                }
+                if failed {
+                    // Later files cannot matter once one has failed; stop handing them out.
+                    next.store(n, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    // Every file before a failing one was handed out before it, so the first error in file
+    // order comes before any file skipped because of it.
+    let mut clips = Vec::with_capacity(n);
+    for slot in slots {
+        match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(Ok(clip)) => clips.push(clip),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    Ok(clips)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_strings() {
+        for (s, n) in [
+            ("none", Normalize::None),
+            ("peak", Normalize::Peak(0.95)),
+            ("peak:0.9", Normalize::Peak(0.9)),
+            ("rms", Normalize::RmsDb(-20.0)),
+            ("rms:-23", Normalize::RmsDb(-23.0)),
+            ("RMS:-23dB", Normalize::RmsDb(-23.0)),
+        ] {
+            assert_eq!(s.parse::<Normalize>().unwrap(), n, "{s}");
+            assert_eq!(n.to_string().parse::<Normalize>().unwrap(), n);
+        }
+        for bad in ["peak:0", "peak:1.5", "rms:3", "loud", "peak:x"] {
+            assert!(bad.parse::<Normalize>().is_err(), "{bad}");
+        }
+        let json = serde_json::to_string(&AudioDataConfig::default()).unwrap();
+        assert!(json.contains("\"normalize\":\"peak:0.95\""), "{json}");
+        let back: AudioDataConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, AudioDataConfig::default());
+        assert!(serde_json::from_str::<Normalize>("\"peak:7\"").is_err());
+    }
+
+    #[test]
+    fn split_is_even_disjoint_and_complete() {
+        assert_eq!(split_indices(20, 0.1, Split::Validation), vec![5, 15]);
+        assert_eq!(split_indices(10, 0.1, Split::Validation), vec![5]);
+        assert!(split_indices(4, 0.5, Split::Validation).is_empty());
+        assert_eq!(split_indices(4, 0.5, Split::Train), vec![0, 1, 2, 3]);
+        assert!(split_indices(100, 0.0, Split::Validation).is_empty());
+        for n in [5, 7, 50, 568, 754] {
+            let v = split_indices(n, 0.1, Split::Validation);
+            let t = split_indices(n, 0.1, Split::Train);
+            assert_eq!(v.len() + t.len(), n);
+            assert!(v.windows(2).all(|w| w[0] < w[1]));
+            assert!(v.iter().all(|i| t.binary_search(i).is_err()));
+        }
+        assert_eq!(split_indices(568, 0.1, Split::Validation).len(), 57);
+    }
+}

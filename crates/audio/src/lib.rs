@@ -5,15 +5,16 @@
 //!
 //! `clip` is one clip in memory ([`clip::AudioClip`]: channels, rate, resampling, trimming,
 //! normalisation); `wav` reads and writes files; `data` loads datasets; `features` computes
-//! log-mel spectrograms, their PNG pictures and the log-mel Fréchet distance; `diffwave`,
-//! `unet1d` and `network` are the networks; `pipeline` is a model directory (sample, fill gaps,
-//! evaluate) and `train` the training run.
+//! log-mel spectrograms and their PNG pictures, and `eval` the log-mel Fréchet distance with its
+//! bounds; `diffwave`, `unet1d` and `network` are the networks; `pipeline` is a model directory
+//! (sample, fill gaps) and `train` the training run.
 //! Tensor shape misuse panics (as tch does); everything touching files or user input returns
 //! [`diffuse_tensor::Error`].
 
 pub mod clip;
 pub mod data;
 pub mod diffwave;
+pub mod eval;
 pub mod features;
 pub mod network;
 pub mod pipeline;

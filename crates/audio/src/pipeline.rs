@@ -1,1 +1,433 @@
-//! (in progress)
+//! An audio model directory and what can be done with it. The directory holds `config.json` (the
+//! [`AudioNetworkConfig`], tagged `diffwave` or `unet1d`), `model.safetensors` (its weights),
+//! `scheduler_config.json` (a diffusers scheduler config, DDPM by default, so the noise schedule
+//! travels with the weights) and `diffuse.json` ([`AudioModelInfo`]: sample rate, channels, the
+//! training clip length and how the data was normalised).
+//!
+//! [`AudioPipeline`] samples clips of any length with every sampler in `diffuse-core` (the
+//! networks are fully convolutional, so a model trained on 1-second clips makes 3-second ones),
+//! fills gaps in a recording (inpainting along time: the known audio is noised to each step's level
+//! and replaces the sample outside the gap, optionally with RePaint's resampling) and writes WAV
+//! files. Saving writes a sibling temporary directory and renames it into place.
+
+use crate::clip::AudioClip;
+use crate::data::AudioDataConfig;
+use crate::network::{AudioNetwork, AudioNetworkConfig};
+use diffuse_core::denoiser::Denoiser;
+use diffuse_core::editing::{self, Resampling};
+use diffuse_core::losses::ObjectiveConfig;
+use diffuse_core::prediction::PredictionType;
+use diffuse_core::sampler_choice::{scheduler_prediction_type, SamplerChoice};
+use diffuse_core::samplers::{self, Sampler, StepInfo};
+use diffuse_core::scheduler_config::SchedulerConfig;
+use diffuse_tensor::atomic::write_json_atomic;
+use diffuse_tensor::weights::{load_var_store, save_var_store};
+use diffuse_tensor::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const SCHEDULER_FILE: &str = "scheduler_config.json";
+pub const INFO_FILE: &str = "diffuse.json";
+
+/// What diffuse knows about an audio model beyond the network and its schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AudioModelInfo {
+    /// Samples per second of the audio the model makes (and of any audio it is given).
+    pub sample_rate: u32,
+    /// 1 (mono) or 2 (stereo).
+    pub channels: usize,
+    /// Length of the training clips, in frames (the default length of samples).
+    pub clip_frames: usize,
+    /// How the training clips were made (normalisation, silence trimming, the validation split),
+    /// so `eval audio` can cut held-out clips the same way.
+    pub data: Option<AudioDataConfig>,
+    /// The dataset the model was trained on, as given to `--data`.
+    pub dataset: Option<String>,
+    pub objective: Option<ObjectiveConfig>,
+    /// Optimiser steps it was trained for.
+    pub steps: Option<u64>,
+}
+
+impl Default for AudioModelInfo {
+    fn default() -> Self {
+        AudioModelInfo {
+            sample_rate: 16000,
+            channels: 1,
+            clip_frames: 16384,
+            data: None,
+            dataset: None,
+            objective: None,
+            steps: None,
+        }
+    }
+}
+
+/// How to sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AudioSampleOptions {
+    /// Number of clips.
+    pub num: usize,
+    /// Length of each clip in seconds; `None` = the training clip length.
+    pub seconds: Option<f64>,
+    /// Sampler, steps, eta, Karras spacing (default: the model's DDPM scheduler, every step).
+    pub sampler: SamplerChoice,
+    /// Seed of libtorch's generator; `None` leaves it as it is.
+    pub seed: Option<u64>,
+    /// Clips per model call; `None` = all at once.
+    pub batch_size: Option<usize>,
+}
+
+impl Default for AudioSampleOptions {
+    fn default() -> Self {
+        AudioSampleOptions {
+            num: 1,
+            seconds: None,
+            sampler: SamplerChoice::default(),
+            seed: Some(0),
+            batch_size: None,
+        }
+    }
+}
+
+/// The network as a [`Denoiser`] (train or eval mode; learned-variance channels dropped for
+/// samplers that read only the mean).
+pub struct NetworkDenoiser<'a> {
+    pub network: &'a AudioNetwork,
+    pub prediction_type: PredictionType,
+    pub train: bool,
+    /// Keep only the first this many output channels (None: all).
+    pub keep_channels: Option<i64>,
+}
+
+impl Denoiser for NetworkDenoiser<'_> {
+    fn forward(&self, x_t: &Tensor, t: &Tensor) -> Tensor {
+        let out = self.network.forward_t(x_t, t, self.train);
+        match self.keep_channels {
+            Some(c) if out.size()[1] > c => out.narrow(1, 0, c),
+            _ => out,
+        }
+    }
+    fn prediction_type(&self) -> PredictionType {
+        self.prediction_type
+    }
+}
+
+/// A loaded audio model.
+pub struct AudioPipeline {
+    pub vs: VarStore,
+    pub network: AudioNetwork,
+    pub scheduler: SchedulerConfig,
+    pub info: AudioModelInfo,
+}
+
+/// Where the model of `dir` lives: `dir` itself, or `dir/model` for a training run directory.
+pub fn resolve_model_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.join(CONFIG_FILE).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    if dir.join("model").join(CONFIG_FILE).is_file() {
+        return Ok(dir.join("model"));
+    }
+    if !dir.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: no such model directory",
+            dir.display()
+        )));
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn require_file(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::format(
+            dir,
+            format!(
+                "not a complete audio model directory: {name} is missing (expected {CONFIG_FILE}, \
+                 {WEIGHTS_FILE}, {SCHEDULER_FILE} and {INFO_FILE})"
+            ),
+        ))
+    }
+}
+
+impl AudioPipeline {
+    /// Load a model directory (or a training run directory holding one in `model/`).
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let dir = resolve_model_dir(dir)?;
+        let config_path = require_file(&dir, CONFIG_FILE)?;
+        let weights_path = require_file(&dir, WEIGHTS_FILE)?;
+        let scheduler_path = require_file(&dir, SCHEDULER_FILE)?;
+        let info_path = require_file(&dir, INFO_FILE)?;
+        let config = AudioNetworkConfig::from_json_file(&config_path)?;
+        let scheduler = SchedulerConfig::load(&scheduler_path)?;
+        let text = fs::read_to_string(&info_path).map_err(|e| Error::io(&info_path, e))?;
+        let info: AudioModelInfo = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&info_path, format!("not valid diffuse.json: {e}")))?;
+        check_info(&info, &config).map_err(|e| Error::format(&info_path, e.to_string()))?;
+        let vs = VarStore::new(device);
+        let network = AudioNetwork::new(&vs.root(), &config)
+            .map_err(|e| Error::format(&config_path, e.to_string()))?;
+        load_var_store(&vs, &weights_path, true)?;
+        Ok(AudioPipeline {
+            vs,
+            network,
+            scheduler,
+            info,
+        })
+    }
+
+    /// A fresh (untrained) pipeline.
+    pub fn new(
+        config: &AudioNetworkConfig,
+        scheduler: SchedulerConfig,
+        info: AudioModelInfo,
+        device: Device,
+    ) -> Result<Self> {
+        check_info(&info, config)?;
+        let vs = VarStore::new(device);
+        let network = AudioNetwork::new(&vs.root(), config)?;
+        Ok(AudioPipeline {
+            vs,
+            network,
+            scheduler,
+            info,
+        })
+    }
+
+    /// Write the directory atomically; files a user put beside the model (a model card, clips)
+    /// are kept.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        diffuse_tensor::atomic::write_dir_atomic(
+            dir,
+            CONFIG_FILE,
+            &[CONFIG_FILE, WEIGHTS_FILE, SCHEDULER_FILE, INFO_FILE],
+            |staging| {
+                self.network
+                    .config()
+                    .to_json_file(&staging.join(CONFIG_FILE))?;
+                save_var_store(&self.vs, &staging.join(WEIGHTS_FILE), None)?;
+                self.scheduler.save(&staging.join(SCHEDULER_FILE))?;
+                write_json_atomic(&staging.join(INFO_FILE), &self.info)
+            },
+        )
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.info.sample_rate
+    }
+
+    pub fn channels(&self) -> usize {
+        self.info.channels
+    }
+
+    /// The network's parameterisation (the scheduler's `prediction_type`).
+    pub fn prediction_type(&self) -> PredictionType {
+        scheduler_prediction_type(&self.scheduler)
+    }
+
+    /// The sampler `choice` describes, with its timesteps set.
+    pub fn sampler(&self, choice: &SamplerChoice) -> Result<Box<dyn Sampler>> {
+        choice.build(&self.scheduler)
+    }
+
+    /// Frames in a clip of `seconds` (`None`: the training clip length).
+    pub fn frames_for(&self, seconds: Option<f64>) -> Result<usize> {
+        let Some(seconds) = seconds else {
+            return Ok(self.info.clip_frames);
+        };
+        let frames = (seconds * self.info.sample_rate as f64).round();
+        if !(seconds.is_finite() && frames >= 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "--seconds: must be a positive length of at least one sample (1/{} s), got {seconds}",
+                self.info.sample_rate
+            )));
+        }
+        if frames > 3600.0 * self.info.sample_rate as f64 {
+            return Err(Error::InvalidArgument(format!(
+                "--seconds: {seconds} s is more than an hour of audio"
+            )));
+        }
+        Ok(frames as usize)
+    }
+
+    fn denoiser(&self, choice: &SamplerChoice) -> Result<NetworkDenoiser<'_>> {
+        let learned = choice.uses_learned_variance(&self.scheduler)?;
+        let channels = self.info.channels as i64;
+        let out = self.network.config().out_channels();
+        Ok(NetworkDenoiser {
+            network: &self.network,
+            prediction_type: self.prediction_type(),
+            train: false,
+            keep_channels: (out > channels && !learned).then_some(channels),
+        })
+    }
+
+    fn check_num(options: &AudioSampleOptions) -> Result<()> {
+        if options.num == 0 {
+            return Err(Error::InvalidArgument("--num: must be at least 1".into()));
+        }
+        if options.batch_size == Some(0) {
+            return Err(Error::InvalidArgument(
+                "--batch-size: must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sample `options.num` clips: `[N, C, L]` in [-1, 1]. `on_step(done, total)` reports
+    /// progress over every step of every batch.
+    pub fn sample(
+        &self,
+        options: &AudioSampleOptions,
+        mut on_step: impl FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        Self::check_num(options)?;
+        let frames = self.frames_for(options.seconds)? as i64;
+        let channels = self.info.channels as i64;
+        let model = self.denoiser(&options.sampler)?;
+        if let Some(seed) = options.seed {
+            diffuse_tensor::manual_seed(seed);
+        }
+        let batch = options.batch_size.unwrap_or(options.num).min(options.num);
+        let total = self.sampler(&options.sampler)?.timesteps().len() * options.num.div_ceil(batch);
+        let (mut done, mut global) = (0, 0);
+        let mut chunks = Vec::new();
+        while done < options.num {
+            let n = batch.min(options.num - done) as i64;
+            let mut sampler = self.sampler(&options.sampler)?;
+            // The initial noise comes from the CPU generator, as diffusers' pipelines draw it.
+            let noise = Tensor::randn([n, channels, frames], (Kind::Float, Device::Cpu))
+                .to(self.device())
+                * sampler.init_noise_sigma();
+            let x = samplers::sample(sampler.as_mut(), &model, noise, |_: &StepInfo<'_>| {
+                global += 1;
+                on_step(global, total);
+            })?;
+            chunks.push(x.clamp(-1.0, 1.0).to_device(Device::Cpu));
+            done += n as usize;
+        }
+        Ok(Tensor::cat(&chunks, 0))
+    }
+
+    /// [`AudioPipeline::sample`] as clips at the model's rate.
+    pub fn sample_clips(
+        &self,
+        options: &AudioSampleOptions,
+        on_step: impl FnMut(usize, usize),
+    ) -> Result<Vec<AudioClip>> {
+        let x = self.sample(options, on_step)?;
+        (0..x.size()[0])
+            .map(|i| AudioClip::from_tensor(&x.get(i), self.info.sample_rate))
+            .collect()
+    }
+
+    /// `clip` at the model's rate and channel count (resampled and mixed as needed).
+    pub fn conform(&self, clip: &AudioClip) -> Result<AudioClip> {
+        clip.to_channels(self.info.channels)?
+            .resample(self.info.sample_rate)
+    }
+
+    /// Fill the part of `clip` between `start` and `end` seconds with generated audio that fits
+    /// what surrounds it; the rest of the clip comes back unchanged (after conversion to the
+    /// model's rate and channels). `options.num` versions are made (`options.seconds` is
+    /// ignored: the length is the clip's). With `resampling`, RePaint's jumps, which blend the
+    /// boundaries better at the price of more model calls.
+    pub fn fill_gap(
+        &self,
+        clip: &AudioClip,
+        gap: (f64, f64),
+        resampling: Option<Resampling>,
+        options: &AudioSampleOptions,
+        mut on_step: impl FnMut(usize),
+    ) -> Result<Vec<AudioClip>> {
+        Self::check_num(options)?;
+        let clip = self.conform(clip)?;
+        let frames = clip.frames();
+        let duration = clip.duration_secs();
+        let (start, end) = gap;
+        if !(start.is_finite() && end.is_finite() && 0.0 <= start && start < end) {
+            return Err(Error::InvalidArgument(format!(
+                "--gap: expected START:END in seconds with 0 <= START < END, got {start}:{end}"
+            )));
+        }
+        if end > duration + 0.5 / self.info.sample_rate as f64 {
+            return Err(Error::InvalidArgument(format!(
+                "--gap: {start}:{end} s runs past the end of the clip, which lasts {duration:.3} s"
+            )));
+        }
+        let rate = self.info.sample_rate as f64;
+        let first = ((start * rate).round() as usize).min(frames);
+        let last = ((end * rate).round() as usize).min(frames);
+        if last <= first {
+            return Err(Error::InvalidArgument(format!(
+                "--gap: {start}:{end} s is shorter than one sample at {} Hz",
+                self.info.sample_rate
+            )));
+        }
+        let model = self.denoiser(&options.sampler)?;
+        if let Some(seed) = options.seed {
+            diffuse_tensor::manual_seed(seed);
+        }
+        let n = options.num as i64;
+        let c = self.info.channels as i64;
+        let l = frames as i64;
+        let device = self.device();
+        let known = clip
+            .to_tensor()
+            .to(device)
+            .unsqueeze(0)
+            .expand([n, c, l], false)
+            .contiguous();
+        // 1 = keep the recording, 0 = generate.
+        let mask = Tensor::ones([1, 1, l], (Kind::Float, device));
+        let _ = mask
+            .narrow(2, first as i64, (last - first) as i64)
+            .fill_(0.0);
+        let mut sampler = self.sampler(&options.sampler)?;
+        let noise = Tensor::randn([n, c, l], (Kind::Float, Device::Cpu)).to(device)
+            * sampler.init_noise_sigma();
+        let x = editing::inpaint(
+            sampler.as_mut(),
+            &model,
+            noise,
+            &known,
+            &mask,
+            resampling,
+            |i, _| on_step(i),
+        )?;
+        // The recording outside the gap is exact, not a re-noised copy.
+        let generated: Tensor = x.clamp(-1.0, 1.0) * (1.0 - &mask);
+        let x = (&known * &mask + generated).to_device(Device::Cpu);
+        (0..n)
+            .map(|i| AudioClip::from_tensor(&x.get(i), self.info.sample_rate))
+            .collect()
+    }
+}
+
+fn check_info(info: &AudioModelInfo, config: &AudioNetworkConfig) -> Result<()> {
+    if info.sample_rate == 0 {
+        return Err(Error::InvalidArgument(
+            "the model's sample rate is 0".into(),
+        ));
+    }
+    if info.channels == 0 || info.channels as i64 != config.in_channels() {
+        return Err(Error::InvalidArgument(format!(
+            "the model makes {}-channel audio but its network takes {} channels",
+            info.channels,
+            config.in_channels()
+        )));
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! module and built on the library crates. `diffuse-bench`, the Rust side of
 //! `cargo xtask bench`, shares the timing code in [`measure`].
 
+pub mod audio;
 pub mod doctor;
 pub mod fid;
 pub mod gaussian;

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use diffuse_cli::{doctor, fid, image, init_logging, inspect, report, text};
+use diffuse_cli::{audio, doctor, fid, image, init_logging, inspect, report, text};
 use std::path::PathBuf;
 
 /// Train diffusion models and sample images, audio and text with them, on libtorch.
@@ -43,10 +43,10 @@ enum Command {
     /// Generate samples from a trained model.
     #[command(subcommand)]
     Sample(SampleCommand),
-    /// Fill the masked part of an image (replacement or RePaint), or edit one (SDEdit).
+    /// Fill the masked part of an image (replacement or RePaint) or edit one (SDEdit); fill a gap in a recording.
     #[command(subcommand)]
     Inpaint(InpaintCommand),
-    /// Measure a model: bits/dim, Fréchet distance, bits/char.
+    /// Measure a model: bits/dim, Fréchet distance, bits/char, log-mel distance.
     #[command(subcommand)]
     Eval(EvalCommand),
 }
@@ -59,6 +59,8 @@ enum TrainCommand {
     Classifier(fid::TrainClassifierArgs),
     /// Train a text model (MDLM, D3PM absorbing/uniform, or the autoregressive baseline).
     Text(Box<text::TrainTextArgs>),
+    /// Train an audio model (DiffWave-style or UNet1d) on speech, drums or a folder of clips.
+    Audio(Box<audio::TrainAudioArgs>),
 }
 
 #[derive(Subcommand)]
@@ -67,12 +69,16 @@ enum SampleCommand {
     Image(image::SampleImageArgs),
     /// Sample text: unconditionally, continuing --prompt, or filling the gaps of --infill.
     Text(text::SampleTextArgs),
+    /// Sample audio clips into WAV files (and spectrogram pictures).
+    Audio(audio::SampleAudioArgs),
 }
 
 #[derive(Subcommand)]
 enum InpaintCommand {
     /// Inpaint or edit an image with an image model.
     Image(image::InpaintImageArgs),
+    /// Fill a gap (START:END seconds) in a recording with an audio model.
+    Audio(audio::InpaintAudioArgs),
 }
 
 #[derive(Subcommand)]
@@ -81,6 +87,8 @@ enum EvalCommand {
     Image(image::EvalImageArgs),
     /// Bits per character on held-out text (an upper bound for diffusion models).
     Text(text::EvalTextArgs),
+    /// Log-mel Fréchet distance of generated clips to held-out ones, between two bounds.
+    Audio(audio::EvalAudioArgs),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -91,13 +99,17 @@ fn run(cli: Cli) -> Result<()> {
             TrainCommand::Image(args) => image::train(*args),
             TrainCommand::Classifier(args) => fid::train(args),
             TrainCommand::Text(args) => text::train(*args),
+            TrainCommand::Audio(args) => audio::train(*args),
         },
         Command::TrainTokenizer(args) => text::train_tokenizer(args),
         Command::Sample(SampleCommand::Image(args)) => image::sample(args),
         Command::Sample(SampleCommand::Text(args)) => text::sample(args),
+        Command::Sample(SampleCommand::Audio(args)) => audio::sample(args),
+        Command::Inpaint(InpaintCommand::Audio(args)) => audio::inpaint(args),
         Command::Inpaint(InpaintCommand::Image(args)) => image::inpaint(args),
         Command::Eval(EvalCommand::Image(args)) => image::eval(args),
         Command::Eval(EvalCommand::Text(args)) => text::eval(args),
+        Command::Eval(EvalCommand::Audio(args)) => audio::eval(args),
     }
 }
 

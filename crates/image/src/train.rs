@@ -321,26 +321,20 @@ pub fn train_image_model(
         trainer.resume(None)?;
     }
     let until = stop_after.unwrap_or(config.train.steps);
-    let summary = trainer.run_until(&mut task, until)?;
-    write_loss_curve(run_dir)?;
-    if summary.steps_done < config.train.steps {
-        return Ok(ImageTrainOutcome {
-            summary,
-            model_dir: None,
-        });
-    }
-    if config.sample_every == 0 || config.train.steps % config.sample_every != 0 {
-        task.write_previews(&trainer, summary.steps_done)?;
-    }
-    // Export the EMA weights when there are any: they are the ones worth sampling from.
-    trainer.copy_averaged_weights_to(&task.preview.vs);
-    let model_dir = run_dir.join(MODEL_DIR);
-    task.preview.save(&model_dir)?;
-    tracing::info!(model = %model_dir.display(), "saved the model");
-    Ok(ImageTrainOutcome {
-        summary,
-        model_dir: Some(model_dir),
-    })
+    let (summary, model_dir) = trainer.run_and_finish(
+        &mut task,
+        until,
+        config.sample_every,
+        |task, trainer, step| task.write_previews(trainer, step),
+        |task, trainer| {
+            // Export the EMA weights when there are any: they are the ones worth sampling from.
+            trainer.copy_averaged_weights_to(&task.preview.vs);
+            let model_dir = run_dir.join(MODEL_DIR);
+            task.preview.save(&model_dir)?;
+            Ok(model_dir)
+        },
+    )?;
+    Ok(ImageTrainOutcome { summary, model_dir })
 }
 
 /// The hybrid objective (learned variance, L_simple + 0.001 L_vlb; Nichol & Dhariwal 2021).

@@ -309,6 +309,33 @@ impl<'a> Trainer<'a> {
         self.run_until(task, steps)
     }
 
+    /// [`Trainer::run_until`], then, when that completes the run, what every modality does at the
+    /// end: the loss curve, the final previews (unless the last step's periodic ones, every
+    /// `sample_every` steps, already covered it) and the export of the model. Returns the summary
+    /// and the exported directory (`None` when the call stopped before the last step). The loss
+    /// curve is written either way.
+    pub fn run_and_finish<T: TrainTask>(
+        &mut self,
+        task: &mut T,
+        until: u64,
+        sample_every: u64,
+        previews: impl FnOnce(&mut T, &Trainer<'_>, u64) -> Result<()>,
+        export: impl FnOnce(&mut T, &Trainer<'_>) -> Result<PathBuf>,
+    ) -> Result<(TrainSummary, Option<PathBuf>)> {
+        let summary = self.run_until(task, until)?;
+        crate::plot::write_loss_curve(&self.run_dir)?;
+        let steps = self.config.steps;
+        if summary.steps_done < steps {
+            return Ok((summary, None));
+        }
+        if sample_every == 0 || steps % sample_every != 0 {
+            previews(task, self, summary.steps_done)?;
+        }
+        let dir = export(task, self)?;
+        tracing::info!(model = %dir.display(), "saved the model");
+        Ok((summary, Some(dir)))
+    }
+
     /// Train until `until` steps are done (capped at the configured total), then return without
     /// a final checkpoint unless one falls due. The LR schedule still spans the configured total.
     pub fn run_until(&mut self, task: &mut dyn TrainTask, until: u64) -> Result<TrainSummary> {

@@ -1,1 +1,211 @@
+//! The audio model directory and pipeline: save/load round trips (weights, schedule, notes, a
+//! user's model card kept), seeded sampling, any clip length, gap filling that keeps the
+//! recording outside the gap exactly, conversion of other rates and channel counts, and one clear
+//! error for each bad input.
 
+use crate::rng_lock;
+use diffuse_audio::clip::AudioClip;
+use diffuse_audio::diffwave::DiffWaveConfig;
+use diffuse_audio::network::AudioNetworkConfig;
+use diffuse_audio::pipeline::{AudioModelInfo, AudioPipeline, AudioSampleOptions};
+use diffuse_audio::train::diffwave_schedule;
+use diffuse_audio::unet1d::UNet1dConfig;
+use diffuse_core::sampler_choice::SamplerChoice;
+use diffuse_core::scheduler_config::SchedulerConfig;
+use std::fs;
+use tch::{Device, Kind, Tensor};
+
+fn tiny(network: &str) -> AudioPipeline {
+    let config = match network {
+        "diffwave" => AudioNetworkConfig::DiffWave(DiffWaveConfig {
+            residual_channels: 8,
+            residual_layers: 4,
+            dilation_cycle: 2,
+            ..DiffWaveConfig::default()
+        }),
+        _ => AudioNetworkConfig::Unet1d(UNet1dConfig {
+            block_out_channels: vec![8, 16],
+            down_factors: vec![4],
+            norm_num_groups: 4,
+            attention_head_dim: 8,
+            ..UNet1dConfig::default()
+        }),
+    };
+    let info = AudioModelInfo {
+        sample_rate: 8000,
+        channels: 1,
+        clip_frames: 400,
+        ..AudioModelInfo::default()
+    };
+    tch::manual_seed(3);
+    let pipeline = AudioPipeline::new(
+        &config,
+        SchedulerConfig::Ddpm(diffwave_schedule()),
+        info,
+        Device::Cpu,
+    )
+    .unwrap();
+    // Move every weight off its initial value so the zero-initialised output matters.
+    tch::no_grad(|| {
+        for (_, mut v) in pipeline.vs.variables() {
+            let _ = v.g_add_(&(Tensor::randn_like(&v) * 0.05));
+        }
+    });
+    pipeline
+}
+
+fn fast(num: usize, seconds: Option<f64>) -> AudioSampleOptions {
+    AudioSampleOptions {
+        num,
+        seconds,
+        sampler: SamplerChoice {
+            name: Some("diffwave-fast".into()),
+            ..SamplerChoice::default()
+        },
+        seed: Some(7),
+        batch_size: None,
+    }
+}
+
+#[test]
+fn save_and_load_round_trip_and_keep_a_model_card() {
+    let _guard = rng_lock();
+    for network in ["diffwave", "unet1d"] {
+        let pipeline = tiny(network);
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        pipeline.save(&model).unwrap();
+        fs::write(model.join("README.md"), "my model card").unwrap();
+        pipeline.save(&model).unwrap();
+        assert_eq!(
+            fs::read_to_string(model.join("README.md")).unwrap(),
+            "my model card"
+        );
+        let loaded = AudioPipeline::load(&model, Device::Cpu).unwrap();
+        assert_eq!(loaded.info, pipeline.info);
+        assert_eq!(loaded.network.config(), pipeline.network.config());
+        let a = pipeline.sample(&fast(2, None), |_, _| {}).unwrap();
+        let b = loaded.sample(&fast(2, None), |_, _| {}).unwrap();
+        assert_eq!(a.size(), [2, 1, 400]);
+        assert!(a.equal(&b), "{network}: a loaded model samples differently");
+        // A training run directory holding model/ loads too.
+        assert!(AudioPipeline::load(dir.path(), Device::Cpu).is_ok());
+    }
+}
+
+#[test]
+fn any_length_seeded_and_batched_sampling() {
+    let _guard = rng_lock();
+    for network in ["diffwave", "unet1d"] {
+        let pipeline = tiny(network);
+        // 0.1234 s at 8 kHz = 987 frames, not a multiple of the UNet's downsampling.
+        let x = pipeline.sample(&fast(3, Some(0.1234)), |_, _| {}).unwrap();
+        assert_eq!(x.size(), [3, 1, 987]);
+        assert!(x.abs().max().double_value(&[]) <= 1.0);
+        let again = pipeline.sample(&fast(3, Some(0.1234)), |_, _| {}).unwrap();
+        assert!(
+            x.equal(&again),
+            "{network}: seeded sampling is not reproducible"
+        );
+        let mut calls = 0;
+        let mut batched = fast(3, Some(0.1234));
+        batched.batch_size = Some(2);
+        let y = pipeline
+            .sample(&batched, |done, total| {
+                calls += 1;
+                assert!(done <= total && total == 12);
+            })
+            .unwrap();
+        assert_eq!(y.size(), [3, 1, 987]);
+        assert_eq!(calls, 12, "two batches of 6 steps");
+        let clips = pipeline
+            .sample_clips(&fast(1, Some(0.05)), |_, _| {})
+            .unwrap();
+        assert_eq!(clips[0].frames(), 400);
+        assert_eq!(clips[0].sample_rate, 8000);
+    }
+}
+
+#[test]
+fn gap_filling_keeps_the_recording_outside_the_gap() {
+    let _guard = rng_lock();
+    let pipeline = tiny("diffwave");
+    // A 16 kHz stereo recording: mixed to mono and resampled to the model's 8 kHz first.
+    let t = Tensor::arange(16000, (Kind::Float, Device::Cpu)) / 16000.0;
+    let tone = (t * (2.0 * std::f64::consts::PI * 440.0)).sin() * 0.5;
+    let stereo = Tensor::stack(&[tone.shallow_clone(), tone.shallow_clone()], 0);
+    let recording = AudioClip::from_tensor(&stereo, 16000).unwrap();
+    let conformed = pipeline.conform(&recording).unwrap();
+    assert_eq!((conformed.sample_rate, conformed.num_channels()), (8000, 1));
+    assert_eq!(conformed.frames(), 8000);
+    let filled = pipeline
+        .fill_gap(&recording, (0.25, 0.5), None, &fast(2, None), |_| {})
+        .unwrap();
+    assert_eq!(filled.len(), 2);
+    let known = conformed.to_tensor();
+    for clip in &filled {
+        let x = clip.to_tensor();
+        assert_eq!(x.size(), [1, 8000]);
+        let outside_a = (x.narrow(1, 0, 2000) - known.narrow(1, 0, 2000))
+            .abs()
+            .max();
+        let outside_b = (x.narrow(1, 4000, 4000) - known.narrow(1, 4000, 4000))
+            .abs()
+            .max();
+        assert_eq!(outside_a.double_value(&[]), 0.0);
+        assert_eq!(outside_b.double_value(&[]), 0.0);
+        let inside = (x.narrow(1, 2000, 2000) - known.narrow(1, 2000, 2000))
+            .abs()
+            .max();
+        assert!(
+            inside.double_value(&[]) > 0.01,
+            "the gap was not regenerated"
+        );
+    }
+    assert!(!filled[0].to_tensor().equal(&filled[1].to_tensor()));
+}
+
+fn err<T>(r: diffuse_tensor::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_inputs_are_one_clear_error() {
+    let _guard = rng_lock();
+    let pipeline = tiny("diffwave");
+    let clip = AudioClip::new(8000, vec![vec![0.1; 800]]).unwrap();
+    let e = err(pipeline.fill_gap(&clip, (0.05, 0.2), None, &fast(1, None), |_| {}));
+    assert!(e.contains("--gap") && e.contains("past the end"), "{e}");
+    let e = err(pipeline.fill_gap(&clip, (0.08, 0.02), None, &fast(1, None), |_| {}));
+    assert!(e.contains("--gap") && e.contains("START < END"), "{e}");
+    let e = err(pipeline.fill_gap(&clip, (-0.1, 0.02), None, &fast(1, None), |_| {}));
+    assert!(e.contains("--gap"), "{e}");
+    let e = err(pipeline.sample(&fast(1, Some(0.0)), |_, _| {}));
+    assert!(e.contains("--seconds"), "{e}");
+    let e = err(pipeline.sample(&fast(0, None), |_, _| {}));
+    assert!(e.contains("--num"), "{e}");
+    let e = err(pipeline.sampler(&SamplerChoice {
+        name: Some("ddim".into()),
+        steps: Some(500),
+        ..SamplerChoice::default()
+    }));
+    assert!(e.starts_with("--steps"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let e = err(AudioPipeline::load(&dir.path().join("absent"), Device::Cpu));
+    assert!(e.contains("no such model directory"), "{e}");
+    pipeline.save(&dir.path().join("m")).unwrap();
+    fs::remove_file(dir.path().join("m/scheduler_config.json")).unwrap();
+    let e = err(AudioPipeline::load(&dir.path().join("m"), Device::Cpu));
+    assert!(e.contains("scheduler_config.json is missing"), "{e}");
+    pipeline.save(&dir.path().join("n")).unwrap();
+    fs::write(dir.path().join("n/diffuse.json"), r#"{"sample_rate": 0}"#).unwrap();
+    let e = err(AudioPipeline::load(&dir.path().join("n"), Device::Cpu));
+    assert!(
+        e.contains("diffuse.json") && e.contains("sample rate is 0"),
+        "{e}"
+    );
+}

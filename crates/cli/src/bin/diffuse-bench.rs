@@ -674,6 +674,173 @@ fn bench_text_quality(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// The audio models' training schedule: DDPM linear betas 1e-4..0.02 over T = 200 (DiffWave's
+/// unconditional setting).
+fn audio_schedule() -> diffuse_core::schedule::BetaScheduleConfig {
+    diffuse_core::schedule::BetaScheduleConfig {
+        num_train_timesteps: 200,
+        beta_start: 1e-4,
+        beta_end: 0.02,
+        ..Default::default()
+    }
+}
+
+/// One epsilon-MSE training step (random timesteps and noise, backward, AdamW at 2e-4) of
+/// `config`'s network on `[8, 1, 16384]` audio, through the library's objective; emits the case.
+fn bench_audio_train_step(
+    device: Device,
+    config: &diffuse_audio::network::AudioNetworkConfig,
+) -> Result<()> {
+    use diffuse_audio::network::{parameter_count, AudioDenoiser, AudioNetwork};
+    use diffuse_core::losses::{Objective, ObjectiveConfig};
+    use diffuse_core::prediction::PredictionType;
+    use diffuse_core::schedule::NoiseSchedule;
+    tch::manual_seed(0);
+    let vs = VarStore::new(device);
+    let net = AudioNetwork::new(&vs.root(), config)?;
+    let params = parameter_count(&vs) as f64 / 1e6;
+    let mut opt = AdamW::new(
+        &vs,
+        AdamWConfig {
+            lr: 2e-4,
+            ..Default::default()
+        },
+    )?;
+    let mut objective = Objective::new(
+        NoiseSchedule::new(&audio_schedule())?,
+        ObjectiveConfig::default(),
+    )?;
+    let (batch, len) = (8i64, 16384i64);
+    let x0 = Tensor::randn([batch, 1, len], (Kind::Float, device)) * 0.3;
+    let model = AudioDenoiser {
+        net: &net,
+        prediction_type: PredictionType::Epsilon,
+        train: true,
+    };
+    reset_peak_rss();
+    let mut failed = None;
+    let ms = time_ms(device, 1, 3, Duration::from_secs(5), || {
+        opt.zero_grad();
+        match objective.loss(&model, &x0) {
+            Ok(out) => {
+                out.loss.backward();
+                opt.step(2e-4);
+            }
+            Err(e) => failed = Some(e),
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let audio_s = (batch * len) as f64 / 16000.0;
+    emit(
+        &format!(
+            "{} b{batch}x{len} train step (fwd+bwd+adamw)",
+            config.name()
+        ),
+        ms,
+        &format!(
+            "{params:.2}M parameters, {:.4} s of 16 kHz audio per s{}",
+            audio_s * 1e3 / ms,
+            memory_note()
+        ),
+    );
+    Ok(())
+}
+
+/// DiffWave (the default config, 1.65 M parameters) against the same network in plain PyTorch
+/// (`crates/audio/tests/golden/make_network_golden.py`, built from the config.json written here
+/// to target/bench-cache), on the T = 200 linear schedule. Cases: sampling one second of 16 kHz
+/// audio (batch 1 x 16000) through the library's sampling loop with DiffWave's 6-step fast
+/// sampler (aligned fractional timesteps), with DDPM on 50 strided timesteps (leading spacing:
+/// 196, 192, ..., 0) and with full 200-step DDPM (both clip x0 to [-1, 1], diffusers' default);
+/// then epsilon-MSE training steps at batch 8 x 16384 samples of the default UNet1d (2.1 M
+/// parameters, its config also written for the peer) and of DiffWave. `work` gives the
+/// real-time factor (seconds of audio per second of compute) and the peak resident set.
+fn bench_audio(device: Device) -> Result<()> {
+    use diffuse_audio::diffwave::DiffWaveConfig;
+    use diffuse_audio::network::{AudioDenoiser, AudioNetwork, AudioNetworkConfig};
+    use diffuse_audio::unet1d::UNet1dConfig;
+    use diffuse_core::prediction::PredictionType;
+    use diffuse_core::samplers::ddpm::{DdpmConfig, DdpmSampler};
+    use diffuse_core::samplers::diffwave::{DiffWaveFastSampler, DIFFWAVE_FAST_BETAS};
+    use diffuse_core::samplers::{sample, Sampler};
+    use diffuse_core::schedule::NoiseSchedule;
+    let cache = bench_cache()?;
+    let diffwave = AudioNetworkConfig::DiffWave(DiffWaveConfig::default());
+    diffwave.to_json_file(&cache.join("audio_diffwave_config.json"))?;
+    let unet = AudioNetworkConfig::Unet1d(UNet1dConfig::default());
+    unet.to_json_file(&cache.join("audio_unet1d_config.json"))?;
+
+    // Smallest footprint first: each case's peak resident set is then its own, not an earlier
+    // case's heap kept by the allocator (tune_allocator keeps buffers under 64 MiB in the heap).
+    tch::manual_seed(0);
+    let vs = VarStore::new(device);
+    let net = AudioNetwork::new(&vs.root(), &diffwave)?;
+    let model = AudioDenoiser {
+        net: &net,
+        prediction_type: PredictionType::Epsilon,
+        train: false,
+    };
+    let schedule = audio_schedule();
+    let len = 16000i64;
+    // (name, steps, warm-up runs, timed runs): one forward takes about a second on a 2-core
+    // CPU, so the 50- and 200-step loops (one and several minutes) run once.
+    let cases: [(&str, usize, usize, usize); 3] = [
+        ("diffwave-fast", DIFFWAVE_FAST_BETAS.len(), 1, 3),
+        ("ddpm", 50, 0, 1),
+        ("ddpm", 200, 0, 1),
+    ];
+    for (name, steps, warmup, runs) in cases {
+        let make = || -> Result<Box<dyn Sampler>> {
+            let mut sampler: Box<dyn Sampler> = if name == "diffwave-fast" {
+                Box::new(DiffWaveFastSampler::new(
+                    &NoiseSchedule::new(&schedule)?,
+                    &DIFFWAVE_FAST_BETAS,
+                    PredictionType::Epsilon,
+                )?)
+            } else {
+                Box::new(DdpmSampler::new(DdpmConfig {
+                    schedule: schedule.clone(),
+                    ..Default::default()
+                })?)
+            };
+            sampler.set_timesteps(steps)?;
+            Ok(sampler)
+        };
+        let mut failed = None;
+        reset_peak_rss();
+        let ms = time_ms(device, warmup, runs, Duration::ZERO, || {
+            let run = || -> Result<()> {
+                let mut sampler = make()?;
+                tch::manual_seed(1);
+                let x = Tensor::randn([1, 1, len], (Kind::Float, device));
+                let _ = sample(sampler.as_mut(), &model, x, |_| {})?;
+                Ok(())
+            };
+            if let Err(e) = run() {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        emit(
+            &format!("diffwave sample 1 s at 16 kHz, {name} {steps} steps"),
+            ms,
+            &format!(
+                "{steps} model calls, real-time factor {:.4} (s of audio per s){}",
+                1e3 / ms,
+                memory_note()
+            ),
+        );
+    }
+
+    bench_audio_train_step(device, &unet)?;
+    bench_audio_train_step(device, &diffwave)?;
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     diffuse_tensor::runtime::tune_allocator();
     diffuse_cli::report(run())
@@ -703,11 +870,12 @@ fn run() -> Result<()> {
         Some("image") => bench_image(device)?,
         Some("text") => bench_text(device)?,
         Some("text_quality") => bench_text_quality(device)?,
+        Some("audio") => bench_audio(device)?,
         Some(other) => {
-            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step, sampler_quality, image, text or text_quality")
+            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step, sampler_quality, image, text, text_quality or audio")
         }
         None => bail!(
-            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality, image, text, text_quality)"
+            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality, image, text, text_quality, audio)"
         ),
     }
     Ok(())

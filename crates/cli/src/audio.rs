@@ -1,0 +1,612 @@
+//! The audio commands: `train audio`, `sample audio` (WAV files, optional spectrograms),
+//! `inpaint audio` (fill a gap in a recording) and `eval audio` (the log-mel Fréchet distance
+//! between bounds), thin over `diffuse-audio`.
+
+use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
+use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar, LoopFlags};
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use diffuse_audio::clip::AudioClip;
+use diffuse_audio::data::{AudioDataConfig, AudioDataset, Normalize, Split};
+use diffuse_audio::diffwave::DiffWaveConfig;
+use diffuse_audio::eval::{log_mel_report, split_held_out};
+use diffuse_audio::features::save_spectrogram_png;
+use diffuse_audio::network::AudioNetworkConfig;
+use diffuse_audio::pipeline::{AudioPipeline, AudioSampleOptions};
+use diffuse_audio::train::{
+    default_sample_rate, read_run_config, train_audio_model, AudioTrainConfig, RUN_CONFIG,
+};
+use diffuse_audio::unet1d::UNet1dConfig;
+use diffuse_audio::wav::{read_audio, write_wav, SampleFormat};
+use diffuse_core::editing::Resampling;
+use diffuse_tensor::ema::EmaConfig;
+use diffuse_tensor::progress::progress_bar;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// `diffuse train audio`.
+#[derive(Args, Debug)]
+pub struct TrainAudioArgs {
+    /// Dataset: speech, drums, a folder of WAV/FLAC/AIFF files (recursive) or one file.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Run directory (checkpoints, metrics, preview clips and spectrograms, the final model in RUN_DIR/model).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (its run.json settings apply; --steps may extend it).
+    #[arg(long)]
+    pub resume: bool,
+    /// Sample rate of the model in Hz (default: 8000 for speech, 16000 otherwise); audio is resampled to it.
+    #[arg(long)]
+    pub sample_rate: Option<u32>,
+    /// 1 (mono) or 2 (stereo).
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    /// Length of the training clips in seconds (longer files are cut, shorter ones padded with silence).
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
+    /// Loudness normalisation: peak (to 0.95), peak:LEVEL, rms:DBFS or none.
+    #[arg(long, default_value = "peak")]
+    pub normalize: String,
+    /// Keep leading silence (by default clips start where the sound does).
+    #[arg(long)]
+    pub keep_silence: bool,
+    /// Fraction of the files held out for validation (`eval audio` uses them).
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// diffwave (dilated residual convolutions) or unet1d.
+    #[arg(long, default_value = "diffwave")]
+    pub network: String,
+    /// A network config.json to start from (its channels are filled from the data).
+    #[arg(long)]
+    pub network_config: Option<PathBuf>,
+    /// DiffWave: residual channels.
+    #[arg(long)]
+    pub residual_channels: Option<i64>,
+    /// DiffWave: residual layers.
+    #[arg(long)]
+    pub residual_layers: Option<i64>,
+    /// DiffWave: the dilation doubles for this many layers, then starts again at 1.
+    #[arg(long)]
+    pub dilation_cycle: Option<i64>,
+    /// UNet1d: channels per level, e.g. 32,64,96,128.
+    #[arg(long, value_delimiter = ',')]
+    pub block_out_channels: Option<Vec<i64>>,
+    /// UNet1d: downsampling factor between levels, e.g. 4,4,4 (one fewer than the levels).
+    #[arg(long, value_delimiter = ',')]
+    pub down_factors: Option<Vec<i64>>,
+    /// UNet1d: residual blocks per level.
+    #[arg(long)]
+    pub layers_per_block: Option<i64>,
+    /// UNet1d: self-attention in the middle block (on/off).
+    #[arg(long)]
+    pub attention: Option<bool>,
+    /// UNet1d: dropout in the residual blocks.
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    #[command(flatten)]
+    pub objective: ObjectiveArgs,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Optimiser steps (default 1000; with --resume, extends the run when larger).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// constant, constant_with_warmup, linear or cosine.
+    #[arg(long, default_value = "cosine")]
+    pub lr_schedule: String,
+    #[arg(long, default_value_t = 100)]
+    pub warmup_steps: u64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// EMA decay ceiling (0 = no EMA).
+    #[arg(long, default_value_t = 0.999)]
+    pub ema_decay: f64,
+    /// Clip the gradient norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: u64,
+    /// f32, or bf16 (autocast; CUDA only).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value_t = 3)]
+    pub keep_last: usize,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Write preview clips (WAV + spectrogram) every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 500)]
+    pub sample_every: u64,
+    #[arg(long, default_value_t = 4)]
+    pub sample_num: usize,
+    /// Sampler of the previews.
+    #[arg(long, default_value = "diffwave-fast")]
+    pub sample_sampler: String,
+    /// Steps of the preview sampler (default: its own).
+    #[arg(long)]
+    pub sample_steps: Option<usize>,
+    /// Stop after this many total steps as if interrupted (resume later with --resume).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<u64>,
+}
+
+fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
+    let data = args.data.clone().ok_or_else(|| {
+        anyhow!("--data: required (speech, drums, a folder of audio files or one file)")
+    })?;
+    let sample_rate = args
+        .sample_rate
+        .unwrap_or_else(|| default_sample_rate(&data));
+    if sample_rate == 0 {
+        bail!("--sample-rate: must be a positive number of samples per second, got 0");
+    }
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        bail!("--seconds: must be a positive length, got {}", args.seconds);
+    }
+    if !(0.0..1.0).contains(&args.val_fraction) {
+        bail!(
+            "--val-fraction: must lie in [0, 1), got {}",
+            args.val_fraction
+        );
+    }
+    let normalize: Normalize = args
+        .normalize
+        .parse()
+        .map_err(|e| anyhow!("--normalize: {e}"))?;
+    let audio = AudioDataConfig {
+        sample_rate,
+        channels: args.channels,
+        clip_frames: (args.seconds * sample_rate as f64).round().max(1.0) as usize,
+        normalize,
+        trim_silence: if args.keep_silence {
+            None
+        } else {
+            AudioDataConfig::default().trim_silence
+        },
+        validation_fraction: args.val_fraction,
+    };
+    let mut network = match &args.network_config {
+        Some(path) => AudioNetworkConfig::from_json_file(path)
+            .map_err(|e| anyhow!("--network-config: {e}"))?,
+        None => match args.network.as_str() {
+            "diffwave" => AudioNetworkConfig::DiffWave(DiffWaveConfig::default()),
+            "unet1d" => AudioNetworkConfig::Unet1d(UNet1dConfig::default()),
+            other => bail!("--network: expected diffwave or unet1d, got '{other}'"),
+        },
+    };
+    let diffwave_flags = args.residual_channels.is_some()
+        || args.residual_layers.is_some()
+        || args.dilation_cycle.is_some();
+    let unet_flags = args.block_out_channels.is_some()
+        || args.down_factors.is_some()
+        || args.layers_per_block.is_some()
+        || args.attention.is_some()
+        || args.dropout.is_some();
+    match &mut network {
+        AudioNetworkConfig::DiffWave(c) => {
+            if unet_flags {
+                bail!("--block-out-channels, --down-factors, --layers-per-block, --attention and --dropout are UNet1d flags; this run's network is diffwave (give --network unet1d)");
+            }
+            if let Some(v) = args.residual_channels {
+                c.residual_channels = v;
+            }
+            if let Some(v) = args.residual_layers {
+                c.residual_layers = v;
+            }
+            if let Some(v) = args.dilation_cycle {
+                c.dilation_cycle = v;
+            }
+        }
+        AudioNetworkConfig::Unet1d(c) => {
+            if diffwave_flags {
+                bail!("--residual-channels, --residual-layers and --dilation-cycle are DiffWave flags; this run's network is unet1d");
+            }
+            if let Some(v) = &args.block_out_channels {
+                c.block_out_channels = v.clone();
+                // Keep x4 between levels unless told otherwise.
+                if args.down_factors.is_none() {
+                    c.down_factors = vec![4; v.len().saturating_sub(1)];
+                }
+                // Narrow networks get one attention head as wide as the last level.
+                if let Some(&last) = v.last() {
+                    if last > 0 && last % c.attention_head_dim != 0 {
+                        c.attention_head_dim = last;
+                    }
+                }
+            }
+            if let Some(v) = &args.down_factors {
+                c.down_factors = v.clone();
+            }
+            if let Some(v) = args.layers_per_block {
+                c.layers_per_block = v;
+            }
+            if let Some(v) = args.attention {
+                c.attention = v;
+            }
+            if let Some(v) = args.dropout {
+                if !(0.0..1.0).contains(&v) {
+                    bail!("--dropout: must lie in [0, 1), got {v}");
+                }
+                c.dropout = v;
+            }
+        }
+    }
+    let mut config = AudioTrainConfig {
+        data,
+        audio,
+        network,
+        batch_size: args.batch_size,
+        sample_every: args.sample_every,
+        sample_num: args.sample_num,
+        sample_sampler: args.sample_sampler.clone(),
+        sample_steps: args.sample_steps,
+        ..AudioTrainConfig::default()
+    };
+    args.objective
+        .apply(&mut config.scheduler, &mut config.objective)?;
+    LoopFlags {
+        steps: args.steps.unwrap_or(1000),
+        grad_accum: args.grad_accum,
+        max_grad_norm: args.max_grad_norm,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        lr_schedule: &args.lr_schedule,
+        warmup_steps: args.warmup_steps,
+        ema: (args.ema_decay > 0.0).then(|| EmaConfig {
+            decay: args.ema_decay,
+            ..EmaConfig::default()
+        }),
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        keep_last: args.keep_last,
+        log_every: args.log_every,
+        precision: &args.precision,
+    }
+    .apply(&mut config.train)?;
+    Ok(config)
+}
+
+pub fn train(args: TrainAudioArgs) -> Result<()> {
+    let device = device(&args.device)?;
+    let run_dir = &args.out;
+    let config = start_or_resume(
+        run_dir,
+        args.resume,
+        RUN_CONFIG,
+        || {
+            let mut config = read_run_config(run_dir)?;
+            if let Some(steps) = args.steps {
+                config.train.steps = steps;
+            }
+            Ok(config)
+        },
+        || build_config(&args),
+    )?;
+    let started = Instant::now();
+    let outcome = train_audio_model(&config, None, run_dir, device, args.resume, args.stop_after)
+        .map_err(|e| match &args.data {
+        Some(_) if !args.resume => anyhow!("--data: {e}"),
+        _ => anyhow!("{e}"),
+    })?;
+    print_training_outcome(
+        outcome.summary.steps_done,
+        config.train.steps,
+        outcome.model_dir.as_deref(),
+        started.elapsed().as_secs_f64(),
+        "audio",
+    );
+    Ok(())
+}
+
+/// Flags shared by the commands that run the model.
+#[derive(Args, Clone, Debug)]
+pub struct AudioModelArgs {
+    /// Model directory (or a training run directory).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub choice: SamplerChoiceArgs,
+    /// Seed of the random generator.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+impl AudioModelArgs {
+    /// The model and the sampling options (sampler settings checked before any work).
+    fn load(
+        &self,
+        num: usize,
+        seconds: Option<f64>,
+    ) -> Result<(AudioPipeline, AudioSampleOptions)> {
+        let choice = self.choice.choice()?;
+        let device = device(&self.device)?;
+        let pipeline =
+            AudioPipeline::load(&self.model, device).map_err(|e| anyhow!("--model: {e}"))?;
+        pipeline.sampler(&choice)?;
+        let options = AudioSampleOptions {
+            num,
+            seconds,
+            sampler: choice,
+            seed: Some(self.seed),
+            batch_size: None,
+        };
+        pipeline.frames_for(seconds)?;
+        Ok((pipeline, options))
+    }
+}
+
+/// `diffuse sample audio`.
+#[derive(Args, Debug)]
+pub struct SampleAudioArgs {
+    #[command(flatten)]
+    pub model: AudioModelArgs,
+    /// Number of clips.
+    #[arg(long, default_value_t = 1)]
+    pub num: usize,
+    /// Length of each clip in seconds (default: the training clip length).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Output WAV file; with --num > 1, NAME-0.wav, NAME-1.wav, ...
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the clips as DIR/sample-NNNNN.wav instead.
+    #[arg(long, conflicts_with = "out")]
+    pub out_dir: Option<PathBuf>,
+    /// Also write a spectrogram picture (.png) beside every clip.
+    #[arg(long)]
+    pub spectrogram: bool,
+    /// WAV sample format: int16, int24, int32, float32 or int8.
+    #[arg(long, default_value = "int16")]
+    pub format: String,
+    /// Clips per model call (default: all at once).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+}
+
+fn check_wav_path(path: &Path, flag: &str) -> Result<()> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if ext != "wav" {
+        bail!("{flag}: {}: expected a .wav file name", path.display());
+    }
+    Ok(())
+}
+
+/// Write `clip` (and its spectrogram when asked) and say so.
+fn write_clip(
+    clip: &AudioClip,
+    path: &Path,
+    format: SampleFormat,
+    spectrogram: bool,
+) -> Result<()> {
+    write_wav(path, clip, format)?;
+    if spectrogram {
+        let png = path.with_extension("png");
+        save_spectrogram_png(&clip.to_tensor(), clip.sample_rate, &png)?;
+        println!(
+            "wrote {} ({:.2} s at {} Hz) and {}",
+            path.display(),
+            clip.duration_secs(),
+            clip.sample_rate,
+            png.display()
+        );
+    } else {
+        println!(
+            "wrote {} ({:.2} s at {} Hz)",
+            path.display(),
+            clip.duration_secs(),
+            clip.sample_rate
+        );
+    }
+    Ok(())
+}
+
+pub fn sample(args: SampleAudioArgs) -> Result<()> {
+    let paths: Vec<PathBuf> = match (&args.out, &args.out_dir) {
+        (Some(out), None) => {
+            check_wav_path(out, "--out")?;
+            if args.num == 1 {
+                vec![out.clone()]
+            } else {
+                let stem = out.file_stem().unwrap_or_default().to_string_lossy();
+                (0..args.num)
+                    .map(|i| out.with_file_name(format!("{stem}-{i}.wav")))
+                    .collect()
+            }
+        }
+        (None, Some(dir)) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow!("--out-dir: {}: {e}", dir.display()))?;
+            (0..args.num)
+                .map(|i| dir.join(format!("sample-{i:05}.wav")))
+                .collect()
+        }
+        _ => bail!("nothing to write: give --out CLIP.wav or --out-dir DIR"),
+    };
+    let format: SampleFormat = args.format.parse().map_err(|e| anyhow!("--format: {e}"))?;
+    let (pipeline, mut options) = args.model.load(args.num, args.seconds)?;
+    options.batch_size = args.batch_size;
+    let started = Instant::now();
+    let (bar, on_step) = step_bar("sample");
+    let clips = pipeline.sample_clips(&options, on_step)?;
+    bar.finish();
+    for (clip, path) in clips.iter().zip(&paths) {
+        write_clip(clip, path, format, args.spectrogram)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let audio: f64 = clips.iter().map(|c| c.duration_secs()).sum();
+    tracing::info!(
+        seconds,
+        real_time_factor = audio / seconds,
+        "sampled {} clips",
+        args.num
+    );
+    Ok(())
+}
+
+/// `diffuse inpaint audio`.
+#[derive(Args, Debug)]
+pub struct InpaintAudioArgs {
+    #[command(flatten)]
+    pub model: AudioModelArgs,
+    /// The recording (WAV, FLAC or AIFF; resampled and mixed to the model's rate and channels).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The part to regenerate, START:END in seconds (e.g. 0.5:0.8).
+    #[arg(long)]
+    pub gap: String,
+    /// Output WAV file (the whole recording with the gap filled).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// RePaint: resample each jump this many times (1 = plain replacement).
+    #[arg(long, default_value_t = 1)]
+    pub resample: usize,
+    /// RePaint: steps per jump back.
+    #[arg(long, default_value_t = 10)]
+    pub jump: usize,
+    /// Also write a spectrogram picture (.png) beside the output.
+    #[arg(long)]
+    pub spectrogram: bool,
+    /// WAV sample format: int16, int24, int32, float32 or int8.
+    #[arg(long, default_value = "int16")]
+    pub format: String,
+}
+
+/// Parse `START:END` seconds.
+pub fn parse_gap(text: &str) -> Result<(f64, f64)> {
+    let parse = |s: &str| s.trim().parse::<f64>().ok().filter(|v| v.is_finite());
+    match text.split_once(':') {
+        Some((a, b)) => match (parse(a), parse(b)) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => bail!("--gap: expected START:END in seconds (e.g. 0.5:0.8), got '{text}'"),
+        },
+        None => bail!("--gap: expected START:END in seconds (e.g. 0.5:0.8), got '{text}'"),
+    }
+}
+
+pub fn inpaint(args: InpaintAudioArgs) -> Result<()> {
+    check_wav_path(&args.out, "--out")?;
+    let gap = parse_gap(&args.gap)?;
+    let format: SampleFormat = args.format.parse().map_err(|e| anyhow!("--format: {e}"))?;
+    if args.resample == 0 || args.jump == 0 {
+        bail!("--resample and --jump must be at least 1");
+    }
+    let clip = read_audio(&args.input).map_err(|e| anyhow!("--input: {e}"))?;
+    let (pipeline, options) = args.model.load(1, None)?;
+    let clip = pipeline
+        .conform(&clip)
+        .map_err(|e| anyhow!("--input: {}: {e}", args.input.display()))?;
+    let resampling = (args.resample > 1).then_some(Resampling {
+        jump_length: args.jump,
+        jump_n_sample: args.resample,
+    });
+    let bar = progress_bar(0, "inpaint", "step");
+    let filled = pipeline.fill_gap(&clip, gap, resampling, &options, |i| {
+        bar.set_position(i as u64)
+    })?;
+    bar.finish();
+    write_clip(&filled[0], &args.out, format, args.spectrogram)
+}
+
+/// `diffuse eval audio`.
+#[derive(Args, Debug)]
+pub struct EvalAudioArgs {
+    #[command(flatten)]
+    pub model: AudioModelArgs,
+    /// Held-out data: speech, drums, a folder or a file (default: the model's training dataset; its validation split).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Generated clips (default: as many as the second held-out set has).
+    #[arg(long)]
+    pub num: Option<usize>,
+    /// Clips per model call (default: all at once).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn eval(args: EvalAudioArgs) -> Result<()> {
+    let (pipeline, mut options) = args.model.load(1, None)?;
+    let info = pipeline.info.clone();
+    let data = match args.data.clone().or(info.dataset.clone()) {
+        Some(d) => d,
+        None => bail!("--data: required (the model does not say what it was trained on)"),
+    };
+    let mut config = info.data.clone().unwrap_or_default();
+    config.sample_rate = info.sample_rate;
+    config.channels = info.channels;
+    config.clip_frames = info.clip_frames;
+    let held_out = AudioDataset::load(
+        &data,
+        Split::Validation,
+        &config,
+        &AudioDataset::default_datasets_dir(),
+    )
+    .map_err(|e| anyhow!("--data: {e}"))?;
+    let (reference, second) =
+        split_held_out(held_out.clips()).map_err(|e| anyhow!("--data: {data}: {e}"))?;
+    options.num = args.num.unwrap_or(second.size()[0] as usize);
+    options.batch_size = args.batch_size;
+    let started = Instant::now();
+    let (bar, on_step) = step_bar("sample");
+    let generated = pipeline.sample(&options, on_step)?;
+    bar.finish();
+    let report = log_mel_report(
+        &generated,
+        &reference,
+        &second,
+        info.sample_rate,
+        config_normalize(&info),
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        let map = value.as_object_mut().expect("an object");
+        map.insert("data".into(), data.clone().into());
+        map.insert("seed".into(), args.model.seed.into());
+        map.insert(
+            "sampler".into(),
+            options
+                .sampler
+                .name
+                .clone()
+                .unwrap_or_else(|| pipeline.scheduler.class_name().into())
+                .into(),
+        );
+        map.insert(
+            "steps".into(),
+            pipeline.sampler(&options.sampler)?.timesteps().len().into(),
+        );
+        map.insert("seconds".into(), seconds.into());
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "log-mel Fréchet distance to {} held-out clips of {data}: generated {:.3} ({} clips); bounds: white noise {:.3}, a second held-out set {:.3} ({} clips)",
+            report.reference_clips,
+            report.generated,
+            report.generated_clips,
+            report.white_noise,
+            report.held_out,
+            report.second_set_clips
+        );
+    }
+    Ok(())
+}
+
+fn config_normalize(info: &diffuse_audio::pipeline::AudioModelInfo) -> Option<&Normalize> {
+    info.data.as_ref().map(|d| &d.normalize)
+}

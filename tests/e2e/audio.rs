@@ -1,0 +1,430 @@
+//! The audio commands end to end on the committed speech fixture (ten spoken digits, 8 kHz):
+//! train a DiffWave and a UNet1d a few steps, resume exactly, sample WAV files (with
+//! spectrograms), fill a gap in a recording, evaluate the log-mel distance; one-line errors for
+//! bad input. WAV files are read and written by hand here, so these tests do not depend on the
+//! library they test.
+
+use diffuse_e2e::{assert_user_error, diffuse, read_safetensors, repo_root};
+use std::path::{Path, PathBuf};
+
+fn fixture() -> PathBuf {
+    repo_root().join("data/fixtures/speech-digits")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// (sample rate, channels, bits, interleaved integer samples) of a PCM WAV file.
+fn read_wav(path: &Path) -> (u32, u16, u16, Vec<i32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..4], b"RIFF", "{}", path.display());
+    assert_eq!(&bytes[8..12], b"WAVE");
+    let (mut pos, mut fmt, mut data) = (12, None, None);
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        let body = &bytes[pos + 8..(pos + 8 + len).min(bytes.len())];
+        match id {
+            b"fmt " => fmt = Some(body.to_vec()),
+            b"data" => data = Some(body.to_vec()),
+            _ => {}
+        }
+        pos += 8 + len + (len & 1);
+    }
+    let fmt = fmt.expect("fmt chunk");
+    let data = data.expect("data chunk");
+    let channels = u16::from_le_bytes([fmt[2], fmt[3]]);
+    let rate = u32::from_le_bytes(fmt[4..8].try_into().unwrap());
+    let bits = u16::from_le_bytes([fmt[14], fmt[15]]);
+    let samples = match bits {
+        16 => data
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]) as i32)
+            .collect(),
+        32 => data
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        other => panic!("{}: {other}-bit WAV", path.display()),
+    };
+    (rate, channels, bits, samples)
+}
+
+/// A 16-bit PCM WAV file.
+fn write_wav(path: &Path, rate: u32, channels: u16, samples: &[i16]) {
+    let data_len = (samples.len() * 2) as u32;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&channels.to_le_bytes());
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&(rate * channels as u32 * 2).to_le_bytes());
+    b.extend_from_slice(&(channels * 2).to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for v in samples {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// A DiffWave of 4 layers of width 8 on quarter-second clips at the fixture's 8 kHz, 6 steps
+/// unless `extra` says otherwise: each command takes seconds.
+fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "audio", "--data", data, "--out", out];
+    let defaults = [
+        ("--sample-rate", "8000"),
+        ("--seconds", "0.25"),
+        ("--residual-channels", "8"),
+        ("--residual-layers", "4"),
+        ("--dilation-cycle", "2"),
+        ("--steps", "6"),
+        ("--batch-size", "4"),
+        ("--warmup-steps", "2"),
+        ("--checkpoint-every", "3"),
+        ("--log-every", "1"),
+        ("--sample-every", "0"),
+        ("--sample-num", "2"),
+        ("--val-fraction", "0.4"),
+        ("--device", "cpu"),
+    ];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend_from_slice(&[flag, value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let r = diffuse(args, None);
+    assert!(r.success(), "{args:?}: {}", r.stderr);
+    r.stdout
+}
+
+#[test]
+fn diffwave_trains_resumes_samples_fills_a_gap_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture();
+    let run = tmp.path().join("run");
+    run_ok(&train_args(s(&data), s(&run), &[]));
+    for file in [
+        "run.json",
+        "metrics.jsonl",
+        "loss.png",
+        "samples/step-000000006.wav",
+        "samples/step-000000006.png",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/scheduler_config.json",
+        "model/diffuse.json",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing after training");
+    }
+    // The preview: two quarter-second clips a quarter second apart, at the speech's 8 kHz.
+    let (rate, channels, _, preview) = read_wav(&run.join("samples/step-000000006.wav"));
+    assert_eq!((rate, channels, preview.len()), (8000, 1, 6000));
+
+    // Interrupted at step 3 and resumed: the same weights as the uninterrupted run.
+    let run2 = tmp.path().join("run2");
+    let out = run_ok(&train_args(s(&data), s(&run2), &["--stop-after", "3"]));
+    assert!(out.contains("continue with --resume"), "{out}");
+    run_ok(&[
+        "train",
+        "audio",
+        "--out",
+        s(&run2),
+        "--resume",
+        "--device",
+        "cpu",
+    ]);
+    let weights = "model/model.safetensors";
+    let (a, b) = (
+        read_safetensors(&run.join(weights)),
+        read_safetensors(&run2.join(weights)),
+    );
+    assert_eq!(a.len(), b.len());
+    for (name, tensor) in &a {
+        assert!(b[name] == *tensor, "{name} differs after resume");
+    }
+
+    // Sampling: any length, seeded, one file per clip, spectrograms beside them.
+    let model = run.join("model");
+    let clip = tmp.path().join("clip.wav");
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "audio",
+            "--model",
+            s(&model),
+            "--num",
+            "2",
+            "--seconds",
+            "0.3",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+        ];
+        if !extra.contains(&"--sampler") {
+            args.extend_from_slice(&["--sampler", "diffwave-fast"]);
+        }
+        args.extend_from_slice(extra);
+        run_ok(&args)
+    };
+    let out = sample(&["--out", s(&clip), "--spectrogram"]);
+    assert!(
+        out.contains("clip-0.wav") && out.contains("clip-1.png"),
+        "{out}"
+    );
+    let first = std::fs::read(tmp.path().join("clip-0.wav")).unwrap();
+    let (rate, channels, bits, samples) = read_wav(&tmp.path().join("clip-0.wav"));
+    assert_eq!((rate, channels, bits, samples.len()), (8000, 1, 16, 2400));
+    assert!(samples.iter().any(|&v| v != 0));
+    let png = std::fs::read(tmp.path().join("clip-1.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    sample(&["--out", s(&clip)]);
+    assert_eq!(
+        std::fs::read(tmp.path().join("clip-0.wav")).unwrap(),
+        first,
+        "the same seed made a different clip"
+    );
+    let dir = tmp.path().join("clips");
+    sample(&[
+        "--out-dir",
+        s(&dir),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "10",
+        "--format",
+        "int32",
+    ]);
+    let (_, _, bits, samples) = read_wav(&dir.join("sample-00001.wav"));
+    assert_eq!((bits, samples.len()), (32, 2400));
+
+    // Filling a gap: the recording outside it comes back sample for sample.
+    let input = data.join("3.wav");
+    let filled = tmp.path().join("filled.wav");
+    run_ok(&[
+        "inpaint",
+        "audio",
+        "--model",
+        s(&model),
+        "--input",
+        s(&input),
+        "--gap",
+        "0.2:0.4",
+        "--out",
+        s(&filled),
+        "--sampler",
+        "diffwave-fast",
+        "--spectrogram",
+        "--device",
+        "cpu",
+    ]);
+    let (_, _, _, original) = read_wav(&input);
+    let (rate, _, _, result) = read_wav(&filled);
+    assert_eq!((rate, result.len()), (8000, original.len()));
+    assert_eq!(result[..1600], original[..1600]);
+    assert_eq!(result[3200..], original[3200..]);
+    assert_ne!(result[1600..3200], original[1600..3200]);
+    assert!(filled.with_extension("png").is_file());
+
+    // The log-mel distance between its bounds, on the held-out digits.
+    let out = run_ok(&[
+        "eval",
+        "audio",
+        "--model",
+        s(&model),
+        "--json",
+        "--sampler",
+        "diffwave-fast",
+        "--device",
+        "cpu",
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let get = |k: &str| {
+        report[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k}: {report}"))
+    };
+    assert!(get("generated").is_finite() && get("generated") >= 0.0);
+    assert!(
+        get("white_noise") > get("held_out"),
+        "white noise should be further from speech than other speech: {report}"
+    );
+    assert_eq!(report["reference_clips"], 2);
+    assert_eq!(report["second_set_clips"], 2);
+    assert_eq!(report["steps"], 6);
+}
+
+#[test]
+fn unet1d_trains_and_samples_stereo_at_another_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    run_ok(&[
+        "train",
+        "audio",
+        "--data",
+        s(&fixture()),
+        "--out",
+        s(&run),
+        "--network",
+        "unet1d",
+        "--block-out-channels",
+        "8,16",
+        "--down-factors",
+        "4",
+        "--layers-per-block",
+        "1",
+        "--channels",
+        "2",
+        "--sample-rate",
+        "16000",
+        "--seconds",
+        "0.1",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--sample-every",
+        "0",
+        "--sample-num",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    let clip = tmp.path().join("x.wav");
+    run_ok(&[
+        "sample",
+        "audio",
+        "--model",
+        s(&run),
+        "--seconds",
+        "0.123",
+        "--out",
+        s(&clip),
+        "--steps",
+        "4",
+        "--sampler",
+        "ddim",
+        "--device",
+        "cpu",
+    ]);
+    let (rate, channels, _, samples) = read_wav(&clip);
+    assert_eq!((rate, channels, samples.len()), (16000, 2, 2 * 1968));
+}
+
+#[test]
+fn bad_audio_inputs_are_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    run_ok(&train_args(s(&fixture()), s(&run), &["--steps", "1"]));
+    let model = run.join("model");
+    let inpaint = |input: &Path, gap: &str| {
+        diffuse(
+            &[
+                "inpaint",
+                "audio",
+                "--model",
+                s(&model),
+                "--input",
+                s(input),
+                "--gap",
+                gap,
+                "--out",
+                s(&tmp.path().join("o.wav")),
+                "--sampler",
+                "diffwave-fast",
+                "--device",
+                "cpu",
+            ],
+            None,
+        )
+    };
+    // A truncated WAV (its header promises more than the file holds).
+    let original = std::fs::read(fixture().join("3.wav")).unwrap();
+    let truncated = tmp.path().join("truncated.wav");
+    std::fs::write(&truncated, &original[..original.len() / 2 + 1]).unwrap();
+    assert_user_error(
+        &inpaint(&truncated, "0.1:0.2"),
+        &["--input", "truncated.wav"],
+    );
+    // Text named .wav.
+    let text = tmp.path().join("notes.wav");
+    std::fs::write(&text, "these are my notes, not audio").unwrap();
+    assert_user_error(&inpaint(&text, "0.1:0.2"), &["--input", "notes.wav"]);
+    // A zero-length clip.
+    let empty = tmp.path().join("empty.wav");
+    write_wav(&empty, 8000, 1, &[]);
+    assert_user_error(&inpaint(&empty, "0.1:0.2"), &["empty.wav", "no samples"]);
+    // A gap outside the clip, and one that is not START:END.
+    let input = fixture().join("3.wav");
+    assert_user_error(&inpaint(&input, "5:6"), &["--gap", "past the end"]);
+    assert_user_error(&inpaint(&input, "0.4:0.2"), &["--gap"]);
+    assert_user_error(&inpaint(&input, "half:way"), &["--gap", "START:END"]);
+    // A recording at a rate nothing is resampled from (a 1 MHz header).
+    let fast = tmp.path().join("fast.wav");
+    write_wav(&fast, 1_000_000, 1, &[100; 5000]);
+    assert_user_error(
+        &inpaint(&fast, "0.001:0.002"),
+        &["--input", "fast.wav", "Hz"],
+    );
+    // Output names and lengths.
+    let sample = |extra: &[&str]| {
+        let mut args = vec!["sample", "audio", "--model", s(&model), "--device", "cpu"];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    let wav = tmp.path().join("x.wav");
+    assert_user_error(&sample(&["--out", "x.mp3"]), &["--out", ".wav"]);
+    assert_user_error(
+        &sample(&["--out", s(&wav), "--seconds", "0"]),
+        &["--seconds"],
+    );
+    assert_user_error(&sample(&[]), &["--out"]);
+    assert_user_error(
+        &sample(&["--out", s(&wav), "--sampler", "fastest"]),
+        &["--sampler", "fastest"],
+    );
+    assert_user_error(
+        &sample(&["--out", s(&wav), "--format", "int12"]),
+        &["--format"],
+    );
+    assert!(!wav.exists(), "a failed command left a file");
+    // Training data and settings.
+    let train = |data: &Path, out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        diffuse(&train_args(s(data), s(&out), extra), None)
+    };
+    let empty_dir = tmp.path().join("nothing");
+    std::fs::create_dir(&empty_dir).unwrap();
+    assert_user_error(&train(&empty_dir, "r1", &[]), &["--data", "nothing"]);
+    std::fs::write(empty_dir.join("readme.txt"), "no audio here").unwrap();
+    assert_user_error(&train(&empty_dir, "r2", &[]), &["--data", "nothing"]);
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::copy(fixture().join("1.wav"), broken.join("1.wav")).unwrap();
+    std::fs::copy(&truncated, broken.join("2.wav")).unwrap();
+    assert_user_error(&train(&broken, "r3", &[]), &["--data", "2.wav"]);
+    assert_user_error(
+        &train(&fixture(), "r4", &["--sample-rate", "0"]),
+        &["--sample-rate"],
+    );
+    assert_user_error(
+        &train(&fixture(), "r5", &["--network", "wavenet"]),
+        &["--network", "wavenet"],
+    );
+    assert_user_error(
+        &train(&fixture(), "r6", &["--down-factors", "4"]),
+        &["--down-factors", "unet1d"],
+    );
+}
