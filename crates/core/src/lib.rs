@@ -11,9 +11,10 @@
 //! [`likelihood`] and [`vlb`] (the variational bound and bits/dim), and [`edm`] (Karras et al.'s
 //! preconditioning, loss and sampler), and [`toy`] (2-D data with known modes and a small MLP, for
 //! learning tests and benchmarks). [`categorical`] holds discrete-state diffusion over tokens (D3PM
-//! and MDLM: losses, likelihood bounds, samplers), beside the Gaussian code rather than inside it.
-//! Schedule maths runs in f64 on the CPU; tensors are made from it once. The Poisson process will
-//! sit beside these too.
+//! and MDLM: losses, likelihood bounds, samplers), and [`poisson`] count diffusion (JUMP's
+//! thinning and thickening, Blackout's binomial bridge, their bound and the earth mover's
+//! distance), each beside the Gaussian code rather than inside it. Schedule maths runs in f64 on
+//! the CPU; tensors are made from it once.
 
 pub mod categorical;
 pub mod denoiser;
@@ -23,6 +24,7 @@ pub mod guidance;
 mod json_float;
 pub mod likelihood;
 pub mod losses;
+pub mod poisson;
 pub mod prediction;
 pub mod sampler_choice;
 pub mod samplers;

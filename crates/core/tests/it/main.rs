@@ -33,3 +33,5 @@ pub fn floats(v: &serde_json::Value) -> Vec<f64> {
         .map(|x| x.as_f64().expect("a number"))
         .collect()
 }
+mod poisson;
+mod poisson_learning;
