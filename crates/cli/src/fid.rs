@@ -88,8 +88,12 @@ pub fn eval_fid(
         options
             .sampler
             .as_deref()
-            .unwrap_or(pipeline.scheduler.class_name()),
-        pipeline.sampler(&options)?.timesteps().len(),
+            .unwrap_or(if pipeline.info.process.is_some() {
+                "jump"
+            } else {
+                pipeline.scheduler.class_name()
+            }),
+        pipeline.sampling_steps(&options)?,
         args.sampler.seed
     );
     let mut json = serde_json::to_value(&report)?;

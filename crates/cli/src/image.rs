@@ -1,6 +1,7 @@
 //! `diffuse train|sample|inpaint|eval image`: the image commands, thin over `diffuse-image`.
 
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
+use crate::poisson::JumpArgs;
 use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar, LoopFlags};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -145,7 +146,7 @@ pub fn sample(args: SampleImageArgs) -> Result<()> {
     let device = device(&args.sampler.device)?;
     let pipeline = load_pipeline(&args.model, device)?;
     // Fail on bad sampler settings before the long part.
-    pipeline.sampler(&options)?;
+    pipeline.check_sample_options(&options)?;
     let started = Instant::now();
     let (bar, on_step) = step_bar("sample");
     let images = pipeline.sample(&options, on_step)?;
@@ -213,7 +214,7 @@ pub fn inpaint(args: InpaintImageArgs) -> Result<()> {
     let device = device(&args.sampler.device)?;
     let pipeline = load_pipeline(&args.model, device)?;
     let (channels, _, _) = pipeline.image_shape()?;
-    pipeline.sampler(&options)?;
+    pipeline.check_sample_options(&options)?;
     let bar = progress_bar(0, "inpaint", "step");
     let result = match (&args.image, &args.mask, &args.from, args.strength) {
         (Some(image), Some(mask), None, _) => {
@@ -306,6 +307,13 @@ pub struct TrainImageArgs {
     pub precision: String,
     #[command(flatten)]
     pub objective: ObjectiveArgs,
+    /// gaussian (noise added to pixels in [-1, 1]) or poisson (pixels as counts 0..255, thinned
+    /// and thickened: JUMP / Blackout; see the --thinning, --alpha-schedule, --logsnr-*, --lambda,
+    /// --jump-prediction and --jump-loss flags).
+    #[arg(long, default_value = "gaussian")]
+    pub process: String,
+    #[command(flatten)]
+    pub jump: JumpArgs,
     /// Condition on class labels (with label dropout, for guidance).
     #[arg(long)]
     pub class_conditional: bool,
@@ -455,6 +463,19 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
     // The schedule and objective.
     args.objective
         .apply(&mut config.scheduler, &mut config.objective)?;
+    match args.process.as_str() {
+        "gaussian" => {}
+        "poisson" => {
+            let mut jump = diffuse_image::poisson::image_jump_config();
+            args.jump.apply(
+                &mut jump,
+                args.objective.num_train_timesteps,
+                args.objective.beta_start,
+            )?;
+            config.process = Some(jump);
+        }
+        other => bail!("--process: unknown process '{other}' (expected gaussian or poisson)"),
+    }
     LoopFlags {
         steps: args.steps.unwrap_or(1000),
         grad_accum: args.grad_accum,
@@ -598,14 +619,20 @@ pub fn eval(args: EvalImageArgs) -> Result<()> {
                     .collect();
                 diffuse_tensor::manual_seed(args.sampler.seed);
                 let bpd = pipeline.bits_per_dim(batches, Some(n as u64), args.sampler.class)?;
-                let protocol = format!(
-                    "full {}-term variational bound, discretised Gaussian decoder, first {n} test images, seed {}",
-                    match &pipeline.scheduler {
-                        diffuse_core::scheduler_config::SchedulerConfig::Ddpm(c) => c.schedule.num_train_timesteps,
-                        _ => 0,
-                    },
-                    args.sampler.seed
-                );
+                let protocol = match &pipeline.info.process {
+                    Some(p) => format!(
+                        "full {}-term bound of binomial thinning on 8-bit pixel counts, first {n} test images, seed {}",
+                        p.num_train_timesteps, args.sampler.seed
+                    ),
+                    None => format!(
+                        "full {}-term variational bound, discretised Gaussian decoder, first {n} test images, seed {}",
+                        match &pipeline.scheduler {
+                            diffuse_core::scheduler_config::SchedulerConfig::Ddpm(c) => c.schedule.num_train_timesteps,
+                            _ => 0,
+                        },
+                        args.sampler.seed
+                    ),
+                };
                 if !args.json {
                     println!("bits/dim {bpd:.4} ({protocol})");
                 }

@@ -10,6 +10,7 @@ pub mod gaussian;
 pub mod image;
 pub mod inspect;
 pub mod measure;
+pub mod poisson;
 pub mod run_dir;
 pub mod text;
 

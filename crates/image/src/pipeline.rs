@@ -9,11 +9,13 @@
 //! libtorch's generator in diffusers' order, so a seeded CPU run reproduces `DDPMPipeline` /
 //! `DDIMPipeline` called with `generator=torch.manual_seed(seed)`.
 
+use crate::poisson::{count_sampler, from_counts, to_counts, UNetCounts};
 use crate::unet::{load_unet_weights, save_unet_weights, UNet2d, UNet2dConfig};
 use diffuse_core::denoiser::Denoiser;
 use diffuse_core::editing::{self, Resampling};
 use diffuse_core::guidance::ClassifierFreeGuidance;
 use diffuse_core::losses::ObjectiveConfig;
+use diffuse_core::poisson::{self, JumpConfig, JumpProcess};
 use diffuse_core::prediction::PredictionType;
 use diffuse_core::sampler_choice::SamplerChoice;
 pub use diffuse_core::sampler_choice::{
@@ -55,6 +57,9 @@ pub struct ImageModelInfo {
     pub objective: Option<ObjectiveConfig>,
     /// Optimiser steps it was trained for.
     pub steps: Option<u64>,
+    /// Set for a count-diffusion model (`--process poisson`): the thinning process it was trained
+    /// with. diffusers cannot sample such a model (its scheduler file is a placeholder).
+    pub process: Option<JumpConfig>,
 }
 
 /// How to sample.
@@ -270,9 +275,130 @@ impl ImagePipeline {
         })
     }
 
-    /// The sampler for `options` with its timesteps set.
+    /// The sampler for `options` with its timesteps set (Gaussian models only; see
+    /// [`Self::check_sample_options`] for a check that covers both kinds).
     pub fn sampler(&self, options: &SampleOptions) -> Result<Box<dyn Sampler>> {
+        if self.info.process.is_some() {
+            return Err(Error::InvalidArgument(
+                "this model diffuses pixel counts (--process poisson); it has no Gaussian sampler"
+                    .into(),
+            ));
+        }
         options.sampler_choice().build(&self.scheduler)
+    }
+
+    /// The count process of a `--process poisson` model (`None` for a Gaussian model).
+    pub fn jump_process(&self) -> Result<Option<JumpProcess>> {
+        self.info.process.clone().map(JumpProcess::new).transpose()
+    }
+
+    /// Check the sampling options against the model before any work is done.
+    pub fn check_sample_options(&self, options: &SampleOptions) -> Result<()> {
+        Self::check_num(options)?;
+        match self.jump_process()? {
+            None => self.sampler(options).map(|_| ()),
+            Some(process) => {
+                count_sampler(options.sampler.as_deref())?.check(&process)?;
+                if options.eta.is_some() || options.karras {
+                    return Err(Error::InvalidArgument(
+                        "--eta and --karras apply to Gaussian samplers; this model diffuses pixel                          counts"
+                            .into(),
+                    ));
+                }
+                self.count_steps(&process, options)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Model calls per sample: the sampler's timesteps, or the count sampler's steps.
+    pub fn sampling_steps(&self, options: &SampleOptions) -> Result<usize> {
+        match self.jump_process()? {
+            None => Ok(self.sampler(options)?.timesteps().len()),
+            Some(process) => self.count_steps(&process, options),
+        }
+    }
+
+    /// Count models sample with every training step unless told otherwise.
+    fn count_steps(&self, process: &JumpProcess, options: &SampleOptions) -> Result<usize> {
+        let steps = options.steps.unwrap_or(process.timesteps());
+        poisson::schedule::sampling_timesteps(process.timesteps(), steps)?;
+        Ok(steps)
+    }
+
+    /// The UNet as a count denoiser for `options` (class, guidance).
+    fn count_denoiser(&self, options: &SampleOptions, num: i64) -> Result<UNetCounts<'_>> {
+        if !(options.guidance.is_finite() && options.guidance >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "--guidance: must be a number >= 0, got {}",
+                options.guidance
+            )));
+        }
+        if options.guidance_rescale != 0.0 {
+            return Err(Error::InvalidArgument(
+                "--guidance-rescale: applies to Gaussian models only".into(),
+            ));
+        }
+        let labels = self.class_labels(options.class, num)?;
+        let unconditional = if options.guidance != 1.0 {
+            let Some(null) = self.info.null_class else {
+                return Err(Error::InvalidArgument(
+                    "--guidance: this model was not trained with a null class".into(),
+                ));
+            };
+            if options.class.is_none() {
+                return Err(Error::InvalidArgument(
+                    "--guidance needs --class (the class to guide towards)".into(),
+                ));
+            }
+            Some(Tensor::full([num], null, (Kind::Int64, self.device())))
+        } else {
+            None
+        };
+        Ok(UNetCounts {
+            unet: &self.unet,
+            class_labels: labels,
+            unconditional_labels: unconditional,
+            guidance: options.guidance,
+            train: false,
+        })
+    }
+
+    /// [`Self::sample`] for a count model.
+    fn sample_counts(
+        &self,
+        process: &JumpProcess,
+        options: &SampleOptions,
+        mut on_step: impl FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        let (c, h, w) = self.image_shape()?;
+        let sampler = count_sampler(options.sampler.as_deref())?;
+        let steps = self.count_steps(process, options)?;
+        if let Some(seed) = options.seed {
+            diffuse_tensor::manual_seed(seed);
+        }
+        let batch = options.batch_size.unwrap_or(options.num).min(options.num);
+        let chunks_total = options.num.div_ceil(batch);
+        let mut chunks = Vec::new();
+        let mut done = 0;
+        let mut chunk = 0;
+        while done < options.num {
+            let n = batch.min(options.num - done) as i64;
+            let model = self.count_denoiser(options, n)?;
+            let counts = poisson::sample::sample(
+                process,
+                &model,
+                &[n, c, h, w],
+                steps,
+                sampler,
+                self.device(),
+                |i, total| on_step(chunk * total + i, total * chunks_total),
+            )?;
+            chunks.push(from_counts(&counts.round()));
+            done += n as usize;
+            chunk += 1;
+        }
+        Ok(Tensor::cat(&chunks, 0))
     }
 
     /// Channels the sampler reads: with a learned variance only DDPM and DPM-Solver use the extra ones.
@@ -385,6 +511,9 @@ impl ImagePipeline {
         mut on_step: impl FnMut(usize, usize),
     ) -> Result<Tensor> {
         Self::check_num(options)?;
+        if let Some(process) = self.jump_process()? {
+            return self.sample_counts(&process, options, on_step);
+        }
         let (c, h, w) = self.image_shape()?;
         if let Some(seed) = options.seed {
             diffuse_tensor::manual_seed(seed);
@@ -441,6 +570,28 @@ impl ImagePipeline {
             diffuse_tensor::manual_seed(seed);
         }
         let n = options.num as i64;
+        if let Some(process) = self.jump_process()? {
+            if resampling.is_some() {
+                return Err(Error::InvalidArgument(
+                    "--resample: RePaint's resampling is for Gaussian models; a count model's \
+                     known pixels already follow their exact path"
+                        .into(),
+                ));
+            }
+            let known = to_counts(&image.to(self.device()).expand([n, c, h, w], false));
+            let mask = mask.to(self.device()).to_kind(Kind::Float);
+            let model = self.count_denoiser(options, n)?;
+            let counts = poisson::sample::inpaint(
+                &process,
+                &model,
+                &known,
+                &mask,
+                self.count_steps(&process, options)?,
+                count_sampler(options.sampler.as_deref())?,
+                |i, _| on_step(i),
+            )?;
+            return Ok(from_counts(&counts.round()));
+        }
         let learned = self.learned_sampler(options)?;
         let mut sampler = self.sampler(options)?;
         let known = image
@@ -486,6 +637,20 @@ impl ImagePipeline {
             diffuse_tensor::manual_seed(seed);
         }
         let n = options.num as i64;
+        if let Some(process) = self.jump_process()? {
+            let x0 = to_counts(&image.to(self.device()).expand([n, c, h, w], false));
+            let model = self.count_denoiser(options, n)?;
+            let counts = poisson::sample::edit(
+                &process,
+                &model,
+                &x0,
+                strength,
+                self.count_steps(&process, options)?,
+                count_sampler(options.sampler.as_deref())?,
+                |i, _| on_step(i),
+            )?;
+            return Ok(from_counts(&counts.round()));
+        }
         let learned = self.learned_sampler(options)?;
         let mut sampler = self.sampler(options)?;
         let x0 = image
@@ -526,6 +691,9 @@ impl ImagePipeline {
         total_examples: Option<u64>,
         class: Option<i64>,
     ) -> Result<f64> {
+        if let Some(process) = self.jump_process()? {
+            return self.count_bits_per_dim(&process, batches, total_examples, class);
+        }
         let schedule = match &self.scheduler {
             SchedulerConfig::Ddpm(c) => diffuse_core::schedule::NoiseSchedule::new(&c.schedule)?,
             other => {
@@ -558,6 +726,52 @@ impl ImagePipeline {
                 variance,
             )
         })
+    }
+}
+
+impl ImagePipeline {
+    /// [`Self::bits_per_dim`] of a count model: the exact bound of binomial thinning on the 8-bit
+    /// counts (the same units as the Gaussian bound on the same images).
+    fn count_bits_per_dim(
+        &self,
+        process: &JumpProcess,
+        batches: impl IntoIterator<Item = Tensor>,
+        total_examples: Option<u64>,
+        class: Option<i64>,
+    ) -> Result<f64> {
+        let t = process.timesteps() as u64;
+        let bar = diffuse_tensor::progress::progress_bar(
+            total_examples.map_or(0, |n| n * t),
+            "bits/dim",
+            "term",
+        );
+        let (mut sum, mut count) = (0.0, 0usize);
+        for batch in batches {
+            let n = batch.size()[0];
+            let options = SampleOptions {
+                class,
+                ..SampleOptions::default()
+            };
+            let model = self.count_denoiser(&options, n)?;
+            let counts = to_counts(&batch.to(self.device()));
+            let bpd = tch::no_grad(|| {
+                poisson::likelihood::bits_per_dim(process, &model, &counts, |_| bar.inc(n as u64))
+            })?;
+            let values = Vec::<f64>::try_from(bpd.to_kind(Kind::Double)).expect("bits/dim");
+            sum += values.iter().sum::<f64>();
+            count += values.len();
+            bar.set_message(format!(
+                "{:.4} bits/dim over {count} examples",
+                sum / count as f64
+            ));
+        }
+        bar.finish();
+        if count == 0 {
+            return Err(Error::InvalidArgument(
+                "bits/dim of an empty dataset".into(),
+            ));
+        }
+        Ok(sum / count as f64)
     }
 }
 

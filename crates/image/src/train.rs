@@ -7,9 +7,11 @@
 use crate::data::{ImageDataset, Prefetcher, Split};
 use crate::io::save_grid;
 use crate::pipeline::{ImageModelInfo, ImagePipeline, SampleOptions, UNetDenoiser};
+use crate::poisson::{to_counts, UNetCounts};
 use crate::unet::{SampleSize, UNet2d, UNet2dConfig};
 use diffuse_core::guidance::drop_labels;
 use diffuse_core::losses::{LearnedVariance, Objective, ObjectiveConfig};
+use diffuse_core::poisson::{JumpConfig, JumpProcess};
 use diffuse_core::samplers::ddpm::{DdpmConfig, VarianceType};
 use diffuse_core::schedule::NoiseSchedule;
 use diffuse_core::scheduler_config::SchedulerConfig;
@@ -52,8 +54,12 @@ pub struct ImageTrainConfig {
     pub sample_every: u64,
     /// Images in each grid.
     pub sample_num: usize,
-    /// DDIM steps for each grid.
+    /// DDIM steps for each grid (count models: thickening steps).
     pub sample_steps: usize,
+    /// Count diffusion (`--process poisson`): pixels are counts 0..255, thinned and thickened
+    /// instead of noised; `None` is Gaussian diffusion. A `signal_mean` of 0 is filled in from the
+    /// training data when the run starts.
+    pub process: Option<JumpConfig>,
 }
 
 impl Default for ImageTrainConfig {
@@ -73,6 +79,7 @@ impl Default for ImageTrainConfig {
             sample_every: 500,
             sample_num: 16,
             sample_steps: 50,
+            process: None,
         }
     }
 }
@@ -152,6 +159,8 @@ struct ImageTask<'a> {
     config: &'a ImageTrainConfig,
     unet: &'a UNet2d,
     objective: Objective,
+    /// Set for count diffusion (then `objective` is unused).
+    process: Option<JumpProcess>,
     prefetcher: Prefetcher,
     device: Device,
     null_class: Option<i64>,
@@ -166,7 +175,8 @@ impl ImageTask<'_> {
         trainer.copy_averaged_weights_to(&self.preview.vs);
         let options = SampleOptions {
             num: self.config.sample_num,
-            sampler: Some("ddim".into()),
+            // Count models have their own sampler (the pipeline's default for them).
+            sampler: self.process.is_none().then(|| "ddim".to_string()),
             steps: Some(self.config.sample_steps),
             seed: Some(self.config.train.seed),
             class: None,
@@ -222,6 +232,16 @@ impl TrainTask for ImageTask<'_> {
             )),
             _ => None,
         };
+        if let Some(process) = &self.process {
+            let model = UNetCounts {
+                unet: self.unet,
+                class_labels: labels,
+                unconditional_labels: None,
+                guidance: 1.0,
+                train: true,
+            };
+            return Ok(process.loss(&model, &to_counts(&x0)));
+        }
         let model = UNetDenoiser {
             unet: self.unet,
             prediction_type: self.config.objective.prediction_type,
@@ -267,6 +287,20 @@ pub fn train_image_model(
         );
     }
     complete_unet_config(&mut config, &data)?;
+    if let Some(process) = &mut config.process {
+        if config.objective.learned_variance.is_some() {
+            return Err(Error::InvalidArgument(
+                "--objective hybrid: a learned variance is for Gaussian diffusion, not \
+                 --process poisson"
+                    .into(),
+            ));
+        }
+        crate::poisson::check_image_config(process)?;
+        if process.signal_mean <= 0.0 {
+            process.signal_mean = mean_pixel_count(&data);
+        }
+    }
+    let process = config.process.clone().map(JumpProcess::new).transpose()?;
     if !(0.0..1.0).contains(&config.label_dropout) {
         return Err(Error::InvalidArgument(format!(
             "--label-dropout: must lie in [0, 1), got {}",
@@ -297,8 +331,9 @@ pub fn train_image_model(
         class_names: data.class_names().map(|n| n.to_vec()),
         null_class,
         dataset: Some(config.data.clone()),
-        objective: Some(config.objective.clone()),
+        objective: config.process.is_none().then(|| config.objective.clone()),
         steps: Some(config.train.steps),
+        process: config.process.clone(),
     };
     let preview = ImagePipeline::new(
         &config.unet,
@@ -310,6 +345,7 @@ pub fn train_image_model(
         config: &config,
         unet: &unet,
         objective,
+        process,
         prefetcher,
         device,
         null_class,
@@ -335,6 +371,20 @@ pub fn train_image_model(
         },
     )?;
     Ok(ImageTrainOutcome { summary, model_dir })
+}
+
+/// The mean pixel count 0..255 of (up to 10,000 of) the images: the data mean m that sets a count
+/// model's log-SNR endpoints.
+pub fn mean_pixel_count(data: &ImageDataset) -> f64 {
+    let n = data.len().min(10_000);
+    let idx: Vec<usize> = (0..n).collect();
+    let mut sum = 0.0;
+    for chunk in idx.chunks(1000) {
+        let (x, _) = data.batch(chunk, false, Device::Cpu);
+        sum += to_counts(&x).sum(tch::Kind::Double).double_value(&[]) / x.numel() as f64
+            * chunk.len() as f64;
+    }
+    (sum / n.max(1) as f64).max(1e-3)
 }
 
 /// The hybrid objective (learned variance, L_simple + 0.001 L_vlb; Nichol & Dhariwal 2021).

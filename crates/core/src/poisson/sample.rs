@@ -173,3 +173,41 @@ pub fn inpaint(
     // z_0 / lambda is a noisy copy, so put the known values back.
     Ok(&known * &mask + out * (1.0 - &mask))
 }
+
+/// SDEdit for counts: thin `x0` (data units) to step round(strength T) and thicken it back with
+/// `steps` steps spread over that part of the chain (at least one). `strength` in [0, 1]; 0
+/// returns `x0` unchanged.
+pub fn edit(
+    process: &JumpProcess,
+    model: &dyn CountDenoiser,
+    x0: &Tensor,
+    strength: f64,
+    steps: usize,
+    sampler: JumpSampler,
+    mut on_step: impl FnMut(usize, usize),
+) -> Result<Tensor> {
+    sampler.check(process)?;
+    process.check_data(x0)?;
+    if !(0.0..=1.0).contains(&strength) {
+        return Err(Error::InvalidArgument(format!(
+            "--strength: must lie in [0, 1], got {strength}"
+        )));
+    }
+    let start = (strength * process.timesteps() as f64).round() as usize;
+    if start == 0 {
+        return Ok(as_float(x0));
+    }
+    let steps = ((steps as f64 * strength).round() as usize).clamp(1, start);
+    let ts = sampling_timesteps(start, steps)?;
+    let batch = x0.size()[0] as usize;
+    let mut z = process.q_sample(x0, &vec![start; batch]);
+    tch::no_grad(|| {
+        for (i, &t) in ts.iter().enumerate() {
+            let s = ts.get(i + 1).copied().unwrap_or(0);
+            let x0_hat = process.estimate_x0(model, &z, t);
+            z = reverse_step(process, sampler, &z, &x0_hat, t, s);
+            on_step(i + 1, ts.len());
+        }
+    });
+    Ok(to_data(process, &z))
+}

@@ -1,0 +1,3 @@
+fn main() {
+    diffuse_build::link_libtorch();
+}

@@ -1,0 +1,3 @@
+//! Integration tests of diffuse-counts.
+
+mod data;
