@@ -2,6 +2,7 @@
 //! command; inputs are made inside the test (no network, no datasets).
 
 mod audio;
+mod counts;
 mod doctor;
 mod image;
 mod inspect;

@@ -6,6 +6,7 @@
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use diffuse_core::losses::{LearnedVariance, ObjectiveConfig, TimestepSampling, Weighting};
+use diffuse_core::poisson::JumpSampler;
 use diffuse_core::prediction::PredictionType;
 use diffuse_core::sampler_choice::{SamplerChoice, SAMPLER_NAMES};
 use diffuse_core::samplers::ddpm::DdpmConfig;
@@ -14,7 +15,7 @@ use diffuse_core::schedule::BetaSchedule;
 /// Which sampler, how many steps.
 #[derive(Args, Clone, Debug)]
 pub struct SamplerChoiceArgs {
-    /// Sampler: ddpm, ddim, euler, euler-ancestral, heun, dpm++2m, dpm++3m, sde-dpm++2m or diffwave-fast (default: the model's scheduler).
+    /// Sampler: ddpm, ddim, euler, euler-ancestral, heun, dpm++2m, dpm++3m, sde-dpm++2m or diffwave-fast (default: the model's scheduler); count models (--process poisson): jump (default) or blackout.
     #[arg(long)]
     pub sampler: Option<String>,
     /// Inference steps (default: every training step for ddpm (at most 1000), 6 for diffwave-fast, 50 otherwise).
@@ -32,10 +33,13 @@ impl SamplerChoiceArgs {
     /// The choice, with an unknown sampler name refused before any model is loaded.
     pub fn choice(&self) -> Result<SamplerChoice> {
         if let Some(name) = &self.sampler {
-            if !SAMPLER_NAMES.contains(&name.as_str()) {
+            if !SAMPLER_NAMES.contains(&name.as_str())
+                && !JumpSampler::NAMES.contains(&name.as_str())
+            {
                 bail!(
-                    "--sampler: unknown sampler '{name}' (expected one of {})",
-                    SAMPLER_NAMES.join(", ")
+                    "--sampler: unknown sampler '{name}' (expected one of {}; for count models {})",
+                    SAMPLER_NAMES.join(", "),
+                    JumpSampler::NAMES.join(" or ")
                 );
             }
         }

@@ -2,10 +2,10 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use diffuse_cli::{audio, doctor, fid, image, init_logging, inspect, report, text};
+use diffuse_cli::{audio, counts, doctor, fid, image, init_logging, inspect, report, text};
 use std::path::PathBuf;
 
-/// Train diffusion models and sample images, audio and text with them, on libtorch.
+/// Train diffusion models and sample images, audio, text and count vectors with them, on libtorch.
 #[derive(Parser)]
 #[command(name = "diffuse", version, about, long_about = None)]
 struct Cli {
@@ -61,6 +61,8 @@ enum TrainCommand {
     Text(Box<text::TrainTextArgs>),
     /// Train an audio model (DiffWave-style or UNet1d) on speech, drums or a folder of clips.
     Audio(Box<audio::TrainAudioArgs>),
+    /// Train a count model (JUMP / Blackout count diffusion) on a CSV or .npy table of counts.
+    Counts(Box<counts::TrainCountsArgs>),
 }
 
 #[derive(Subcommand)]
@@ -71,6 +73,8 @@ enum SampleCommand {
     Text(text::SampleTextArgs),
     /// Sample audio clips into WAV files (and spectrogram pictures).
     Audio(audio::SampleAudioArgs),
+    /// Sample count vectors into a CSV/TSV/.npy table (optionally with some columns given).
+    Counts(counts::SampleCountsArgs),
 }
 
 #[derive(Subcommand)]
@@ -89,6 +93,8 @@ enum EvalCommand {
     Text(text::EvalTextArgs),
     /// Log-mel Fréchet distance of generated clips to held-out ones, between two bounds.
     Audio(audio::EvalAudioArgs),
+    /// Earth mover's distance of generated count columns to held-out data, and bits/dim.
+    Counts(counts::EvalCountsArgs),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -100,16 +106,19 @@ fn run(cli: Cli) -> Result<()> {
             TrainCommand::Classifier(args) => fid::train(args),
             TrainCommand::Text(args) => text::train(*args),
             TrainCommand::Audio(args) => audio::train(*args),
+            TrainCommand::Counts(args) => counts::train(*args),
         },
         Command::TrainTokenizer(args) => text::train_tokenizer(args),
         Command::Sample(SampleCommand::Image(args)) => image::sample(args),
         Command::Sample(SampleCommand::Text(args)) => text::sample(args),
         Command::Sample(SampleCommand::Audio(args)) => audio::sample(args),
+        Command::Sample(SampleCommand::Counts(args)) => counts::sample(args),
         Command::Inpaint(InpaintCommand::Audio(args)) => audio::inpaint(args),
         Command::Inpaint(InpaintCommand::Image(args)) => image::inpaint(args),
         Command::Eval(EvalCommand::Image(args)) => image::eval(args),
         Command::Eval(EvalCommand::Text(args)) => text::eval(args),
         Command::Eval(EvalCommand::Audio(args)) => audio::eval(args),
+        Command::Eval(EvalCommand::Counts(args)) => counts::eval(args),
     }
 }
 

@@ -55,7 +55,7 @@ impl JumpPrediction {
             "eps" | "epsilon" => Ok(JumpPrediction::Eps),
             "deaths" => Ok(JumpPrediction::Deaths),
             other => Err(Error::InvalidArgument(format!(
-                "--prediction-type: unknown parameterisation {other:?} for count diffusion; \
+                "--jump-prediction: unknown parameterisation {other:?} for count diffusion; \
                  expected one of {}",
                 Self::NAMES.join(", ")
             ))),
@@ -83,7 +83,7 @@ impl JumpLoss {
             "kl" => Ok(JumpLoss::Kl),
             "kl-simple" => Ok(JumpLoss::KlSimple),
             other => Err(Error::InvalidArgument(format!(
-                "--loss: unknown count-diffusion loss {other:?}; expected one of {}",
+                "--jump-loss: unknown count-diffusion loss {other:?}; expected one of {}",
                 Self::NAMES.join(", ")
             ))),
         }
@@ -169,7 +169,7 @@ impl JumpProcess {
         }
         if c.prediction == JumpPrediction::Deaths && c.thinning != Thinning::Binomial {
             return Err(Error::InvalidArgument(
-                "--prediction-type deaths: needs --thinning binomial (under Poisson thinning \
+                "--jump-prediction deaths: needs --thinning binomial (under Poisson thinning \
                  the removed units are not a count of the data)"
                     .into(),
             ));
