@@ -1,3 +1,4 @@
 //! Integration tests of diffuse-counts.
 
 mod data;
+mod learning;
