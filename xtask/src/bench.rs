@@ -58,6 +58,10 @@ pub const BENCHES: &[Bench] = &[
         name: "audio",
         description: "DiffWave (default config) vs the same network in PyTorch: train step, 1 s of 16 kHz audio in 6 (DiffWave fast), 50 and 200 (DDPM) steps with real-time factors, UNet1d train step, peak memory",
     },
+    Bench {
+        name: "poisson",
+        description: "MNIST pixel counts: count diffusion vs Gaussian diffusion on the bundled MNIST UNet after the same training time (DIFFUSE_BENCH_SECONDS per process, default 300): classifier-Fréchet of 500 samples in 50 steps, bits/dim, sampling time",
+    },
 ];
 
 /// The pip requirements of the Python reference environment; torch is not among them (setup's is reused).
