@@ -77,6 +77,11 @@ pub fn compile_libtorch_cpp(lib_name: &str, sources: &[&str]) {
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={cxx11_abi}"));
+    // Code that calls into libtorch_cuda (NCCL) is compiled only when this libtorch has it, so a
+    // CPU-only libtorch still links.
+    if root.join("lib").join("libtorch_cuda.so").exists() {
+        build.define("DIFFUSE_HAVE_TORCH_CUDA", None);
+    }
     for source in sources {
         println!("cargo:rerun-if-changed={source}");
         build.file(source);

@@ -6,7 +6,8 @@
 //! ([`optim`]), learning-rate schedules ([`lr`]), gradient clipping ([`grad`]), resumable data
 //! order ([`data`]), progress bars and JSONL metrics, and the generic loop ([`train`]) that ties
 //! them together with checkpoints and bit-for-bit resume. Precision ([`precision`]) covers
-//! bf16/f16 autocast on CUDA.
+//! bf16/f16 autocast on CUDA, and [`dist`] data-parallel training over several processes on
+//! libtorch's c10d (Gloo on CPU, NCCL on CUDA).
 //!
 //! Errors that a user can cause (files, flags, configs) are [`Error`] values; tensor-shape misuse
 //! is a programming error and panics, as tch itself does.
@@ -14,6 +15,7 @@
 pub mod atomic;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod ema;
 mod error;
 pub mod ffi;
