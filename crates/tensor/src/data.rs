@@ -14,16 +14,19 @@ pub struct EpochSampler {
 
 impl EpochSampler {
     /// Panics if `len` or `batch_size` is zero (a programming error; validate user input first).
+    /// In a multi-process run ([`crate::dist::current`]) the sampler is this rank's shard: the
+    /// global batch is `batch_size` times the number of ranks.
     pub fn new(len: usize, batch_size: usize, seed: u64) -> Self {
         assert!(
             len > 0 && batch_size > 0,
             "EpochSampler needs examples and a batch size"
         );
+        let shard = crate::dist::current().map_or((0, 1), |g| (g.rank(), g.world_size()));
         EpochSampler {
             len,
             batch_size,
             seed,
-            shard: (0, 1),
+            shard,
         }
     }
 

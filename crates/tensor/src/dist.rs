@@ -501,12 +501,10 @@ impl PendingReduce<'_> {
     pub fn wait(self) -> Result<()> {
         let mut err = err_buf();
         let rc = unsafe { diffuse_dist_work_wait(self.work, err.as_mut_ptr().cast(), ERR_LEN) };
+        let group = self.group;
         std::mem::forget(self);
         if rc != 0 {
-            return Err(Error::Device(format!(
-                "all-reduce failed ({})",
-                err_text(&err)
-            )));
+            return Err(group.failed("all-reduce", err_text(&err)));
         }
         Ok(())
     }

@@ -147,6 +147,11 @@ impl Ema {
         });
     }
 
+    /// Set the number of updates so far (when the average is copied from another process).
+    pub fn set_optimization_step(&mut self, step: u64) {
+        self.optimization_step = step;
+    }
+
     /// The averaged tensors by name.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.shadow

@@ -98,6 +98,20 @@ impl AdamW {
         self.step
     }
 
+    /// Every moment tensor (exp_avg, exp_avg_sq per parameter, in a fixed order), for copying
+    /// the state between processes.
+    pub fn state_tensors(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .flat_map(|p| [p.exp_avg.shallow_clone(), p.exp_avg_sq.shallow_clone()])
+            .collect()
+    }
+
+    /// Set the number of steps taken (with [`AdamW::state_tensors`], to copy a state).
+    pub fn set_step_count(&mut self, step: u64) {
+        self.step = step;
+    }
+
     /// The trainable tensors this optimiser updates.
     pub fn parameters(&self) -> impl Iterator<Item = &Tensor> {
         self.params.iter().map(|p| &p.param)

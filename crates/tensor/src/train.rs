@@ -9,8 +9,17 @@
 //!
 //! Randomness comes from libtorch's process-global generator, reseeded before every
 //! micro-batch: run one trainer per process (or serialise them) for reproducible results.
+//!
+//! In a multi-process run (a [`crate::dist`] process group is set) the same loop is
+//! data-parallel: at the start every rank takes rank 0's weights, optimiser state, EMA and step
+//! (so `resume` reads files on rank 0 only, and works with any number of ranks); each micro-batch
+//! draws its noise from a seed that also depends on the rank; after the backward passes the
+//! gradients are averaged over the ranks by bucketed all-reduce, so every rank takes the same
+//! step; and only rank 0 writes metrics, checkpoints and previews ([`TrainTask::after_step`]
+//! runs on rank 0 only). A non-finite loss on any rank stops every rank at the same step.
 
 use crate::atomic::{sync_parent, write_json_atomic};
+use crate::dist::ProcessGroup;
 use crate::ema::{Ema, EmaConfig};
 use crate::lr::{LrSchedule, LrScheduleKind};
 use crate::metrics::{truncate_after_step, MetricsWriter};
@@ -146,7 +155,14 @@ pub struct Trainer<'a> {
     schedule: LrSchedule,
     step: u64,
     last_checkpoint: Option<PathBuf>,
+    /// The process group of a multi-process run.
+    dist: Option<&'static ProcessGroup>,
+    /// Whether this rank already took rank 0's state.
+    synced: bool,
 }
+
+/// Bucket size of the gradient all-reduce (PyTorch DDP's default).
+const BUCKET_BYTES: usize = 25 << 20;
 
 const CHECKPOINTS: &str = "checkpoints";
 const TRAINER_JSON: &str = "trainer.json";
@@ -167,7 +183,10 @@ impl<'a> Trainer<'a> {
     pub fn new(vs: &'a VarStore, config: TrainConfig, run_dir: &Path) -> Result<Self> {
         config.validate()?;
         config.precision.check_device(vs.device())?;
-        fs::create_dir_all(run_dir.join(CHECKPOINTS)).map_err(|e| Error::io(run_dir, e))?;
+        let dist = crate::dist::current().filter(|g| g.world_size() > 1);
+        if dist.is_none_or(|g| g.is_main()) {
+            fs::create_dir_all(run_dir.join(CHECKPOINTS)).map_err(|e| Error::io(run_dir, e))?;
+        }
         let optimizer = AdamW::new(vs, config.optimizer.clone())?;
         let ema = config.ema.clone().map(|c| Ema::new(vs, c)).transpose()?;
         let schedule = LrSchedule {
@@ -184,7 +203,47 @@ impl<'a> Trainer<'a> {
             schedule,
             step: 0,
             last_checkpoint: None,
+            dist,
+            synced: false,
         })
+    }
+
+    /// Whether this process writes the run's files (rank 0, or a single-process run).
+    pub fn is_main(&self) -> bool {
+        self.dist.is_none_or(|g| g.is_main())
+    }
+
+    /// Make every rank's weights, optimiser state, EMA and step rank 0's.
+    fn sync_from_main(&mut self, group: &ProcessGroup) -> Result<()> {
+        let steps = group.all_reduce_values(&[
+            if group.is_main() {
+                self.step as f64
+            } else {
+                0.0
+            },
+            if group.is_main() {
+                self.ema
+                    .as_ref()
+                    .map_or(0.0, |e| e.optimization_step() as f64)
+            } else {
+                0.0
+            },
+        ])?;
+        let mut names: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors: Vec<Tensor> = names.into_iter().map(|(_, t)| t).collect();
+        tensors.extend(self.optimizer.state_tensors());
+        if let Some(ema) = &self.ema {
+            tensors.extend(ema.tensors().into_iter().map(|(_, t)| t));
+        }
+        group.broadcast_tensors(&mut tensors, BUCKET_BYTES)?;
+        self.step = steps[0] as u64;
+        self.optimizer.set_step_count(self.step);
+        if let Some(ema) = &mut self.ema {
+            ema.set_optimization_step(steps[1] as u64);
+        }
+        tracing::info!(rank = group.rank(), step = self.step, "took rank 0's state");
+        Ok(())
     }
 
     pub fn config(&self) -> &TrainConfig {
@@ -253,6 +312,10 @@ impl<'a> Trainer<'a> {
     /// one of this run. Restores weights, optimiser, EMA and step, and drops metrics logged
     /// after that checkpoint. Returns the step resumed at.
     pub fn resume(&mut self, from: Option<&Path>) -> Result<u64> {
+        if !self.is_main() {
+            // Rank 0 reads the checkpoint; this rank takes its state when the loop starts.
+            return Ok(self.step);
+        }
         let dir = match from {
             Some(dir) => dir.to_path_buf(),
             None => Self::checkpoints(&self.run_dir)?
@@ -323,6 +386,10 @@ impl<'a> Trainer<'a> {
         export: impl FnOnce(&mut T, &Trainer<'_>) -> Result<PathBuf>,
     ) -> Result<(TrainSummary, Option<PathBuf>)> {
         let summary = self.run_until(task, until)?;
+        if !self.is_main() {
+            // Rank 0 writes the loss curve, the previews and the model.
+            return Ok((summary, None));
+        }
         crate::plot::write_loss_curve(&self.run_dir)?;
         let steps = self.config.steps;
         if summary.steps_done < steps {
@@ -339,10 +406,26 @@ impl<'a> Trainer<'a> {
     /// Train until `until` steps are done (capped at the configured total), then return without
     /// a final checkpoint unless one falls due. The LR schedule still spans the configured total.
     pub fn run_until(&mut self, task: &mut dyn TrainTask, until: u64) -> Result<TrainSummary> {
+        if let (Some(group), false) = (self.dist, self.synced) {
+            self.sync_from_main(group)?;
+            self.synced = true;
+        }
         let until = until.min(self.config.steps);
-        write_json_atomic(&self.run_dir.join("train_config.json"), &self.config)?;
-        let mut metrics = MetricsWriter::open(&self.run_dir.join(METRICS_FILE))?;
-        let bar = progress::progress_bar(self.config.steps, "train", "step");
+        let main = self.is_main();
+        let (rank, world) = self
+            .dist
+            .map_or((0, 1), |g| (g.rank() as u64, g.world_size() as u64));
+        let mut metrics = if main {
+            write_json_atomic(&self.run_dir.join("train_config.json"), &self.config)?;
+            Some(MetricsWriter::open(&self.run_dir.join(METRICS_FILE))?)
+        } else {
+            None
+        };
+        let bar = if main {
+            progress::progress_bar(self.config.steps, "train", "step")
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         bar.set_position(self.step);
         bar.reset_eta();
         let device = self.vs.device();
@@ -355,10 +438,12 @@ impl<'a> Trainer<'a> {
             let number = index + 1;
             self.optimizer.zero_grad();
             let mut loss_sum = 0.0;
+            let mut bad_loss = None;
             for micro in 0..self.config.grad_accum {
+                // With one process this is the single-process seed; each rank draws its own.
                 manual_seed(derive_seed(
                     self.config.seed,
-                    index * self.config.grad_accum + micro,
+                    (index * self.config.grad_accum + micro) * world + rank,
                 ));
                 let loss = self
                     .config
@@ -366,15 +451,34 @@ impl<'a> Trainer<'a> {
                     .autocast(device, || task.loss(index, micro))?;
                 let value = loss.double_value(&[]);
                 if !value.is_finite() {
-                    bar.abandon();
-                    return Err(Error::NonFinite {
-                        what: "loss".into(),
-                        step: number,
-                        value,
-                    });
+                    if self.dist.is_none() {
+                        bar.abandon();
+                        return Err(Error::NonFinite {
+                            what: "loss".into(),
+                            step: number,
+                            value,
+                        });
+                    }
+                    // Every rank must reach the same decision: report it after the all-reduce.
+                    bad_loss = Some(value);
+                    continue;
                 }
                 (loss / self.config.grad_accum as f64).backward();
                 loss_sum += value;
+            }
+            if let Some(group) = self.dist {
+                let totals =
+                    group.all_reduce_values(&[loss_sum, bad_loss.is_some() as u8 as f64])?;
+                if totals[1] > 0.0 {
+                    bar.abandon();
+                    return Err(Error::NonFinite {
+                        what: format!("loss (on {} of {} ranks)", totals[1], world),
+                        step: number,
+                        value: bad_loss.unwrap_or(f64::NAN),
+                    });
+                }
+                loss_sum = totals[0] / world as f64;
+                self.average_gradients(group)?;
             }
             let grad_norm = match self.config.max_grad_norm {
                 Some(max) => {
@@ -406,7 +510,10 @@ impl<'a> Trainer<'a> {
                 grad_norm,
                 ema_decay,
             };
-            if number % self.config.log_every == 0 || number == until {
+            if let (Some(metrics), true) = (
+                metrics.as_mut(),
+                number % self.config.log_every == 0 || number == until,
+            ) {
                 let elapsed = started.elapsed().as_secs_f64();
                 let rate = (number - first_step) as f64 / elapsed.max(1e-9);
                 let mean = window_loss / window_len as f64;
@@ -424,10 +531,12 @@ impl<'a> Trainer<'a> {
                 (window_loss, window_len) = (0.0, 0);
             }
             bar.set_position(number);
-            task.after_step(&report, self)?;
+            if main {
+                task.after_step(&report, self)?;
+            }
             let due =
                 self.config.checkpoint_every > 0 && number % self.config.checkpoint_every == 0;
-            if due || number == self.config.steps {
+            if main && (due || number == self.config.steps) {
                 self.save_checkpoint(task)?;
             }
         }
@@ -441,6 +550,27 @@ impl<'a> Trainer<'a> {
             last_loss,
             last_checkpoint: self.last_checkpoint.clone(),
         })
+    }
+
+    /// Replace every gradient by its mean over the ranks (bucketed all-reduce).
+    fn average_gradients(&mut self, group: &ProcessGroup) -> Result<()> {
+        let mut grads: Vec<Tensor> = self
+            .optimizer
+            .parameters()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect();
+        let counts = group.all_reduce_values(&[grads.len() as f64])?;
+        if counts[0] != (grads.len() * group.world_size()) as f64 {
+            return Err(Error::Device(format!(
+                "rank {} has gradients for {} parameters but the ranks together have {}: the \
+                 ranks are not training the same model",
+                group.rank(),
+                grads.len(),
+                counts[0]
+            )));
+        }
+        group.average_tensors(&mut grads, BUCKET_BYTES)
     }
 
     /// Write a checkpoint of the current step now, and prune old ones.
