@@ -6,4 +6,5 @@ mod counts;
 mod doctor;
 mod image;
 mod inspect;
+mod launch;
 mod text;

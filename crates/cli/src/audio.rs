@@ -3,7 +3,9 @@
 //! between bounds), thin over `diffuse-audio`.
 
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
-use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar, LoopFlags};
+use crate::run_dir::{
+    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopFlags,
+};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use diffuse_audio::clip::AudioClip;
@@ -274,7 +276,7 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
 }
 
 pub fn train(args: TrainAudioArgs) -> Result<()> {
-    let device = device(&args.device)?;
+    let device = train_device(&args.device)?;
     let run_dir = &args.out;
     let config = start_or_resume(
         run_dir,

@@ -1,7 +1,9 @@
 //! `diffuse train|sample|eval counts`: count-vector models, thin over `diffuse-counts`.
 
 use crate::poisson::JumpArgs;
-use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar, LoopFlags};
+use crate::run_dir::{
+    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopFlags,
+};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use diffuse_counts::data::{load_counts, save_counts, CountTable};
@@ -152,7 +154,7 @@ fn build_config(args: &TrainCountsArgs) -> Result<CountTrainConfig> {
 }
 
 pub fn train(args: TrainCountsArgs) -> Result<()> {
-    let device = device(&args.device)?;
+    let device = train_device(&args.device)?;
     let run_dir = &args.out;
     let config = start_or_resume(
         run_dir,

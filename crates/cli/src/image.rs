@@ -2,7 +2,9 @@
 
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
 use crate::poisson::JumpArgs;
-use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar, LoopFlags};
+use crate::run_dir::{
+    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopFlags,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_core::editing::Resampling;
@@ -502,7 +504,7 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
 }
 
 pub fn train(args: TrainImageArgs) -> Result<()> {
-    let device = device(&args.device)?;
+    let device = train_device(&args.device)?;
     let run_dir = &args.out;
     let mut config = start_or_resume(
         run_dir,
@@ -520,7 +522,9 @@ pub fn train(args: TrainImageArgs) -> Result<()> {
     if !args.resume {
         if let Some(epochs) = args.epochs {
             let data = diffuse_image::train::load_dataset(&config, Split::Train)?;
-            let per_epoch = (data.len() as u64).div_ceil(config.batch_size.max(1) as u64);
+            // An epoch is one pass over the data by all ranks together.
+            let ranks = diffuse_tensor::dist::current().map_or(1, |g| g.world_size()) as u64;
+            let per_epoch = (data.len() as u64).div_ceil(config.batch_size.max(1) as u64 * ranks);
             config.train.steps = (epochs * per_epoch).max(1);
         }
     }

@@ -10,6 +10,7 @@ pub mod fid;
 pub mod gaussian;
 pub mod image;
 pub mod inspect;
+pub mod launch;
 pub mod measure;
 pub mod poisson;
 pub mod run_dir;

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use diffuse_cli::{audio, counts, doctor, fid, image, init_logging, inspect, report, text};
+use diffuse_cli::{audio, counts, doctor, fid, image, init_logging, inspect, launch, report, text};
 use std::path::PathBuf;
 
 /// Train diffusion models and sample images, audio, text and count vectors with them, on libtorch.
@@ -46,6 +46,9 @@ enum Command {
     /// Fill the masked part of an image (replacement or RePaint) or edit one (SDEdit); fill a gap in a recording.
     #[command(subcommand)]
     Inpaint(InpaintCommand),
+    /// Run a training command as N data-parallel processes on this machine (torchrun's variables;
+    /// `torchrun --nproc-per-node N --no-python diffuse train ...` works too).
+    Launch(launch::LaunchArgs),
     /// Measure a model: bits/dim, Fréchet distance, bits/char, log-mel distance.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -119,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(EvalCommand::Text(args)) => text::eval(args),
         Command::Eval(EvalCommand::Audio(args)) => audio::eval(args),
         Command::Eval(EvalCommand::Counts(args)) => counts::eval(args),
+        Command::Launch(args) => launch::launch(args),
     }
 }
 

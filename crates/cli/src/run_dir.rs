@@ -2,15 +2,39 @@
 //! callbacks, and the start-or-resume rules of a training run directory.
 
 use anyhow::{anyhow, bail, Result};
+use diffuse_tensor::dist::{self, DistBackend, DistEnv};
 use diffuse_tensor::ema::EmaConfig;
 use diffuse_tensor::progress::progress_bar;
 use diffuse_tensor::train::TrainConfig;
-use diffuse_tensor::{parse_device, Precision};
+use diffuse_tensor::{parse_device, DeviceSpec, Precision};
 use std::path::Path;
 
 /// Parse `--device` (auto, cpu, cuda, cuda:N).
 pub fn device(flag_value: &str) -> Result<tch::Device> {
     parse_device(flag_value).map_err(|e| anyhow!("--device: {e}"))
+}
+
+/// `--device` for a training command, and, when the environment describes a multi-process run
+/// (torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), joining its process
+/// group: `auto` and `cuda` then mean this process's own GPU, `cuda:LOCAL_RANK`, and the
+/// collectives run on NCCL for CUDA and Gloo for the CPU (`DIFFUSE_DIST_BACKEND` overrides;
+/// `DIFFUSE_DIST_TIMEOUT` sets the timeout in seconds, default 300).
+pub fn train_device(flag_value: &str) -> Result<tch::Device> {
+    let Some(env) = DistEnv::from_env()? else {
+        return device(flag_value);
+    };
+    let spec: DeviceSpec = flag_value.parse().map_err(|e| anyhow!("--device: {e}"))?;
+    let device = match spec {
+        DeviceSpec::Auto if tch::Cuda::is_available() => DeviceSpec::Cuda(env.local_rank).resolve(),
+        DeviceSpec::Cuda(0) if flag_value.trim() == "cuda" => {
+            DeviceSpec::Cuda(env.local_rank).resolve()
+        }
+        other => other.resolve(),
+    }
+    .map_err(|e| anyhow!("--device: {e} (LOCAL_RANK={})", env.local_rank))?;
+    let backend = DistBackend::for_device(device)?;
+    dist::init(backend, dist::timeout_from_env()?)?;
+    Ok(device)
 }
 
 /// A progress bar and the `(done, total)` callback that moves it (samplers learn their total
@@ -28,7 +52,30 @@ pub fn step_bar(label: &str) -> (indicatif::ProgressBar, impl FnMut(usize, usize
 
 /// The config of a run: read from `RUN_DIR/run_config` when resuming (which must exist), else
 /// built from the flags into a new or empty directory (never over someone's files).
-pub fn start_or_resume<C>(
+///
+/// In a multi-process run rank 0 alone does this, and every other rank receives its config, so
+/// the ranks agree and only rank 0 needs the run directory.
+pub fn start_or_resume<C: serde::Serialize + serde::de::DeserializeOwned>(
+    run_dir: &Path,
+    resume: bool,
+    run_config: &str,
+    read: impl FnOnce() -> Result<C>,
+    build: impl FnOnce() -> Result<C>,
+) -> Result<C> {
+    let Some(group) = dist::current() else {
+        return start_or_resume_here(run_dir, resume, run_config, read, build);
+    };
+    if group.is_main() {
+        let config = start_or_resume_here(run_dir, resume, run_config, read, build)?;
+        group.broadcast_bytes(Some(serde_json::to_vec(&config)?))?;
+        Ok(config)
+    } else {
+        let bytes = group.broadcast_bytes(None)?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+fn start_or_resume_here<C>(
     run_dir: &Path,
     resume: bool,
     run_config: &str,
@@ -69,6 +116,9 @@ pub fn print_training_outcome(
     seconds: f64,
     modality: &str,
 ) {
+    if !dist::is_main() {
+        return;
+    }
     match model_dir {
         Some(dir) => println!(
             "trained {steps_done} steps in {seconds:.0} s; model in {} (sample it with `diffuse sample {modality} --model {}`)",

@@ -1,7 +1,9 @@
 //! The text commands: `train text`, `train-tokenizer`, `sample text` (unconditional, `--prompt`,
 //! `--infill`) and `eval text` (bits per character on held-out text).
 
-use crate::run_dir::{device, print_training_outcome, start_or_resume, step_bar, LoopFlags};
+use crate::run_dir::{
+    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopFlags,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_tensor::ema::EmaConfig;
@@ -186,7 +188,7 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
 }
 
 pub fn train(args: TrainTextArgs) -> Result<()> {
-    let device = device(&args.device)?;
+    let device = train_device(&args.device)?;
     let run_dir = &args.out;
     let config = start_or_resume(
         run_dir,

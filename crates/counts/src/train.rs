@@ -233,7 +233,9 @@ pub fn train_count_model(
         );
     }
     fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
+    if diffuse_tensor::dist::is_main() {
+        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
+    }
 
     diffuse_tensor::manual_seed(config.train.seed);
     let vs = VarStore::new(device);

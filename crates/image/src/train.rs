@@ -313,7 +313,9 @@ pub fn train_image_model(
         ));
     }
     fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
+    if diffuse_tensor::dist::is_main() {
+        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
+    }
 
     // The initial weights come from the run's seed, so a run is reproducible from its run.json.
     diffuse_tensor::manual_seed(config.train.seed);

@@ -15,8 +15,10 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
+#include <c10/util/Logging.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -124,6 +126,9 @@ extern "C" {
 void* diffuse_dist_store_new(const char* host, int port, int world_size, int is_server,
                              long long timeout_ms, char* err, size_t err_len) {
   Store* out = nullptr;
+  // c10d logs every retry and timeout (with C++ backtraces) to stderr; diffuse reports failures
+  // itself in one line, so keep only fatal messages unless the user asked for c10's logging.
+  if (std::getenv("TORCH_CPP_LOG_LEVEL") == nullptr) FLAGS_caffe2_log_level = 3;
   guarded(err, err_len, [&] {
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);

@@ -210,6 +210,12 @@ pub fn timeout_from_env() -> Result<Duration> {
     }
 }
 
+/// Whether torchrun's agent hosts the rendezvous store (PyTorch's `_create_c10d_store` reads
+/// the same variable).
+fn agent_store() -> bool {
+    std::env::var("TORCHELASTIC_USE_AGENT_STORE").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 /// A c10d process group and the store it met through.
 pub struct ProcessGroup {
     store: *mut c_void,
@@ -248,7 +254,9 @@ impl ProcessGroup {
                 host.as_ptr(),
                 env.master_port as i32,
                 env.world_size as i32,
-                (env.rank == 0) as i32,
+                // Under torchrun the agent already serves the store on MASTER_PORT
+                // (TORCHELASTIC_USE_AGENT_STORE), and every rank joins it as a client.
+                (env.rank == 0 && !agent_store()) as i32,
                 ms,
                 err.as_mut_ptr().cast(),
                 ERR_LEN,
@@ -394,6 +402,20 @@ impl ProcessGroup {
             return Err(self.failed("barrier", err_text(&err)));
         }
         Ok(())
+    }
+
+    /// Rank 0's `data` on every rank (other ranks pass `None`): configs, file contents.
+    pub fn broadcast_bytes(&self, data: Option<Vec<u8>>) -> Result<Vec<u8>> {
+        let device = self.collective_device();
+        let len = data.as_ref().map_or(0, Vec::len);
+        let len = self.all_reduce_values(&[if self.is_main() { len as f64 } else { 0.0 }])?[0];
+        let mut buf = match data {
+            Some(d) if self.is_main() => Tensor::from_slice(&d),
+            _ => Tensor::zeros([len as i64], (Kind::Uint8, Device::Cpu)),
+        }
+        .to_device(device);
+        self.broadcast(&mut buf, 0)?;
+        Ok(Vec::<u8>::try_from(buf.to_device(Device::Cpu)).expect("bytes"))
     }
 
     /// Sum f64 values over all ranks (losses, counters).

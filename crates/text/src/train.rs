@@ -242,7 +242,9 @@ pub fn train_text_model(
         );
     }
     fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
+    if diffuse_tensor::dist::is_main() {
+        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
+    }
     if !tokenizer_path.is_file() {
         tokenizer.save(&tokenizer_path)?;
     }

@@ -1,0 +1,129 @@
+//! `diffuse launch --nproc N -- train ...`: start N copies of this binary as the ranks of one
+//! data-parallel training run on this machine (or this machine's share of a multi-machine run),
+//! setting the variables torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
+//! MASTER_ADDR, MASTER_PORT), for machines without Python. If any rank fails, the others are
+//! stopped and the launch fails with that rank's exit status.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::process::{Child, Command, ExitStatus};
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct LaunchArgs {
+    /// Processes on this machine (one per GPU for CUDA training).
+    #[arg(long, default_value_t = 1)]
+    pub nproc: usize,
+    /// Machines taking part; each runs this command with its own --node-rank.
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    /// This machine's index, 0..nnodes (node 0 hosts rank 0, which the others connect to).
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// Host of node 0, reachable from every machine.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub master_addr: String,
+    /// Port rank 0 listens on (default: a free port when --nnodes is 1, else 29500).
+    #[arg(long)]
+    pub master_port: Option<u16>,
+    /// The command every rank runs: `train ...`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// A port nobody listens on now (the OS picks it), for single-machine runs.
+fn free_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port for rank 0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn describe(status: ExitStatus) -> String {
+    match status.code() {
+        Some(code) => format!("exit status {code}"),
+        None => "a signal".into(),
+    }
+}
+
+pub fn launch(args: LaunchArgs) -> Result<()> {
+    if args.nproc == 0 {
+        bail!("--nproc: must be at least 1");
+    }
+    if args.nnodes == 0 {
+        bail!("--nnodes: must be at least 1");
+    }
+    if args.node_rank >= args.nnodes {
+        bail!(
+            "--node-rank: {} is not below --nnodes {}",
+            args.node_rank,
+            args.nnodes
+        );
+    }
+    if args.command.first().map(String::as_str) != Some("train") {
+        bail!(
+            "launch runs a training command on every rank: `diffuse launch --nproc N -- train \
+             image|text|audio|counts ...` (got `{}`)",
+            args.command.join(" ")
+        );
+    }
+    if std::env::var_os("RANK").is_some() || std::env::var_os("WORLD_SIZE").is_some() {
+        bail!("launch: RANK/WORLD_SIZE are already set; launch is not nested inside torchrun or another launch");
+    }
+    let port = match args.master_port {
+        Some(0) => bail!("--master-port: expected a port 1-65535"),
+        Some(p) => p,
+        None if args.nnodes == 1 => free_port()?,
+        None => 29500,
+    };
+    let world = args.nproc * args.nnodes;
+    let exe = std::env::current_exe().context("finding the diffuse binary")?;
+    let mut children: Vec<(usize, Child)> = Vec::with_capacity(args.nproc);
+    for local in 0..args.nproc {
+        let rank = args.node_rank * args.nproc + local;
+        let child = Command::new(&exe)
+            .args(&args.command)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", local.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_WORLD_SIZE", args.nproc.to_string())
+            .env("GROUP_RANK", args.node_rank.to_string())
+            .env("MASTER_ADDR", &args.master_addr)
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .with_context(|| format!("starting rank {rank}"))?;
+        children.push((rank, child));
+    }
+    tracing::info!(
+        ranks = args.nproc,
+        world_size = world,
+        master = %format!("{}:{port}", args.master_addr),
+        "launched"
+    );
+    // Wait for all; the first failure stops the rest.
+    let mut failure: Option<(usize, ExitStatus)> = None;
+    while !children.is_empty() {
+        let mut i = 0;
+        while i < children.len() {
+            match children[i].1.try_wait()? {
+                Some(status) => {
+                    let (rank, _) = children.remove(i);
+                    if !status.success() && failure.is_none() {
+                        failure = Some((rank, status));
+                        for (_, c) in &mut children {
+                            let _ = c.kill();
+                        }
+                    }
+                }
+                None => i += 1,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some((rank, status)) = failure {
+        bail!(
+            "rank {rank} of {world} failed ({}); the other ranks on this machine were stopped",
+            describe(status)
+        );
+    }
+    Ok(())
+}
