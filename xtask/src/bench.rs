@@ -59,6 +59,10 @@ pub const BENCHES: &[Bench] = &[
         description: "DiffWave (default config) vs the same network in PyTorch: train step, 1 s of 16 kHz audio in 6 (DiffWave fast), 50 and 200 (DDPM) steps with real-time factors, UNet1d train step, peak memory",
     },
     Bench {
+        name: "dist",
+        description: "data-parallel scaling: the bundled MNIST UNet's training step (32 images per rank) as 1 process and as 2 processes (c10d Gloo on CPU, NCCL on CUDA), one thread each, with the gradient all-reduce time per step; PyTorch DDP beside it",
+    },
+    Bench {
         name: "poisson",
         description: "MNIST pixel counts: count diffusion vs Gaussian diffusion on the bundled MNIST UNet after the same training time (DIFFUSE_BENCH_SECONDS per process, default 300): classifier-Fréchet of 500 samples in 50 steps, bits/dim, sampling time",
     },

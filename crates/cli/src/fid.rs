@@ -127,6 +127,13 @@ pub struct TrainClassifierArgs {
 }
 
 pub fn train(args: TrainClassifierArgs) -> Result<()> {
+    // The classifier trains in minutes with its own small loop; it is not data-parallel.
+    if diffuse_tensor::dist::DistEnv::from_env()?.is_some_and(|e| e.world_size > 1) {
+        bail!(
+            "train classifier runs as one process; start it without `diffuse launch`/torchrun \
+             (WORLD_SIZE is set)"
+        );
+    }
     let device = parse_device(&args.device).map_err(|e| anyhow!("--device: {e}"))?;
     if args.out.exists() && !args.out.join(INFO_FILE).is_file() {
         let empty = args

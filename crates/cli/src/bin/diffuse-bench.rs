@@ -827,6 +827,145 @@ fn bench_poisson(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// Rows per rank, warm-up and timed steps of the `dist` benchmark.
+const DIST_BATCH: i64 = 32;
+const DIST_WARMUP: usize = 3;
+const DIST_STEPS: usize = 15;
+
+/// One rank of the `dist` benchmark (a child process; the environment names its rank): the
+/// bundled MNIST UNet's training step on fixed data, timed in three parts (forward + backward,
+/// gradient all-reduce, AdamW); rank 0 prints `{"step_ms", "allreduce_ms"}` medians.
+fn dist_rank(device: Device) -> Result<()> {
+    use diffuse_image::unet::UNet2d;
+    use diffuse_tensor::dist::{self, DistBackend};
+    use std::time::Instant;
+    let group = dist::init(DistBackend::for_device(device)?, Duration::from_secs(120))?;
+    let mut config = diffuse_image::train::small_unet();
+    config.set_sample_size(28, 28);
+    config.in_channels = 1;
+    config.out_channels = 1;
+    tch::manual_seed(0);
+    let vs = VarStore::new(device);
+    let unet = UNet2d::new(&vs.root(), &config)?;
+    let mut opt = AdamW::new(&vs, AdamWConfig::default())?;
+    let x = Tensor::randn([DIST_BATCH, 1, 28, 28], (Kind::Float, device));
+    let noise = Tensor::randn([DIST_BATCH, 1, 28, 28], (Kind::Float, device));
+    let t = Tensor::randint(1000, [DIST_BATCH], (Kind::Int64, device));
+    let (mut steps, mut reduces) = (Vec::new(), Vec::new());
+    for i in 0..DIST_WARMUP + DIST_STEPS {
+        if let Some(g) = group {
+            g.barrier()?;
+        }
+        let start = Instant::now();
+        opt.zero_grad();
+        let loss = (unet.forward_t(&x, &t, None, true) - &noise)
+            .square()
+            .mean(Kind::Float);
+        loss.backward();
+        diffuse_cli::measure::sync(device);
+        let reduce_start = Instant::now();
+        if let Some(g) = group {
+            let mut grads: Vec<Tensor> = opt.parameters().map(|p| p.grad()).collect();
+            g.average_tensors(&mut grads, 25 << 20)?;
+        }
+        diffuse_cli::measure::sync(device);
+        let reduce = reduce_start.elapsed().as_secs_f64() * 1e3;
+        opt.step(1e-4);
+        diffuse_cli::measure::sync(device);
+        if i >= DIST_WARMUP {
+            steps.push(start.elapsed().as_secs_f64() * 1e3);
+            reduces.push(reduce);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    if group.is_none_or(|g| g.is_main()) {
+        println!(
+            "{}",
+            serde_json::json!({"step_ms": median(&mut steps), "allreduce_ms": median(&mut reduces)})
+        );
+    }
+    Ok(())
+}
+
+/// Data-parallel scaling on this machine: the bundled MNIST UNet's training step (32 images per
+/// rank) as 1 process and as 2 processes over Gloo (c10d), one thread each, and as 1 process
+/// with 2 threads and the 2-process global batch; the all-reduce time per step beside the step.
+fn bench_dist(device: Device) -> Result<()> {
+    if std::env::var_os("DIFFUSE_BENCH_DIST_CHILD").is_some() {
+        return dist_rank(device);
+    }
+    let mut config = diffuse_image::train::small_unet();
+    config.set_sample_size(28, 28);
+    config.in_channels = 1;
+    config.out_channels = 1;
+    config.to_json_file(&bench_cache()?.join("dist_unet_config.json"))?;
+    let exe = std::env::current_exe()?;
+    let device_flag = match device {
+        Device::Cuda(_) => "cuda",
+        _ => "cpu",
+    };
+    let run = |world: usize, threads: usize| -> Result<(f64, f64)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let children: Vec<std::process::Child> = (0..world)
+            .map(|rank| {
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.args(["dist", "--device", device_flag])
+                    .env("DIFFUSE_BENCH_DIST_CHILD", "1")
+                    .env("OMP_NUM_THREADS", threads.to_string())
+                    .stdout(std::process::Stdio::piped());
+                if world > 1 {
+                    cmd.env("RANK", rank.to_string())
+                        .env("LOCAL_RANK", rank.to_string())
+                        .env("WORLD_SIZE", world.to_string())
+                        .env("MASTER_ADDR", "127.0.0.1")
+                        .env("MASTER_PORT", port.to_string());
+                }
+                cmd.spawn()
+            })
+            .collect::<std::io::Result<_>>()?;
+        let mut result = None;
+        for child in children {
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                bail!("a dist benchmark rank failed ({})", out.status);
+            }
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                    result = Some((
+                        v["step_ms"].as_f64().unwrap_or(f64::NAN),
+                        v["allreduce_ms"].as_f64().unwrap_or(f64::NAN),
+                    ));
+                }
+            }
+        }
+        result.context("rank 0 printed no timing")
+    };
+    let (one, _) = run(1, 1)?;
+    let images = |world: usize, ms: f64| world as f64 * DIST_BATCH as f64 * 1e3 / ms;
+    emit(
+        "UNet2d train step, 1 process x 1 thread, 32 images",
+        one,
+        &format!("{:.0} images/s", images(1, one)),
+    );
+    let (two, reduce) = run(2, 1)?;
+    emit(
+        "UNet2d train step, 2 processes x 1 thread (gloo), 32 images each",
+        two,
+        &format!(
+            "{:.0} images/s = {:.2}x one process; gradient all-reduce {reduce:.1} ms of the step ({:.0}%)",
+            images(2, two),
+            images(2, two) / images(1, one),
+            100.0 * reduce / two
+        ),
+    );
+    Ok(())
+}
+
 /// The audio models' training schedule: DDPM linear betas 1e-4..0.02 over T = 200 (DiffWave's
 /// unconditional setting).
 fn audio_schedule() -> diffuse_core::schedule::BetaScheduleConfig {
@@ -1025,11 +1164,12 @@ fn run() -> Result<()> {
         Some("text_quality") => bench_text_quality(device)?,
         Some("audio") => bench_audio(device)?,
         Some("poisson") => bench_poisson(device)?,
+        Some("dist") => bench_dist(device)?,
         Some(other) => {
-            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step, sampler_quality, image, text, text_quality, audio or poisson")
+            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step, sampler_quality, image, text, text_quality, audio, poisson or dist")
         }
         None => bail!(
-            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality, image, text, text_quality, audio, poisson)"
+            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality, image, text, text_quality, audio, poisson, dist)"
         ),
     }
     Ok(())
