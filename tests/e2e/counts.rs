@@ -227,6 +227,32 @@ fn count_models_train_resume_sample_and_evaluate_on_the_fixture() {
     let (_, rows) = read_csv(&given);
     assert!(rows.iter().all(|r| r[0] == 3 && r[2] == 0), "{rows:?}");
 
+    // Training from the .npy copy of the fixture: no header, so the columns are c0, c1, c2.
+    let npy_run = tmp.path().join("npy-run");
+    let npy_data = repo_root().join("data/fixtures/counts/nbinom-mixture.npy");
+    let r = diffuse(&train_args_steps(s(&npy_data), s(&npy_run), "2", &[]), None);
+    assert!(r.success(), "{}", r.stderr);
+    let from_npy = tmp.path().join("from-npy.csv");
+    let r = diffuse(
+        &[
+            "sample",
+            "counts",
+            "--model",
+            s(&npy_run),
+            "--num",
+            "5",
+            "--steps",
+            "5",
+            "--out",
+            s(&from_npy),
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    assert_eq!(read_csv(&from_npy).0, ["c0", "c1", "c2"]);
+
     // Evaluation: EMD against the held-out rows, with its bounds, and bits/dim.
     let r = diffuse(
         &[
