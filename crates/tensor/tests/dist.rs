@@ -82,7 +82,12 @@ fn rank_main() {
         return;
     };
     let timeout = dist::timeout_from_env().unwrap();
-    let group = match dist::init(DistBackend::Gloo, timeout) {
+    let backend = if scenario == "collectives-nccl" {
+        DistBackend::Nccl
+    } else {
+        DistBackend::Gloo
+    };
+    let group = match dist::init(backend, timeout) {
         Ok(Some(g)) => g,
         Ok(None) => panic!("no process group in the environment"),
         Err(e) => {
@@ -92,7 +97,7 @@ fn rank_main() {
     };
     let rank = group.rank();
     match scenario.as_str() {
-        "collectives" => collectives(group),
+        "collectives" | "collectives-nccl" => collectives(group),
         "train" => {
             let run = out_dir().join("run");
             let resume = std::env::var("DIFFUSE_DIST_RESUME").is_ok();
@@ -337,6 +342,22 @@ fn a_missing_rank_or_an_unreachable_master_is_a_timeout_error() {
 }
 
 #[test]
+fn nccl_collectives_on_the_gpus_when_present() {
+    let gpus = tch::Cuda::device_count() as usize;
+    if gpus == 0 {
+        eprintln!("nccl_collectives_on_the_gpus_when_present: skipped: no CUDA device");
+        return;
+    }
+    // One rank per GPU (NCCL refuses two ranks on one device), at most two.
+    let world = gpus.min(2);
+    let dir = tempfile::tempdir().unwrap();
+    let results = wait_all(spawn_ranks("collectives-nccl", world, dir.path(), &[]));
+    for (rank, (ok, text)) in results.iter().enumerate() {
+        assert!(ok, "rank {rank} failed:\n{text}");
+    }
+}
+
+#[test]
 fn nccl_without_cuda_is_refused() {
     if tch::Cuda::is_available() {
         eprintln!("nccl_without_cuda_is_refused: skipped: a CUDA device is present");
@@ -359,12 +380,16 @@ fn nccl_without_cuda_is_refused() {
 fn collectives(group: &ProcessGroup) {
     let rank = group.rank() as f64;
     // all-reduce: sum of (rank + 1) over ranks.
-    let mut t = Tensor::full([3], rank + 1.0, (Kind::Float, Device::Cpu));
+    let mut t = Tensor::full([3], rank + 1.0, (Kind::Float, group.collective_device()));
     group.all_reduce_sum(&mut t).unwrap();
     let w = group.world_size() as f64;
     assert_eq!(t.double_value(&[0]), w * (w + 1.0) / 2.0);
     // broadcast from rank 0.
-    let mut b = Tensor::full([2, 2], rank + 10.0, (Kind::Float, Device::Cpu));
+    let mut b = Tensor::full(
+        [2, 2],
+        rank + 10.0,
+        (Kind::Float, group.collective_device()),
+    );
     group.broadcast(&mut b, 0).unwrap();
     assert_eq!(b.double_value(&[1, 1]), 10.0);
     // bucketed averaging over many tensors of mixed sizes.
@@ -373,7 +398,7 @@ fn collectives(group: &ProcessGroup) {
             Tensor::full(
                 [i * 5 + 1],
                 rank * 2.0 + i as f64,
-                (Kind::Float, Device::Cpu),
+                (Kind::Float, group.collective_device()),
             )
         })
         .collect();

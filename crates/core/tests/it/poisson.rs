@@ -110,6 +110,7 @@ fn sampling_timesteps_are_even_and_start_at_t() {
 
 #[test]
 fn forward_marginals_match_their_closed_forms() {
+    let _rng = crate::rng_lock();
     tch::manual_seed(0);
     let n = 200_000i64;
     for (thinning, lambda) in [(Thinning::Binomial, 1.0), (Thinning::Poisson, 3.5)] {
@@ -145,6 +146,7 @@ fn forward_marginals_match_their_closed_forms() {
 
 #[test]
 fn the_exact_posterior_step_carries_q_t_to_q_s() {
+    let _rng = crate::rng_lock();
     // z_t ~ q(z_t | x_0), then one reverse step with the true x_0 to s: z_s ~ q(z_s | x_0).
     tch::manual_seed(1);
     let n = 200_000i64;
@@ -259,6 +261,7 @@ fn oracle(c: f64, scale: f64) -> FnCountDenoiser<impl Fn(&Tensor, &Tensor) -> Te
 
 #[test]
 fn the_loss_vanishes_for_a_perfect_prediction_and_grows_with_error() {
+    let _rng = crate::rng_lock();
     tch::manual_seed(2);
     let p = process(Thinning::Poisson, JumpPrediction::X0, 5.0);
     let x0 = Tensor::full([256, 4], 5.0, (Kind::Float, Device::Cpu));
@@ -277,6 +280,7 @@ fn the_loss_vanishes_for_a_perfect_prediction_and_grows_with_error() {
 
 #[test]
 fn an_oracle_generates_the_constant_it_knows() {
+    let _rng = crate::rng_lock();
     tch::manual_seed(3);
     // Poisson thinning: z_0 / lambda ~ Poisson(lambda c) / lambda, mean c, variance c / lambda.
     let p = process(Thinning::Poisson, JumpPrediction::X0, 6.0);
@@ -336,6 +340,7 @@ fn an_oracle_generates_the_constant_it_knows() {
 
 #[test]
 fn inpainting_keeps_the_known_counts_exactly() {
+    let _rng = crate::rng_lock();
     tch::manual_seed(4);
     let p = JumpProcess::new(JumpConfig {
         thinning: Thinning::Binomial,
@@ -372,6 +377,7 @@ fn inpainting_keeps_the_known_counts_exactly() {
 
 #[test]
 fn the_bound_is_small_for_an_oracle_and_refused_for_poisson_thinning() {
+    let _rng = crate::rng_lock();
     tch::manual_seed(5);
     // Constant data c = 6: the true NLL is 0. The oracle model (x_0_hat = c exactly) pays only
     // for Poisson steps standing in for binomial ones and for the prior.

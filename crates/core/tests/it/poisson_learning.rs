@@ -96,6 +96,7 @@ fn train_gaussian(mean: &Tensor, std: &Tensor) -> (VarStore, MlpDenoiser) {
 
 #[test]
 fn jump_learns_a_negative_binomial_mixture_better_than_gaussian_diffusion() {
+    let _rng = crate::rng_lock();
     tch::manual_seed(0);
     let truth = counts(20_000);
     let reference = counts(20_000);
