@@ -373,9 +373,7 @@ pub fn train_audio_model(
 
 /// Read a run's `run.json` (for `--resume`).
 pub fn read_run_config(run_dir: &Path) -> Result<AudioTrainConfig> {
-    let path = run_dir.join(RUN_CONFIG);
-    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not a run config: {e}")))
+    diffuse_tensor::atomic::read_json(&run_dir.join(RUN_CONFIG), "a run config")
 }
 
 /// Sines at `frequencies` (Hz), `num` clips `[num, 1, frames]` at `sample_rate`: random

@@ -399,7 +399,5 @@ pub fn hybrid_objective(base: ObjectiveConfig) -> ObjectiveConfig {
 
 /// Read a run's saved config (for `--resume`).
 pub fn read_run_config(run_dir: &Path) -> Result<ImageTrainConfig> {
-    let path = run_dir.join(RUN_CONFIG);
-    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not a run config: {e}")))
+    diffuse_tensor::atomic::read_json(&run_dir.join(RUN_CONFIG), "a run config")
 }

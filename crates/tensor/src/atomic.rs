@@ -153,6 +153,14 @@ pub fn write_dir_atomic(
     Ok(())
 }
 
+/// Read a JSON file written by [`write_json_atomic`] (a run's `run.json`, a model's notes): a
+/// missing file is an I/O error with its path, bad contents a format error saying the file is
+/// not `what`.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not {what}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
