@@ -128,19 +128,7 @@ pub struct AudioPipeline {
 
 /// Where the model of `dir` lives: `dir` itself, or `dir/model` for a training run directory.
 pub fn resolve_model_dir(dir: &Path) -> Result<PathBuf> {
-    if dir.join(CONFIG_FILE).is_file() {
-        return Ok(dir.to_path_buf());
-    }
-    if dir.join("model").join(CONFIG_FILE).is_file() {
-        return Ok(dir.join("model"));
-    }
-    if !dir.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "{}: no such model directory",
-            dir.display()
-        )));
-    }
-    Ok(dir.to_path_buf())
+    diffuse_tensor::atomic::resolve_model_dir(dir, &[CONFIG_FILE])
 }
 
 fn require_file(dir: &Path, name: &str) -> Result<PathBuf> {

@@ -158,19 +158,7 @@ pub struct ImagePipeline {
 
 /// Where the model of `dir` lives: `dir` itself, or `dir/model` for a training run directory.
 pub fn resolve_model_dir(dir: &Path) -> Result<PathBuf> {
-    if dir.join(MODEL_INDEX).is_file() || dir.join(UNET_CONFIG).is_file() {
-        return Ok(dir.to_path_buf());
-    }
-    if dir.join("model").join(MODEL_INDEX).is_file() {
-        return Ok(dir.join("model"));
-    }
-    if !dir.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "{}: no such model directory",
-            dir.display()
-        )));
-    }
-    Ok(dir.to_path_buf())
+    diffuse_tensor::atomic::resolve_model_dir(dir, &[MODEL_INDEX, UNET_CONFIG])
 }
 
 fn require_file(dir: &Path, name: &str) -> Result<PathBuf> {

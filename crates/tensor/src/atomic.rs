@@ -161,6 +161,28 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Res
     serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not {what}: {e}")))
 }
 
+/// Where the model of `dir` lives: `dir` itself when it holds one of `markers` (files only that
+/// kind of model directory has), or `dir/model` when that does (a training run directory, whose
+/// export is `model/`). A directory holding neither is returned as it is, so the caller's check of
+/// its files names what is missing; a path that is no directory at all is an error.
+pub fn resolve_model_dir(dir: &Path, markers: &[&str]) -> Result<PathBuf> {
+    let holds = |d: &Path| markers.iter().any(|m| d.join(m).is_file());
+    if holds(dir) {
+        return Ok(dir.to_path_buf());
+    }
+    let inner = dir.join("model");
+    if holds(&inner) {
+        return Ok(inner);
+    }
+    if !dir.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: no such model directory",
+            dir.display()
+        )));
+    }
+    Ok(dir.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
