@@ -50,3 +50,33 @@ fn corrupt_truncated_and_missing_files_are_one_clear_error() {
     );
     assert_user_error(&run, &["absent.safetensors", "No such file"]);
 }
+
+/// `diffuse inspect FILE | head`: a reader that stops early ends the listing quietly (SIGPIPE, as
+/// other command-line tools), not with a panic.
+#[test]
+fn a_closed_pipe_ends_the_output_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let names: Vec<String> = (0..3000).map(|i| format!("layer{i}.weight")).collect();
+    let tensors: Vec<(&str, &[usize], &[f32])> = names
+        .iter()
+        .map(|n| (n.as_str(), &[1usize][..], &[0.0f32][..]))
+        .collect();
+    write_safetensors(&path, &tensors);
+    let mut child = std::process::Command::new(diffuse_e2e::diffuse_bin())
+        .args(["inspect", path.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe while the listing is still being written.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}

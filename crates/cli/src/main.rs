@@ -128,6 +128,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     diffuse_tensor::runtime::tune_allocator();
+    diffuse_tensor::runtime::default_sigpipe();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     report(run(cli))

@@ -17,3 +17,14 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }
+
+/// Die quietly on a closed pipe, as other command-line tools do (`diffuse inspect f | head`):
+/// Rust ignores SIGPIPE, so printing to a closed pipe would otherwise panic with a backtrace.
+/// Unix only; call once at program start, the binaries do.
+pub fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
