@@ -1,6 +1,8 @@
 //! Multi-process training through the binary: `diffuse launch` runs a training command as
-//! several ranks (Gloo over loopback) and resumes it with another number of ranks; torchrun's
-//! variables set by hand reach the same code; rendezvous and backend mistakes are one line each.
+//! several ranks (Gloo over loopback) and resumes it with another number of ranks; two
+//! `launch --nnodes 2` commands act as two machines; torchrun itself (when a Python with torch is
+//! at hand) starts the ranks; torchrun's variables set by hand reach the same code; rendezvous
+//! and backend mistakes are one line each.
 
 use diffuse_e2e::{assert_user_error, diffuse, diffuse_bin, repo_root};
 use std::path::Path;
@@ -109,6 +111,147 @@ fn launch_trains_on_two_ranks_and_resumes_on_three() {
         "{}",
         r.stdout
     );
+}
+
+/// An address of this machine on a real interface (the kernel's local IPv4 host routes, minus
+/// loopback), so the two-node test goes through one when there is one; loopback otherwise.
+fn this_machine_address() -> String {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    let lines: Vec<&str> = trie.lines().collect();
+    for pair in lines.windows(2) {
+        if pair[1].trim() == "/32 host LOCAL" {
+            let ip = pair[0].trim().trim_start_matches("|--").trim();
+            if let Ok(ip) = ip.parse::<std::net::Ipv4Addr>() {
+                // Only an address this machine can listen on counts.
+                if !ip.is_loopback() && std::net::TcpListener::bind((ip, 0)).is_ok() {
+                    return ip.to_string();
+                }
+            }
+        }
+    }
+    "127.0.0.1".into()
+}
+
+#[test]
+fn two_launch_commands_act_as_two_machines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let addr = this_machine_address();
+    let port = free_port().to_string();
+    eprintln!("the two nodes meet at {addr}:{port}");
+    // Node 1 first: its rank waits for node 0's store, as on a real cluster started in any order.
+    let node = |rank: &str| {
+        let mut args: Vec<String> = [
+            "launch",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            rank,
+            "--nproc",
+            "1",
+            "--master-addr",
+            &addr,
+            "--master-port",
+            &port,
+            "--",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(counts_args(s(&run)));
+        let mut cmd = Command::new(diffuse_bin());
+        cmd.args(&args)
+            .env_remove("RUST_LOG")
+            .env("DIFFUSE_DIST_TIMEOUT", "120")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let second = node("1");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let first = node("0");
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(first.status.success(), "node 0 ({addr}): {}", text(&first));
+    assert!(
+        second.status.success(),
+        "node 1 ({addr}): {}",
+        text(&second)
+    );
+    // Rank 0 (on node 0) wrote the run; node 1 printed no outcome of its own.
+    assert!(run.join("model/model.safetensors").is_file());
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 8, "{metrics}");
+    assert!(String::from_utf8_lossy(&first.stdout).contains("trained 8 steps"));
+    assert!(!String::from_utf8_lossy(&second.stdout).contains("trained"));
+}
+
+/// A Python that imports torch's launcher: the interpreter's own torch, or the one
+/// `cargo xtask setup` installed with pip next to libtorch (LIBTORCH=.../torch).
+fn python_with_torchrun() -> Option<(String, Option<std::ffi::OsString>)> {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut candidates: Vec<Option<std::ffi::OsString>> = vec![None];
+    if let Some(libtorch) = std::env::var_os("LIBTORCH") {
+        let torch = std::path::PathBuf::from(libtorch);
+        let torch = torch.canonicalize().unwrap_or(torch);
+        if torch.join("__init__.py").is_file() {
+            candidates.push(torch.parent().map(|p| p.as_os_str().to_owned()));
+        }
+    }
+    for pythonpath in candidates {
+        let mut cmd = Command::new(&python);
+        cmd.args(["-c", "import torch.distributed.run"]);
+        if let Some(p) = &pythonpath {
+            cmd.env("PYTHONPATH", p);
+        }
+        if cmd.output().is_ok_and(|o| o.status.success()) {
+            return Some((python, pythonpath));
+        }
+    }
+    None
+}
+
+#[test]
+fn torchrun_starts_the_ranks_when_python_has_torch() {
+    let Some((python, pythonpath)) = python_with_torchrun() else {
+        eprintln!("skipped: no python3 that imports torch.distributed.run (torchrun)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let port = free_port().to_string();
+    let mut cmd = Command::new(&python);
+    cmd.args([
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        &port,
+        "--no-python",
+    ])
+    .arg(diffuse_bin())
+    .args(counts_args(s(&run)))
+    .env_remove("RUST_LOG")
+    .env("DIFFUSE_DIST_TIMEOUT", "120");
+    if let Some(p) = &pythonpath {
+        cmd.env("PYTHONPATH", p);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "torchrun failed:\n{stdout}\n{stderr}");
+    assert!(run.join("model/model.safetensors").is_file());
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 8, "{metrics}");
+    assert_eq!(stdout.matches("trained 8 steps").count(), 1, "{stdout}");
 }
 
 /// `diffuse ARGS` with extra environment variables.
