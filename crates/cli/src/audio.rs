@@ -4,7 +4,7 @@
 
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
 use crate::run_dir::{
-    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopFlags,
+    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopArgs, LoopFlags,
 };
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
@@ -95,34 +95,11 @@ pub struct TrainAudioArgs {
     pub steps: Option<u64>,
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
-    /// constant, constant_with_warmup, linear or cosine.
-    #[arg(long, default_value = "cosine")]
-    pub lr_schedule: String,
-    #[arg(long, default_value_t = 100)]
-    pub warmup_steps: u64,
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
     /// EMA decay ceiling (0 = no EMA).
     #[arg(long, default_value_t = 0.999)]
     pub ema_decay: f64,
-    /// Clip the gradient norm (0 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: u64,
-    /// f32, or bf16 (autocast; CUDA only).
-    #[arg(long, default_value = "f32")]
-    pub precision: String,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    #[arg(long, default_value_t = 500)]
-    pub checkpoint_every: u64,
-    #[arg(long, default_value_t = 3)]
-    pub keep_last: usize,
-    #[arg(long, default_value_t = 10)]
-    pub log_every: u64,
     /// Write preview clips (WAV + spectrogram) every N steps (0 = only at the end).
     #[arg(long, default_value_t = 500)]
     pub sample_every: u64,
@@ -134,9 +111,8 @@ pub struct TrainAudioArgs {
     /// Steps of the preview sampler (default: its own).
     #[arg(long)]
     pub sample_steps: Option<usize>,
-    /// Stop after this many total steps as if interrupted (resume later with --resume).
-    #[arg(long, hide = true)]
-    pub stop_after: Option<u64>,
+    #[command(flatten)]
+    pub train_loop: LoopArgs,
 }
 
 fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
@@ -254,29 +230,21 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
     args.objective
         .apply(&mut config.scheduler, &mut config.objective)?;
     LoopFlags {
+        shared: &args.train_loop,
         steps: args.steps.unwrap_or(1000),
-        grad_accum: args.grad_accum,
-        max_grad_norm: args.max_grad_norm,
         lr: args.lr,
         weight_decay: args.weight_decay,
-        lr_schedule: &args.lr_schedule,
-        warmup_steps: args.warmup_steps,
         ema: (args.ema_decay > 0.0).then(|| EmaConfig {
             decay: args.ema_decay,
             ..EmaConfig::default()
         }),
-        seed: args.seed,
-        checkpoint_every: args.checkpoint_every,
-        keep_last: args.keep_last,
-        log_every: args.log_every,
-        precision: &args.precision,
     }
     .apply(&mut config.train)?;
     Ok(config)
 }
 
 pub fn train(args: TrainAudioArgs) -> Result<()> {
-    let device = train_device(&args.device)?;
+    let device = train_device(&args.train_loop.device)?;
     let run_dir = &args.out;
     let config = start_or_resume(
         run_dir,
@@ -292,8 +260,15 @@ pub fn train(args: TrainAudioArgs) -> Result<()> {
         || build_config(&args),
     )?;
     let started = Instant::now();
-    let outcome = train_audio_model(&config, None, run_dir, device, args.resume, args.stop_after)
-        .map_err(|e| match &args.data {
+    let outcome = train_audio_model(
+        &config,
+        None,
+        run_dir,
+        device,
+        args.resume,
+        args.train_loop.stop_after,
+    )
+    .map_err(|e| match &args.data {
         Some(_) if !args.resume => anyhow!("--data: {e}"),
         _ => anyhow!("{e}"),
     })?;

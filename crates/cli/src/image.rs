@@ -3,7 +3,7 @@
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
 use crate::poisson::JumpArgs;
 use crate::run_dir::{
-    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopFlags,
+    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopArgs, LoopFlags,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -284,11 +284,6 @@ pub struct TrainImageArgs {
     pub epochs: Option<u64>,
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
-    /// constant, constant_with_warmup, linear or cosine.
-    #[arg(long, default_value = "cosine")]
-    pub lr_schedule: String,
-    #[arg(long, default_value_t = 100)]
-    pub warmup_steps: u64,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 1e-6)]
     pub weight_decay: f64,
@@ -298,15 +293,6 @@ pub struct TrainImageArgs {
     /// EMA decay ceiling (0 = no EMA); warmed up as diffusers' train_unconditional does.
     #[arg(long, default_value_t = 0.9999)]
     pub ema_decay: f64,
-    /// Clip the gradient norm (0 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    /// Micro-batches accumulated into one optimiser step.
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: u64,
-    /// f32, or bf16 (autocast; CUDA only).
-    #[arg(long, default_value = "f32")]
-    pub precision: String,
     #[command(flatten)]
     pub objective: ObjectiveArgs,
     /// gaussian (noise added to pixels in [-1, 1]) or poisson (pixels as counts 0..255, thinned
@@ -344,16 +330,6 @@ pub struct TrainImageArgs {
     /// FiLM-style scale-and-shift time conditioning (resnet_time_scale_shift = scale_shift).
     #[arg(long)]
     pub scale_shift: bool,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    #[arg(long, default_value_t = 500)]
-    pub checkpoint_every: u64,
-    #[arg(long, default_value_t = 3)]
-    pub keep_last: usize,
-    #[arg(long, default_value_t = 10)]
-    pub log_every: u64,
     /// Write a sample grid every N steps (0 = only at the end).
     #[arg(long, default_value_t = 500)]
     pub sample_every: u64,
@@ -362,9 +338,8 @@ pub struct TrainImageArgs {
     /// DDIM steps for the sample grids.
     #[arg(long, default_value_t = 50)]
     pub sample_steps: usize,
-    /// Stop after this many total steps as if interrupted (resume later with --resume).
-    #[arg(long, hide = true)]
-    pub stop_after: Option<u64>,
+    #[command(flatten)]
+    pub train_loop: LoopArgs,
 }
 
 fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
@@ -479,13 +454,10 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
         other => bail!("--process: unknown process '{other}' (expected gaussian or poisson)"),
     }
     LoopFlags {
+        shared: &args.train_loop,
         steps: args.steps.unwrap_or(1000),
-        grad_accum: args.grad_accum,
-        max_grad_norm: args.max_grad_norm,
         lr: args.lr,
         weight_decay: args.weight_decay,
-        lr_schedule: &args.lr_schedule,
-        warmup_steps: args.warmup_steps,
         ema: (args.ema_decay > 0.0).then(|| EmaConfig {
             decay: args.ema_decay,
             use_ema_warmup: true,
@@ -493,18 +465,13 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
             power: 0.75,
             ..EmaConfig::default()
         }),
-        seed: args.seed,
-        checkpoint_every: args.checkpoint_every,
-        keep_last: args.keep_last,
-        log_every: args.log_every,
-        precision: &args.precision,
     }
     .apply(&mut config.train)?;
     Ok(config)
 }
 
 pub fn train(args: TrainImageArgs) -> Result<()> {
-    let device = train_device(&args.device)?;
+    let device = train_device(&args.train_loop.device)?;
     let run_dir = &args.out;
     let mut config = start_or_resume(
         run_dir,
@@ -529,7 +496,13 @@ pub fn train(args: TrainImageArgs) -> Result<()> {
         }
     }
     let started = Instant::now();
-    let outcome = train_image_model(&config, run_dir, device, args.resume, args.stop_after)?;
+    let outcome = train_image_model(
+        &config,
+        run_dir,
+        device,
+        args.resume,
+        args.train_loop.stop_after,
+    )?;
     print_training_outcome(
         outcome.summary.steps_done,
         config.train.steps,

@@ -131,44 +131,75 @@ pub fn print_training_outcome(
     }
 }
 
-/// The training-loop flags every `train` command has (their defaults differ per modality, so
-/// each command declares its own and hands the values over here).
-pub struct LoopFlags<'a> {
-    pub steps: u64,
-    pub grad_accum: u64,
-    /// 0 = no clipping.
+/// The training-loop flags every `train` command shares, with the same defaults everywhere
+/// (batch size, learning rate, weight decay and EMA defaults differ per modality and stay with
+/// each command).
+#[derive(clap::Args, Debug)]
+pub struct LoopArgs {
+    /// constant, constant_with_warmup, linear or cosine.
+    #[arg(long, default_value = "cosine")]
+    pub lr_schedule: String,
+    /// Steps of linear learning-rate warm-up.
+    #[arg(long, default_value_t = 100)]
+    pub warmup_steps: u64,
+    /// Clip the gradient norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    /// Micro-batches accumulated into one optimiser step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: u64,
+    /// f32, or bf16 (autocast; CUDA only).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    /// Seed of the initial weights, the data order and the noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto, cpu, cuda or cuda:N (in a multi-process run auto and cuda mean cuda:LOCAL_RANK).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Write a resumable checkpoint every N steps.
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (older ones are removed).
+    #[arg(long, default_value_t = 3)]
+    pub keep_last: usize,
+    /// Log the loss every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Stop after this many total steps as if interrupted (resume later with --resume).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<u64>,
+}
+
+/// The values of one run's training loop: the shared flags and the modality's own.
+pub struct LoopFlags<'a> {
+    pub shared: &'a LoopArgs,
+    pub steps: u64,
     pub lr: f64,
     pub weight_decay: f64,
-    pub lr_schedule: &'a str,
-    pub warmup_steps: u64,
     pub ema: Option<EmaConfig>,
-    pub seed: u64,
-    pub checkpoint_every: u64,
-    pub keep_last: usize,
-    pub log_every: u64,
-    pub precision: &'a str,
 }
 
 impl LoopFlags<'_> {
     /// Write the flags into `t`, with one clear error naming a bad --lr-schedule or --precision.
     pub fn apply(self, t: &mut TrainConfig) -> Result<()> {
+        let shared = self.shared;
         t.steps = self.steps;
-        t.grad_accum = self.grad_accum;
-        t.max_grad_norm = (self.max_grad_norm > 0.0).then_some(self.max_grad_norm);
+        t.grad_accum = shared.grad_accum;
+        t.max_grad_norm = (shared.max_grad_norm > 0.0).then_some(shared.max_grad_norm);
         t.optimizer.lr = self.lr;
         t.optimizer.weight_decay = self.weight_decay;
-        t.lr_schedule = self
+        t.lr_schedule = shared
             .lr_schedule
             .parse()
             .map_err(|e| anyhow!("--lr-schedule: {e}"))?;
-        t.warmup_steps = self.warmup_steps;
+        t.warmup_steps = shared.warmup_steps;
         t.ema = self.ema;
-        t.seed = self.seed;
-        t.checkpoint_every = self.checkpoint_every;
-        t.keep_last = self.keep_last;
-        t.log_every = self.log_every;
-        t.precision = self
+        t.seed = shared.seed;
+        t.checkpoint_every = shared.checkpoint_every;
+        t.keep_last = shared.keep_last;
+        t.log_every = shared.log_every;
+        t.precision = shared
             .precision
             .parse::<Precision>()
             .map_err(|e| anyhow!("--precision: {e}"))?;

@@ -2,7 +2,7 @@
 //! `--infill`) and `eval text` (bits per character on held-out text).
 
 use crate::run_dir::{
-    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopFlags,
+    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopArgs, LoopFlags,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -61,24 +61,11 @@ pub struct TrainTextArgs {
     pub steps: Option<u64>,
     #[arg(long, default_value_t = 3e-4)]
     pub lr: f64,
-    /// constant, constant_with_warmup, linear or cosine.
-    #[arg(long, default_value = "cosine")]
-    pub lr_schedule: String,
-    #[arg(long, default_value_t = 100)]
-    pub warmup_steps: u64,
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
     /// EMA decay (0 = no EMA).
     #[arg(long, default_value_t = 0.999)]
     pub ema_decay: f64,
-    /// Clip the gradient norm (0 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: u64,
-    /// f32, or bf16 (autocast; CUDA only).
-    #[arg(long, default_value = "f32")]
-    pub precision: String,
     /// Transformer width.
     #[arg(long, default_value_t = 256)]
     pub hidden_size: i64,
@@ -93,24 +80,13 @@ pub struct TrainTextArgs {
     pub positions: String,
     #[arg(long, default_value_t = 0.1)]
     pub dropout: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    #[arg(long, default_value_t = 500)]
-    pub checkpoint_every: u64,
-    #[arg(long, default_value_t = 3)]
-    pub keep_last: usize,
-    #[arg(long, default_value_t = 10)]
-    pub log_every: u64,
     /// Write samples and a validation estimate every N steps (0 = only at the end).
     #[arg(long, default_value_t = 500)]
     pub sample_every: u64,
     #[arg(long, default_value_t = 4)]
     pub sample_num: usize,
-    /// Stop after this many total steps as if interrupted (resume later with --resume).
-    #[arg(long, hide = true)]
-    pub stop_after: Option<u64>,
+    #[command(flatten)]
+    pub train_loop: LoopArgs,
 }
 
 fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
@@ -166,29 +142,21 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
         other => bail!("--positions: expected rotary or learned, got '{other}'"),
     };
     LoopFlags {
+        shared: &args.train_loop,
         steps: args.steps.unwrap_or(1000),
-        grad_accum: args.grad_accum,
-        max_grad_norm: args.max_grad_norm,
         lr: args.lr,
         weight_decay: args.weight_decay,
-        lr_schedule: &args.lr_schedule,
-        warmup_steps: args.warmup_steps,
         ema: (args.ema_decay > 0.0).then(|| EmaConfig {
             decay: args.ema_decay,
             ..EmaConfig::default()
         }),
-        seed: args.seed,
-        checkpoint_every: args.checkpoint_every,
-        keep_last: args.keep_last,
-        log_every: args.log_every,
-        precision: &args.precision,
     }
     .apply(&mut config.train)?;
     Ok(config)
 }
 
 pub fn train(args: TrainTextArgs) -> Result<()> {
-    let device = train_device(&args.device)?;
+    let device = train_device(&args.train_loop.device)?;
     let run_dir = &args.out;
     let config = start_or_resume(
         run_dir,
@@ -204,7 +172,13 @@ pub fn train(args: TrainTextArgs) -> Result<()> {
         || build_config(&args),
     )?;
     let started = Instant::now();
-    let outcome = train_text_model(&config, run_dir, device, args.resume, args.stop_after)?;
+    let outcome = train_text_model(
+        &config,
+        run_dir,
+        device,
+        args.resume,
+        args.train_loop.stop_after,
+    )?;
     print_training_outcome(
         outcome.summary.steps_done,
         config.train.steps,
