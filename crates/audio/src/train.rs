@@ -24,7 +24,7 @@ use diffuse_core::scheduler_config::SchedulerConfig;
 use diffuse_tensor::atomic::write_json_atomic;
 use diffuse_tensor::data::EpochSampler;
 use diffuse_tensor::plot::write_loss_curve;
-use diffuse_tensor::train::{StepReport, TrainConfig, TrainSummary, TrainTask, Trainer};
+use diffuse_tensor::train::{StepReport, TrainConfig, TrainOutcome, TrainTask, Trainer};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -261,13 +261,6 @@ impl TrainTask for AudioTask<'_> {
     }
 }
 
-/// How a training call ended.
-pub struct AudioTrainOutcome {
-    pub summary: TrainSummary,
-    /// The exported model directory (when the run reached its last step).
-    pub model_dir: Option<PathBuf>,
-}
-
 /// Train (or, with `resume`, continue) the run in `run_dir`; `stop_after` ends this call after
 /// that many total steps, as an interruption would. `data` replaces loading `config.data`
 /// (in-memory clips, e.g. synthetic ones in tests); it must match the config's rate and shape.
@@ -278,7 +271,7 @@ pub fn train_audio_model(
     device: Device,
     resume: bool,
     stop_after: Option<u64>,
-) -> Result<AudioTrainOutcome> {
+) -> Result<TrainOutcome> {
     let mut config = config.clone();
     complete_config(&mut config)?;
     let data = match data {
@@ -368,7 +361,7 @@ pub fn train_audio_model(
             Ok(model_dir)
         },
     )?;
-    Ok(AudioTrainOutcome { summary, model_dir })
+    Ok(TrainOutcome { summary, model_dir })
 }
 
 /// Read a run's `run.json` (for `--resume`).

@@ -3,9 +3,7 @@
 //! between bounds), thin over `diffuse-audio`.
 
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
-use crate::run_dir::{
-    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopArgs, LoopFlags,
-};
+use crate::run_dir::{device, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use diffuse_audio::clip::AudioClip;
@@ -244,42 +242,28 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
 }
 
 pub fn train(args: TrainAudioArgs) -> Result<()> {
-    let device = train_device(&args.train_loop.device)?;
-    let run_dir = &args.out;
-    let config = start_or_resume(
-        run_dir,
-        args.resume,
-        RUN_CONFIG,
-        || {
-            let mut config = read_run_config(run_dir)?;
-            if let Some(steps) = args.steps {
-                config.train.steps = steps;
-            }
-            Ok(config)
-        },
+    TrainingCommand {
+        modality: "audio",
+        out: &args.out,
+        resume: args.resume,
+        steps: args.steps,
+        run_config: RUN_CONFIG,
+        shared: &args.train_loop,
+        train_config: |c: &mut AudioTrainConfig| &mut c.train,
+    }
+    .run(
+        read_run_config,
         || build_config(&args),
-    )?;
-    let started = Instant::now();
-    let outcome = train_audio_model(
-        &config,
-        None,
-        run_dir,
-        device,
-        args.resume,
-        args.train_loop.stop_after,
+        |_| Ok(()),
+        |config, device, resume, stop_after| {
+            train_audio_model(config, None, &args.out, device, resume, stop_after).map_err(|e| {
+                match &args.data {
+                    Some(_) if !resume => anyhow!("--data: {e}"),
+                    _ => anyhow!("{e}"),
+                }
+            })
+        },
     )
-    .map_err(|e| match &args.data {
-        Some(_) if !args.resume => anyhow!("--data: {e}"),
-        _ => anyhow!("{e}"),
-    })?;
-    print_training_outcome(
-        outcome.summary.steps_done,
-        config.train.steps,
-        outcome.model_dir.as_deref(),
-        started.elapsed().as_secs_f64(),
-        "audio",
-    );
-    Ok(())
 }
 
 /// Flags shared by the commands that run the model.

@@ -1,9 +1,7 @@
 //! `diffuse train|sample|eval counts`: count-vector models, thin over `diffuse-counts`.
 
 use crate::poisson::JumpArgs;
-use crate::run_dir::{
-    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopArgs, LoopFlags,
-};
+use crate::run_dir::{device, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use diffuse_counts::data::{load_counts, save_counts, CountTable};
@@ -122,37 +120,23 @@ fn build_config(args: &TrainCountsArgs) -> Result<CountTrainConfig> {
 }
 
 pub fn train(args: TrainCountsArgs) -> Result<()> {
-    let device = train_device(&args.train_loop.device)?;
-    let run_dir = &args.out;
-    let config = start_or_resume(
-        run_dir,
-        args.resume,
-        RUN_CONFIG,
-        || {
-            let mut config = read_run_config(run_dir)?;
-            if let Some(steps) = args.steps {
-                config.train.steps = steps;
-            }
-            Ok(config)
-        },
+    TrainingCommand {
+        modality: "counts",
+        out: &args.out,
+        resume: args.resume,
+        steps: args.steps,
+        run_config: RUN_CONFIG,
+        shared: &args.train_loop,
+        train_config: |c: &mut CountTrainConfig| &mut c.train,
+    }
+    .run(
+        read_run_config,
         || build_config(&args),
-    )?;
-    let started = Instant::now();
-    let outcome = train_count_model(
-        &config,
-        run_dir,
-        device,
-        args.resume,
-        args.train_loop.stop_after,
-    )?;
-    print_training_outcome(
-        outcome.summary.steps_done,
-        config.train.steps,
-        outcome.model_dir.as_deref(),
-        started.elapsed().as_secs_f64(),
-        "counts",
-    );
-    Ok(())
+        |_| Ok(()),
+        |config, device, resume, stop_after| {
+            train_count_model(config, &args.out, device, resume, stop_after)
+        },
+    )
 }
 
 /// Check an output table's extension before any work is done.

@@ -2,9 +2,7 @@
 
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
 use crate::poisson::JumpArgs;
-use crate::run_dir::{
-    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopArgs, LoopFlags,
-};
+use crate::run_dir::{device, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_core::editing::Resampling;
@@ -471,46 +469,33 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
 }
 
 pub fn train(args: TrainImageArgs) -> Result<()> {
-    let device = train_device(&args.train_loop.device)?;
-    let run_dir = &args.out;
-    let mut config = start_or_resume(
-        run_dir,
-        args.resume,
-        RUN_CONFIG,
-        || {
-            let mut config = read_run_config(run_dir)?;
-            if let Some(steps) = args.steps {
-                config.train.steps = steps;
-            }
-            Ok(config)
-        },
-        || build_config(&args),
-    )?;
-    if !args.resume {
-        if let Some(epochs) = args.epochs {
-            let data = diffuse_image::train::load_dataset(&config, Split::Train)?;
-            // An epoch is one pass over the data by all ranks together.
-            let ranks = diffuse_tensor::dist::current().map_or(1, |g| g.world_size()) as u64;
-            let per_epoch = (data.len() as u64).div_ceil(config.batch_size.max(1) as u64 * ranks);
-            config.train.steps = (epochs * per_epoch).max(1);
-        }
+    TrainingCommand {
+        modality: "image",
+        out: &args.out,
+        resume: args.resume,
+        steps: args.steps,
+        run_config: RUN_CONFIG,
+        shared: &args.train_loop,
+        train_config: |c: &mut ImageTrainConfig| &mut c.train,
     }
-    let started = Instant::now();
-    let outcome = train_image_model(
-        &config,
-        run_dir,
-        device,
-        args.resume,
-        args.train_loop.stop_after,
-    )?;
-    print_training_outcome(
-        outcome.summary.steps_done,
-        config.train.steps,
-        outcome.model_dir.as_deref(),
-        started.elapsed().as_secs_f64(),
-        "image",
-    );
-    Ok(())
+    .run(
+        read_run_config,
+        || build_config(&args),
+        |config| {
+            if let Some(epochs) = args.epochs {
+                let data = diffuse_image::train::load_dataset(config, Split::Train)?;
+                // An epoch is one pass over the data by all ranks together.
+                let ranks = diffuse_tensor::dist::current().map_or(1, |g| g.world_size()) as u64;
+                let per_epoch =
+                    (data.len() as u64).div_ceil(config.batch_size.max(1) as u64 * ranks);
+                config.train.steps = (epochs * per_epoch).max(1);
+            }
+            Ok(())
+        },
+        |config, device, resume, stop_after| {
+            train_image_model(config, &args.out, device, resume, stop_after)
+        },
+    )
 }
 
 /// `diffuse eval image`.

@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Result};
 use diffuse_tensor::dist::{self, DistBackend, DistEnv};
 use diffuse_tensor::ema::EmaConfig;
 use diffuse_tensor::progress::progress_bar;
-use diffuse_tensor::train::TrainConfig;
+use diffuse_tensor::train::{TrainConfig, TrainOutcome};
 use diffuse_tensor::{parse_device, DeviceSpec, Precision};
 use std::path::Path;
 
@@ -106,6 +106,65 @@ fn start_or_resume_here<C>(
         );
     }
     build()
+}
+
+/// One `diffuse train <modality>` command: the run directory, how to start or resume it, and
+/// the shared loop flags.
+pub struct TrainingCommand<'a, C> {
+    /// image, text, audio or counts (for the closing line's `diffuse sample` hint).
+    pub modality: &'a str,
+    pub out: &'a Path,
+    pub resume: bool,
+    /// --steps: on --resume it replaces the run's total (extending it).
+    pub steps: Option<u64>,
+    /// The run's settings file in `out` (run.json).
+    pub run_config: &'a str,
+    pub shared: &'a LoopArgs,
+    /// Where a run config keeps its training-loop settings.
+    pub train_config: fn(&mut C) -> &mut TrainConfig,
+}
+
+impl<C: serde::Serialize + serde::de::DeserializeOwned> TrainingCommand<'_, C> {
+    /// Join the process group the environment describes, start (`build`) or resume (`read`) the
+    /// run, let `prepare` adjust a fresh run's config (e.g. --epochs to steps), train with
+    /// `train(config, device, resume, stop_after)`, and print the closing line.
+    pub fn run<ReadError: Into<anyhow::Error>, TrainError: Into<anyhow::Error>>(
+        self,
+        read: impl FnOnce(&Path) -> Result<C, ReadError>,
+        build: impl FnOnce() -> Result<C>,
+        prepare: impl FnOnce(&mut C) -> Result<()>,
+        train: impl FnOnce(&C, tch::Device, bool, Option<u64>) -> Result<TrainOutcome, TrainError>,
+    ) -> Result<()> {
+        let device = train_device(&self.shared.device)?;
+        let train_config = self.train_config;
+        let mut config = start_or_resume(
+            self.out,
+            self.resume,
+            self.run_config,
+            || {
+                let mut config = read(self.out).map_err(Into::into)?;
+                if let Some(steps) = self.steps {
+                    train_config(&mut config).steps = steps;
+                }
+                Ok(config)
+            },
+            build,
+        )?;
+        if !self.resume {
+            prepare(&mut config)?;
+        }
+        let started = std::time::Instant::now();
+        let outcome =
+            train(&config, device, self.resume, self.shared.stop_after).map_err(Into::into)?;
+        print_training_outcome(
+            outcome.summary.steps_done,
+            train_config(&mut config).steps,
+            outcome.model_dir.as_deref(),
+            started.elapsed().as_secs_f64(),
+            self.modality,
+        );
+        Ok(())
+    }
 }
 
 /// The last line of a training command.

@@ -1,9 +1,7 @@
 //! The text commands: `train text`, `train-tokenizer`, `sample text` (unconditional, `--prompt`,
 //! `--infill`) and `eval text` (bits per character on held-out text).
 
-use crate::run_dir::{
-    device, print_training_outcome, start_or_resume, step_bar, train_device, LoopArgs, LoopFlags,
-};
+use crate::run_dir::{device, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_tensor::ema::EmaConfig;
@@ -156,37 +154,23 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
 }
 
 pub fn train(args: TrainTextArgs) -> Result<()> {
-    let device = train_device(&args.train_loop.device)?;
-    let run_dir = &args.out;
-    let config = start_or_resume(
-        run_dir,
-        args.resume,
-        RUN_CONFIG,
-        || {
-            let mut config = read_run_config(run_dir)?;
-            if let Some(steps) = args.steps {
-                config.train.steps = steps;
-            }
-            Ok(config)
-        },
+    TrainingCommand {
+        modality: "text",
+        out: &args.out,
+        resume: args.resume,
+        steps: args.steps,
+        run_config: RUN_CONFIG,
+        shared: &args.train_loop,
+        train_config: |c: &mut TextTrainConfig| &mut c.train,
+    }
+    .run(
+        read_run_config,
         || build_config(&args),
-    )?;
-    let started = Instant::now();
-    let outcome = train_text_model(
-        &config,
-        run_dir,
-        device,
-        args.resume,
-        args.train_loop.stop_after,
-    )?;
-    print_training_outcome(
-        outcome.summary.steps_done,
-        config.train.steps,
-        outcome.model_dir.as_deref(),
-        started.elapsed().as_secs_f64(),
-        "text",
-    );
-    Ok(())
+        |_| Ok(()),
+        |config, device, resume, stop_after| {
+            train_text_model(config, &args.out, device, resume, stop_after)
+        },
+    )
 }
 
 /// `diffuse train-tokenizer`.

@@ -18,7 +18,7 @@ use diffuse_core::poisson::{JumpConfig, JumpProcess};
 use diffuse_tensor::atomic::write_json_atomic;
 use diffuse_tensor::data::EpochSampler;
 use diffuse_tensor::plot::write_loss_curve;
-use diffuse_tensor::train::{StepReport, TrainConfig, TrainSummary, TrainTask, Trainer};
+use diffuse_tensor::train::{StepReport, TrainConfig, TrainOutcome, TrainTask, Trainer};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -201,13 +201,6 @@ impl TrainTask for CountTask<'_> {
     }
 }
 
-/// How a training call ended.
-pub struct CountTrainOutcome {
-    pub summary: TrainSummary,
-    /// The exported model directory (when the run reached its last step).
-    pub model_dir: Option<PathBuf>,
-}
-
 /// Train (or, with `resume`, continue) the run in `run_dir`; `stop_after` ends this call after
 /// that many total steps, as an interruption would.
 pub fn train_count_model(
@@ -216,7 +209,7 @@ pub fn train_count_model(
     device: Device,
     resume: bool,
     stop_after: Option<u64>,
-) -> Result<CountTrainOutcome> {
+) -> Result<TrainOutcome> {
     let mut config = config.clone();
     if config.batch_size == 0 {
         return Err(Error::InvalidArgument(
@@ -279,7 +272,7 @@ pub fn train_count_model(
             Ok(model_dir)
         },
     )?;
-    Ok(CountTrainOutcome { summary, model_dir })
+    Ok(TrainOutcome { summary, model_dir })
 }
 
 /// Read a run's `run.json` (for `--resume`).

@@ -17,7 +17,7 @@ use diffuse_core::schedule::NoiseSchedule;
 use diffuse_core::scheduler_config::SchedulerConfig;
 use diffuse_tensor::atomic::write_json_atomic;
 use diffuse_tensor::data::EpochSampler;
-use diffuse_tensor::train::{StepReport, TrainConfig, TrainSummary, TrainTask, Trainer};
+use diffuse_tensor::train::{StepReport, TrainConfig, TrainOutcome, TrainTask, Trainer};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -261,13 +261,6 @@ impl TrainTask for ImageTask<'_> {
     }
 }
 
-/// How a training call ended.
-pub struct ImageTrainOutcome {
-    pub summary: TrainSummary,
-    /// The exported model directory (when the run reached its last step).
-    pub model_dir: Option<PathBuf>,
-}
-
 /// Train (or, with `resume`, continue) the run in `run_dir`. `stop_after` ends this call early
 /// after that many total steps, as an interruption would (for tests and time-boxed sessions).
 pub fn train_image_model(
@@ -276,7 +269,7 @@ pub fn train_image_model(
     device: Device,
     resume: bool,
     stop_after: Option<u64>,
-) -> Result<ImageTrainOutcome> {
+) -> Result<TrainOutcome> {
     let mut config = config.clone();
     let data = Arc::new(load_dataset(&config, Split::Train)?);
     if data.len() < config.batch_size {
@@ -372,7 +365,7 @@ pub fn train_image_model(
             Ok(model_dir)
         },
     )?;
-    Ok(ImageTrainOutcome { summary, model_dir })
+    Ok(TrainOutcome { summary, model_dir })
 }
 
 /// The mean pixel count 0..255 of (up to 10,000 of) the images: the data mean m that sets a count

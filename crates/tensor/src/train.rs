@@ -145,6 +145,13 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
+/// How a modality's training call (train image, text, audio, counts) ended.
+pub struct TrainOutcome {
+    pub summary: TrainSummary,
+    /// The exported model directory (when the run reached its last step).
+    pub model_dir: Option<PathBuf>,
+}
+
 /// Runs a [`TrainTask`] over a var store.
 pub struct Trainer<'a> {
     vs: &'a VarStore,

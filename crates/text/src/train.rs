@@ -16,7 +16,7 @@ use crate::transformer::{TextTransformer, TransformerConfig};
 use diffuse_tensor::atomic::write_json_atomic;
 use diffuse_tensor::data::EpochSampler;
 use diffuse_tensor::plot::write_loss_curve;
-use diffuse_tensor::train::{StepReport, TrainConfig, TrainSummary, TrainTask, Trainer};
+use diffuse_tensor::train::{StepReport, TrainConfig, TrainOutcome, TrainTask, Trainer};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -198,13 +198,6 @@ impl TrainTask for TextTask<'_> {
     }
 }
 
-/// How a training call ended.
-pub struct TextTrainOutcome {
-    pub summary: TrainSummary,
-    /// The exported model directory (when the run reached its last step).
-    pub model_dir: Option<PathBuf>,
-}
-
 /// Train (or, with `resume`, continue) the run in `run_dir`; `stop_after` ends this call after
 /// that many total steps, as an interruption would.
 pub fn train_text_model(
@@ -213,7 +206,7 @@ pub fn train_text_model(
     device: Device,
     resume: bool,
     stop_after: Option<u64>,
-) -> Result<TextTrainOutcome> {
+) -> Result<TrainOutcome> {
     let mut config = config.clone();
     if config.batch_size == 0 {
         return Err(Error::InvalidArgument(
@@ -300,7 +293,7 @@ pub fn train_text_model(
             Ok(model_dir)
         },
     )?;
-    Ok(TextTrainOutcome { summary, model_dir })
+    Ok(TrainOutcome { summary, model_dir })
 }
 
 /// Read a run's `run.json` (for `--resume`).
