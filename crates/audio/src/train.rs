@@ -299,10 +299,6 @@ pub fn train_audio_model(
             "the dataset is smaller than one batch; batches repeat clips"
         );
     }
-    fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    if diffuse_tensor::dist::is_main() {
-        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
-    }
 
     // The initial weights come from the run's seed, so a run is reproducible from its run.json.
     diffuse_tensor::manual_seed(config.train.seed);
@@ -344,8 +340,13 @@ pub fn train_audio_model(
         run_dir: run_dir.to_path_buf(),
     };
     let mut trainer = Trainer::new(&vs, config.train.clone(), run_dir)?;
+    // The run's files are written only once everything above has been checked, so a refused
+    // run leaves --out as it was.
+    if diffuse_tensor::dist::is_main() {
+        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
+    }
     if resume {
-        trainer.resume(None)?;
+        trainer.resume_latest_or_start()?;
     }
     let until = stop_after.unwrap_or(config.train.steps);
     let (summary, model_dir) = trainer.run_and_finish(

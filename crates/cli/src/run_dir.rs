@@ -153,6 +153,10 @@ impl<C: serde::Serialize + serde::de::DeserializeOwned> TrainingCommand<'_, C> {
         if !self.resume {
             prepare(&mut config)?;
         }
+        train_config(&mut config)
+            .precision
+            .check_device(device)
+            .map_err(|e| anyhow!("--precision: {e}"))?;
         let started = std::time::Instant::now();
         let outcome =
             train(&config, device, self.resume, self.shared.stop_after).map_err(Into::into)?;
@@ -243,6 +247,39 @@ impl LoopFlags<'_> {
     /// Write the flags into `t`, with one clear error naming a bad --lr-schedule or --precision.
     pub fn apply(self, t: &mut TrainConfig) -> Result<()> {
         let shared = self.shared;
+        // Checked here, with the flag's name, before anything is written to the run directory.
+        if self.steps == 0 {
+            bail!("--steps: must be at least 1");
+        }
+        if shared.grad_accum == 0 {
+            bail!("--grad-accum: must be at least 1");
+        }
+        if shared.log_every == 0 {
+            bail!("--log-every: must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr: expected a positive number, got {}", self.lr);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!(
+                "--weight-decay: expected 0 or a positive number, got {}",
+                self.weight_decay
+            );
+        }
+        if !(shared.max_grad_norm.is_finite() && shared.max_grad_norm >= 0.0) {
+            bail!(
+                "--max-grad-norm: expected 0 (off) or a positive number, got {}",
+                shared.max_grad_norm
+            );
+        }
+        if let Some(ema) = &self.ema {
+            if !(ema.decay.is_finite() && (0.0..1.0).contains(&ema.decay)) {
+                bail!(
+                    "--ema-decay: expected 0 (no EMA) or a number below 1, got {}",
+                    ema.decay
+                );
+            }
+        }
         t.steps = self.steps;
         t.grad_accum = shared.grad_accum;
         t.max_grad_norm = (shared.max_grad_norm > 0.0).then_some(shared.max_grad_norm);

@@ -212,7 +212,7 @@ impl ImageDataset {
 
         let r = resolution as usize;
         let per_image = channels as usize * r * r;
-        let mut out = vec![0u8; files.len() * per_image];
+        let mut out = pixel_buffer(files.len(), per_image, resolution)?;
         par_fill(&files, per_image, &mut out, |path, slot| {
             let img = io::convert_channels(&io::decode(path)?, channels);
             slot.copy_from_slice(&io::to_chw(&resize_crop(&img, resolution)));
@@ -505,6 +505,45 @@ impl ImageDataset {
         }
         Ok(())
     }
+}
+
+/// The bytes available for new allocations (Linux's MemAvailable), when the system says.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A zeroed buffer for `images` decoded images of `per_image` bytes, refused with a clear error
+/// (instead of an allocation abort) when it cannot fit in memory.
+fn pixel_buffer(images: usize, per_image: usize, resolution: u32) -> Result<Vec<u8>> {
+    let gb = |b: f64| b / 1e9;
+    let too_big = |needed: f64, available: Option<u64>| {
+        Error::InvalidArgument(format!(
+            "--resolution {resolution}: {images} images at {resolution}x{resolution} need {:.1} GB \
+             of memory{}; use a smaller --resolution",
+            gb(needed),
+            available.map_or(String::new(), |a| format!(
+                ", more than the {:.1} GB available",
+                gb(a as f64)
+            ))
+        ))
+    };
+    // Twice the pixels: the decoded buffer and the tensor it is copied into live together.
+    let needed = 2.0 * images as f64 * per_image as f64;
+    let available = available_memory();
+    if available.is_some_and(|a| needed > a as f64) {
+        return Err(too_big(needed, available));
+    }
+    let bytes = images
+        .checked_mul(per_image)
+        .ok_or_else(|| too_big(needed, available))?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(bytes)
+        .map_err(|_| too_big(needed, available))?;
+    out.resize(bytes, 0);
+    Ok(out)
 }
 
 fn check_resolution_channels(resolution: u32, channels: u32) -> Result<()> {

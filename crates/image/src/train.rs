@@ -151,7 +151,22 @@ pub fn complete_unet_config(config: &mut ImageTrainConfig, data: &ImageDataset) 
         Some(lv) => lv.variance_type,
         None => VarianceType::FixedSmall,
     };
-    unet.validate()
+    unet.validate()?;
+    // The UNet halves the image once per level after the first, so both sides must divide.
+    let levels = unet.block_out_channels.len().max(1) as u32;
+    let multiple = 1i64 << (levels - 1);
+    let (h, w) = (data.height(), data.width());
+    if h % multiple != 0 || w % multiple != 0 {
+        let up = |side: i64| (side + multiple - 1) / multiple * multiple;
+        return Err(Error::InvalidArgument(format!(
+            "--resolution: the images are {h}x{w}, but a UNet with {levels} levels halves them {} \
+             times, so both sides must be multiples of {multiple}: use --resolution {} (or fewer \
+             levels with --block-out-channels)",
+            levels - 1,
+            up(h.min(w)),
+        )));
+    }
+    Ok(())
 }
 
 /// The model-specific half of the training loop.
@@ -305,10 +320,6 @@ pub fn train_image_model(
             "--batch-size: must be at least 1".into(),
         ));
     }
-    fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    if diffuse_tensor::dist::is_main() {
-        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
-    }
 
     // The initial weights come from the run's seed, so a run is reproducible from its run.json.
     diffuse_tensor::manual_seed(config.train.seed);
@@ -348,8 +359,13 @@ pub fn train_image_model(
         run_dir: run_dir.to_path_buf(),
     };
     let mut trainer = Trainer::new(&vs, config.train.clone(), run_dir)?;
+    // The run's files are written only once everything above has been checked, so a refused
+    // run leaves --out as it was.
+    if diffuse_tensor::dist::is_main() {
+        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
+    }
     if resume {
-        trainer.resume(None)?;
+        trainer.resume_latest_or_start()?;
     }
     let until = stop_after.unwrap_or(config.train.steps);
     let (summary, model_dir) = trainer.run_and_finish(

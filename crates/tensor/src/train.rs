@@ -373,6 +373,21 @@ impl<'a> Trainer<'a> {
         Ok(state.step)
     }
 
+    /// `--resume` of a run directory: from its latest checkpoint, or from step 0 when the run
+    /// stopped before writing its first one (its run.json settings still apply), so a run that
+    /// failed early can always be carried on.
+    pub fn resume_latest_or_start(&mut self) -> Result<u64> {
+        if self.is_main() && Self::checkpoints(&self.run_dir)?.is_empty() {
+            tracing::warn!(
+                "no checkpoint yet in {}: the run starts again from step 0",
+                self.run_dir.join(CHECKPOINTS).display()
+            );
+            truncate_after_step(&self.run_dir.join(METRICS_FILE), 0)?;
+            return Ok(0);
+        }
+        self.resume(None)
+    }
+
     /// Train to the configured number of steps.
     pub fn run(&mut self, task: &mut dyn TrainTask) -> Result<TrainSummary> {
         let steps = self.config.steps;

@@ -234,13 +234,6 @@ pub fn train_text_model(
             "the corpus has fewer training sequences than one batch; batches repeat sequences"
         );
     }
-    fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    if diffuse_tensor::dist::is_main() {
-        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
-    }
-    if !tokenizer_path.is_file() {
-        tokenizer.save(&tokenizer_path)?;
-    }
 
     // Initial weights from the run's seed, so a run is reproducible from its run.json.
     diffuse_tensor::manual_seed(config.train.seed);
@@ -277,8 +270,16 @@ pub fn train_text_model(
         run_dir: run_dir.to_path_buf(),
     };
     let mut trainer = Trainer::new(&vs, config.train.clone(), run_dir)?;
+    // The run's files are written only once everything above has been checked, so a refused
+    // run leaves --out as it was.
+    if diffuse_tensor::dist::is_main() {
+        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
+        if !tokenizer_path.is_file() {
+            tokenizer.save(&tokenizer_path)?;
+        }
+    }
     if resume {
-        trainer.resume(None)?;
+        trainer.resume_latest_or_start()?;
     }
     let until = stop_after.unwrap_or(config.train.steps);
     let (summary, model_dir) = trainer.run_and_finish(
