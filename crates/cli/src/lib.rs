@@ -38,7 +38,19 @@ pub fn report(result: Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            let text = format!("{err:#}").replace('\n', " ");
+            // The chain of causes on one line, skipping a cause that a message already quotes
+            // (an I/O error's text is part of its path-tagged message).
+            let mut text = String::new();
+            for cause in err.chain() {
+                let message = cause.to_string().replace('\n', " ");
+                if text.contains(&message) {
+                    continue;
+                }
+                if !text.is_empty() {
+                    text.push_str(": ");
+                }
+                text.push_str(&message);
+            }
             eprintln!("error: {text}");
             std::process::ExitCode::FAILURE
         }

@@ -66,9 +66,11 @@ pub fn inpaint(
         ));
     }
     level_of(sampler, 0)?;
+    let order = sampler.order().max(1);
     let mask = mask.to_kind(x_t.kind()).to_device(x_t.device());
     let keep = |x: &Tensor, level: (f64, f64)| &mask * noised(known, level) + (-&mask + 1.0) * x;
-    // The schedule of moves: true = a reverse step at index `done`, false = one level back up.
+    // The schedule of moves: true = a reverse step at index `done`, false = one sampler step
+    // (`order` timesteps) back up.
     let mut moves = Vec::new();
     let mut extra: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
     if let Some(r) = resampling {
@@ -77,7 +79,10 @@ pub fn inpaint(
                 "RePaint needs jump length and jump count of at least 1".into(),
             ));
         }
-        for d in (r.jump_length..n).step_by(r.jump_length) {
+        // Jumps are counted in whole sampler steps (groups of `order` timesteps), so a jump
+        // lands where the sampler can restart.
+        let span = r.jump_length * order;
+        for d in (span..n).step_by(span) {
             extra.insert(d, r.jump_n_sample - 1);
         }
     }
@@ -91,8 +96,9 @@ pub fn inpaint(
                 let jump = resampling
                     .expect("extra is only filled with resampling")
                     .jump_length;
+                // `jump` moves back, each one whole sampler step (`order` timesteps).
                 moves.extend(std::iter::repeat_n(false, jump));
-                done -= jump;
+                done -= jump * order;
             }
         }
     }
@@ -113,14 +119,14 @@ pub fn inpaint(
             done += 1;
             x = keep(&next, level_of(sampler, done)?);
         } else {
-            // q(x_{higher} | x_{lower}) between two levels (a1, s1) -> (a2, s2):
-            // x2 = (a2/a1) x1 + sqrt(s2^2 - (a2/a1)^2 s1^2) eps.
+            // One sampler step back up: q(x_{higher} | x_{lower}) between two levels
+            // (a1, s1) -> (a2, s2): x2 = (a2/a1) x1 + sqrt(s2^2 - (a2/a1)^2 s1^2) eps.
             let (a1, s1) = level_of(sampler, done)?;
-            let (a2, s2) = level_of(sampler, done - 1)?;
+            let (a2, s2) = level_of(sampler, done - order)?;
             let ratio = a2 / a1;
             let std = (s2 * s2 - ratio * ratio * s1 * s1).max(0.0).sqrt();
             x = &x * ratio + Tensor::randn_like(&x) * std;
-            done -= 1;
+            done -= order;
             sampler.start_at(done)?;
         }
         on_step(count, &x);
@@ -149,11 +155,15 @@ pub fn sdedit(
             "set_timesteps must be called before sampling".into(),
         ));
     }
-    let steps = ((strength * n as f64).round() as usize).min(n);
+    // Counted in whole sampler steps (diffusers' img2img: t_start * scheduler.order), so a
+    // multi-evaluation sampler such as Heun starts at a predictor.
+    let order = sampler.order().max(1);
+    let groups = n.div_ceil(order);
+    let steps = ((strength * groups as f64).round() as usize).min(groups);
     if steps == 0 {
         return Ok(x0.shallow_clone());
     }
-    let start = n - steps;
+    let start = (groups - steps) * order;
     let x = noised(x0, level_of(sampler, start)?);
     crate::samplers::sample_from(sampler, model, x, start, on_step)
 }

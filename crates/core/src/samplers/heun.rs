@@ -148,6 +148,10 @@ impl Sampler for HeunSampler {
         self.sigmas.get(done).map(|&sigma| (1.0, sigma))
     }
 
+    fn order(&self) -> usize {
+        2
+    }
+
     fn start_at(&mut self, index: usize) -> Result<()> {
         // Only at a predictor step: a corrector needs the predictor's state.
         if index > self.timesteps.len() || index % 2 == 1 {

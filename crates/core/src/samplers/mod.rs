@@ -49,6 +49,13 @@ pub trait Sampler {
         None
     }
 
+    /// Model evaluations per step: the timesteps come in groups of this many (Heun: a predictor
+    /// and a corrector, as diffusers' `scheduler.order`), and sampling can start or jump back
+    /// only at the first index of a group.
+    fn order(&self) -> usize {
+        1
+    }
+
     /// Continue from step `index` (after `index` steps were taken elsewhere, or to repeat steps as
     /// RePaint does): resets whatever the sampler carries between steps.
     fn start_at(&mut self, index: usize) -> Result<()> {

@@ -11,6 +11,7 @@ use diffuse_core::prediction::PredictionType;
 use diffuse_core::samplers::ddim::{DdimConfig, DdimSampler};
 use diffuse_core::samplers::ddpm::{DdpmConfig, DdpmSampler};
 use diffuse_core::samplers::euler::{EulerConfig, EulerSampler};
+use diffuse_core::samplers::heun::{HeunConfig, HeunSampler};
 use diffuse_core::samplers::Sampler;
 use diffuse_core::schedule::NoiseSchedule;
 use std::cell::Cell;
@@ -30,6 +31,15 @@ fn constant_image_denoiser(calls: &Cell<usize>) -> impl Denoiser + '_ {
             (x - x0 * a) / s
         },
         prediction_type: PredictionType::Epsilon,
+    }
+}
+
+/// Heun on the denoiser's schedule (diffusers' Heun defaults to Stable Diffusion's betas).
+fn heun_config() -> HeunConfig {
+    HeunConfig {
+        beta_start: 0.0001,
+        beta_end: 0.02,
+        ..HeunConfig::default()
     }
 }
 
@@ -59,6 +69,9 @@ fn samplers() -> Vec<(&'static str, Box<dyn Sampler>)> {
             "euler",
             Box::new(EulerSampler::new(EulerConfig::default()).unwrap()),
         ),
+        // Two model evaluations per step (99 timesteps for 50 steps): edits must start and jump
+        // back at its predictor steps.
+        ("heun", Box::new(HeunSampler::new(heun_config()).unwrap())),
     ];
     for (_, s) in &mut out {
         s.set_timesteps(50).unwrap();
@@ -103,7 +116,7 @@ fn inpainting_fills_the_unknown_half_from_the_known_half() {
         // Replacement alone harmonises imperfectly (the reason RePaint exists): deterministic DDIM
         // keeps ~0.06 of bias here, the stochastic samplers ~0.03.
         assert!(err < 0.1, "{name}: unknown half off by {err} on average");
-        assert_eq!(calls.get(), 50, "{name}");
+        assert_eq!(calls.get(), sampler.timesteps().len(), "{name}");
     }
 }
 
@@ -145,6 +158,40 @@ fn repaint_resamples_and_still_fills_consistently() {
 }
 
 #[test]
+fn repaint_jumps_back_whole_heun_steps() {
+    let _rng = crate::rng_lock();
+    tch::manual_seed(24);
+    let known = Tensor::full([64, 1, 4, 4], 0.5, (Kind::Float, Device::Cpu));
+    let mut sampler = HeunSampler::new(heun_config()).unwrap();
+    sampler.set_timesteps(50).unwrap();
+    let calls = Cell::new(0);
+    let model = constant_image_denoiser(&calls);
+    let x_t = Tensor::randn([64, 1, 4, 4], (Kind::Float, Device::Cpu)) * sampler.init_noise_sigma();
+    let r = Resampling {
+        jump_length: 5,
+        jump_n_sample: 3,
+    };
+    let out = inpaint(
+        &mut sampler,
+        &model,
+        x_t,
+        &known,
+        &half_mask(),
+        Some(r),
+        |_, _| {},
+    )
+    .unwrap();
+    // 99 evaluations plus, at each of the 9 jump points, 2 extra passes of 5 steps (10 each).
+    assert_eq!(calls.get(), 99 + 9 * 2 * 10);
+    assert!((out.narrow(3, 0, 2) - 0.5).abs().max().double_value(&[]) < 1e-6);
+    let err = (out.narrow(3, 2, 2) - 0.5)
+        .abs()
+        .mean(Kind::Float)
+        .double_value(&[]);
+    assert!(err < 0.1, "unknown half off by {err}");
+}
+
+#[test]
 fn sdedit_runs_the_strength_fraction_of_steps_and_keeps_a_clean_image() {
     let _rng = crate::rng_lock();
     tch::manual_seed(23);
@@ -158,7 +205,15 @@ fn sdedit_runs_the_strength_fraction_of_steps_and_keeps_a_clean_image() {
             "{name}: strength 0 must not change the input"
         );
         let out = sdedit(sampler.as_mut(), &model, &image, 0.1, |_| {}).unwrap();
-        assert_eq!(calls.get(), 5, "{name}");
+        // 5 of the 50 steps: for Heun the last 5 predictor-corrector pairs minus the final
+        // corrector it never takes.
+        let evaluations = if name == "heun" { 9 } else { 5 };
+        assert_eq!(calls.get(), evaluations, "{name}");
+        // Every strength starts at a step the sampler can start from.
+        for strength in [0.1, 0.25, 0.5, 0.75, 0.9, 1.0] {
+            sdedit(sampler.as_mut(), &model, &image, strength, |_| {})
+                .unwrap_or_else(|e| panic!("{name} at strength {strength}: {e}"));
+        }
         // Strength 0.1 noises to t ~ 100 (alpha_bar ~ 0.9): the posterior of the image's value has
         // std ~ 0.08, so the edit stays near 0.3 and, the model being exact, stays constant per image.
         let err = (&out - 0.3).abs().mean(Kind::Float).double_value(&[]);
