@@ -1,5 +1,6 @@
 //! Resumable data order: which examples a step trains on is a pure function of (seed, step),
-//! so a resumed run sees exactly the batches the uninterrupted run would have seen.
+//! so a resumed run sees exactly the batches the uninterrupted run would have seen. Also how a
+//! `--data` argument is recorded in a run, so the run can be resumed from anywhere.
 
 /// Shuffled mini-batches over `len` examples: each epoch is a fresh permutation drawn from
 /// (seed, epoch); batches run across epoch boundaries so every step has a full batch.
@@ -114,5 +115,44 @@ mod tests {
         let s = EpochSampler::new(7, 4, 1);
         assert_eq!(s.batch(5), EpochSampler::new(7, 4, 1).batch(5));
         assert_eq!(s.batch(5).len(), 4);
+    }
+}
+
+/// A `--data` argument as a run records it: a file or folder that exists (relative to the
+/// working directory) becomes its absolute path, so `--resume` and `eval` work from any
+/// directory, and it wins over a bundled dataset of the same name (a user's `./drums` folder is
+/// theirs, not the bundled drums); anything else (a dataset name, a missing path that the loader
+/// will report) is kept as typed.
+pub fn recorded_data_path(arg: &str, dataset_names: &[&str]) -> String {
+    let path = std::path::Path::new(arg);
+    if arg.is_empty() || !path.exists() {
+        return arg.to_string();
+    }
+    if dataset_names.contains(&arg) {
+        tracing::info!("--data {arg}: using the folder {arg} here, not the bundled dataset");
+    }
+    std::path::absolute(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| arg.to_string())
+}
+
+#[cfg(test)]
+mod recorded_data_path_tests {
+    use super::recorded_data_path;
+
+    #[test]
+    fn existing_paths_become_absolute_and_names_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let abs = dir.path().to_str().unwrap().to_string();
+        assert_eq!(recorded_data_path(&abs, &[]), abs);
+        assert_eq!(
+            recorded_data_path("mnist-not-here", &["mnist-not-here"]),
+            "mnist-not-here"
+        );
+        assert_eq!(recorded_data_path("", &[]), "");
+        // A relative path that exists comes back absolute.
+        let here = std::env::current_dir().unwrap();
+        let rel = recorded_data_path("Cargo.toml", &[]);
+        assert_eq!(rel, here.join("Cargo.toml").to_string_lossy());
     }
 }
