@@ -539,3 +539,104 @@ fn bad_count_data_and_flags_are_one_clear_line() {
     );
     assert_user_error(&r, &["--metric", "emd or bpd"]);
 }
+
+#[test]
+fn refused_runs_leave_out_reusable_and_runs_work_from_any_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The training table is given relative to the working directory.
+    std::fs::copy(fixture(), tmp.path().join("table.csv")).unwrap();
+    let run = tmp.path().join("run");
+    // A refused setting writes nothing, so the same --out works at once.
+    for bad in [["--lr", "nan"], ["--grad-accum", "0"]] {
+        let r = diffuse(&train_args("table.csv", s(&run), &bad), Some(tmp.path()));
+        assert_user_error(&r, &[bad[0]]);
+        assert!(!run.exists(), "{} left {}", bad[0], run.display());
+    }
+    let r = diffuse(
+        &train_args("table.csv", s(&run), &["--stop-after", "3"]),
+        Some(tmp.path()),
+    );
+    assert!(r.success(), "{}", r.stderr);
+    // Resumed and used from elsewhere: the run recorded where its table is.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let r = diffuse(
+        &[
+            "train",
+            "counts",
+            "--out",
+            s(&run),
+            "--resume",
+            "--device",
+            "cpu",
+        ],
+        Some(elsewhere.path()),
+    );
+    assert!(r.success(), "resume from elsewhere: {}", r.stderr);
+    // A user's file is not replaced when the command fails; --given columns come out exactly.
+    let keep = elsewhere.path().join("keep.csv");
+    std::fs::write(&keep, "user data\n").unwrap();
+    let r = diffuse(
+        &[
+            "sample",
+            "counts",
+            "--model",
+            s(&run),
+            "--num",
+            "4",
+            "--steps",
+            "5",
+            "--out",
+            s(&keep),
+            "--histogram",
+            s(&elsewhere.path().join("h.png")),
+            "--data",
+            s(&elsewhere.path().join("missing.csv")),
+            "--device",
+            "cpu",
+        ],
+        Some(elsewhere.path()),
+    );
+    assert_user_error(&r, &["--data", "missing.csv"]);
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "user data\n");
+    let out = elsewhere.path().join("given.csv");
+    let r = diffuse(
+        &[
+            "sample",
+            "counts",
+            "--model",
+            s(&run),
+            "--num",
+            "4",
+            "--steps",
+            "5",
+            "--out",
+            s(&out),
+            "--given",
+            "0=16777217",
+            "--histogram",
+            s(&elsewhere.path().join("h.png")),
+            "--device",
+            "cpu",
+        ],
+        Some(elsewhere.path()),
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let (_, rows) = read_csv(&out);
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|row| row[0] == 16777217), "{rows:?}");
+    assert!(elsewhere.path().join("h.png").is_file());
+    let r = diffuse(
+        &[
+            "sample",
+            "counts",
+            "--model",
+            s(&run),
+            "--out",
+            s(&out),
+            "--given",
+            "0=1e30",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--given", "2^53"]);
+}

@@ -1,7 +1,7 @@
 //! `diffuse train|sample|eval counts`: count-vector models, thin over `diffuse-counts`.
 
 use crate::poisson::JumpArgs;
-use crate::run_dir::{device, step_bar, LoopArgs, LoopFlags, TrainingCommand};
+use crate::run_dir::{device, prepare_output_file, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use diffuse_counts::data::{load_counts, save_counts, CountTable};
@@ -88,7 +88,7 @@ fn build_config(args: &TrainCountsArgs) -> Result<CountTrainConfig> {
         );
     }
     let mut config = CountTrainConfig {
-        data: data.display().to_string(),
+        data: diffuse_tensor::data::recorded_data_path(&data.display().to_string(), &[]),
         held_out: args.held_out,
         batch_size: args.batch_size,
         sample_every: args.sample_every,
@@ -130,7 +130,15 @@ pub fn train(args: TrainCountsArgs) -> Result<()> {
         train_config: |c: &mut CountTrainConfig| &mut c.train,
     }
     .run(
-        read_run_config,
+        |dir: &Path| -> Result<CountTrainConfig> {
+            let mut config = read_run_config(dir)?;
+            // Data that moved: --data with --resume names its new place.
+            if let Some(data) = &args.data {
+                config.data =
+                    diffuse_tensor::data::recorded_data_path(&data.display().to_string(), &[]);
+            }
+            Ok(config)
+        },
         || build_config(&args),
         |_| Ok(()),
         |config, device, resume, stop_after| {
@@ -231,6 +239,10 @@ pub struct SampleCountsArgs {
     /// Also draw histograms of the generated columns against the held-out data (PNG).
     #[arg(long)]
     pub histogram: Option<PathBuf>,
+    /// --histogram: the table to compare with (default: the held-out rows of the model's
+    /// training file).
+    #[arg(long, requires = "histogram")]
+    pub data: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "auto")]
@@ -239,11 +251,18 @@ pub struct SampleCountsArgs {
 
 pub fn sample(args: SampleCountsArgs) -> Result<()> {
     check_table_path(&args.out, "--out")?;
+    prepare_output_file(&args.out, "--out")?;
     if let Some(h) = &args.histogram {
         check_png_path(h, "--histogram")?;
+        prepare_output_file(h, "--histogram")?;
     }
     let device = device(&args.device)?;
     let model = load_model(&args.model, device)?;
+    // What the histogram compares with is found before the sampling, not after.
+    let held_out = match &args.histogram {
+        Some(_) => Some(held_out_rows(&model, args.data.as_deref())?.0),
+        None => None,
+    };
     let given = match &args.given {
         Some(spec) => model.parse_given(spec)?,
         None => Vec::new(),
@@ -270,10 +289,7 @@ pub fn sample(args: SampleCountsArgs) -> Result<()> {
             model.info.item_shape.clone()
         },
     };
-    save_counts(&args.out, &table)?;
-    println!("wrote {} ({} rows)", args.out.display(), args.num);
-    if let Some(path) = &args.histogram {
-        let (held_out, _) = held_out_rows(&model, None)?;
+    if let (Some(path), Some(held_out)) = (&args.histogram, &held_out) {
         let report = emd_report(&rows, &held_out.values, None, &model.info.columns);
         save_histograms(
             &rows,
@@ -284,6 +300,8 @@ pub fn sample(args: SampleCountsArgs) -> Result<()> {
         )?;
         println!("wrote {} ({})", path.display(), report.summary());
     }
+    save_counts(&args.out, &table)?;
+    println!("wrote {} ({} rows)", args.out.display(), args.num);
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         "sampled {} rows",

@@ -2,7 +2,9 @@
 
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
 use crate::poisson::JumpArgs;
-use crate::run_dir::{device, step_bar, LoopArgs, LoopFlags, TrainingCommand};
+use crate::run_dir::{
+    check_output_dir, device, prepare_output_file, step_bar, LoopArgs, LoopFlags, TrainingCommand,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_core::editing::Resampling;
@@ -141,6 +143,16 @@ pub fn sample(args: SampleImageArgs) -> Result<()> {
     }
     if let Some(out) = &args.out {
         check_picture_path(out, "--out")?;
+        prepare_output_file(out, "--out")?;
+    }
+    if let Some(raw) = &args.raw {
+        prepare_output_file(raw, "--raw")?;
+    }
+    if let Some(dir) = &args.out_dir {
+        check_output_dir(dir, "--out-dir")?;
+    }
+    if args.nrow == Some(0) {
+        bail!("--nrow: must be at least 1");
     }
     let options = args.sampler.options(args.num, args.batch_size)?;
     let device = device(&args.sampler.device)?;
@@ -210,6 +222,10 @@ pub struct InpaintImageArgs {
 
 pub fn inpaint(args: InpaintImageArgs) -> Result<()> {
     check_picture_path(&args.out, "--out")?;
+    prepare_output_file(&args.out, "--out")?;
+    if let Some(raw) = &args.raw {
+        prepare_output_file(raw, "--raw")?;
+    }
     let options = args.sampler.options(args.num, None)?;
     let device = device(&args.sampler.device)?;
     let pipeline = load_pipeline(&args.model, device)?;

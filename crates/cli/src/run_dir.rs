@@ -9,6 +9,42 @@ use diffuse_tensor::train::{TrainConfig, TrainOutcome};
 use diffuse_tensor::{parse_device, DeviceSpec, Precision};
 use std::path::Path;
 
+/// Check an output-file flag before any work is done: not an existing folder, and its folder
+/// there (created when missing), so a long run never ends in a write that cannot happen.
+pub fn prepare_output_file(path: &Path, flag: &str) -> Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{flag}: {} is a folder; expected a file name",
+            path.display()
+        );
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            anyhow!(
+                "{flag}: cannot make the folder {} for {}: {e}",
+                parent.display(),
+                path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Check an output-folder flag before any work is done: a folder or nothing yet, not a file.
+pub fn check_output_dir(path: &Path, flag: &str) -> Result<()> {
+    if path.exists() && !path.is_dir() {
+        bail!("{flag}: {} is a file; expected a folder", path.display());
+    }
+    if let Some(file) = path.ancestors().skip(1).find(|a| a.is_file()) {
+        bail!(
+            "{flag}: {} is a file, so {} cannot be made",
+            file.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Parse `--device` (auto, cpu, cuda, cuda:N).
 pub fn device(flag_value: &str) -> Result<tch::Device> {
     parse_device(flag_value).map_err(|e| anyhow!("--device: {e}"))

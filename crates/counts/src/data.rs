@@ -588,6 +588,14 @@ fn at_line(path: &Path, line: usize, message: String) -> Error {
 
 fn parse_text(path: &Path, text: &str) -> Result<CountTable> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // Classic Mac OS line ends (CR alone) are lines too.
+    let unified;
+    let text = if text.contains('\r') && !text.contains('\n') {
+        unified = text.replace('\r', "\n");
+        unified.as_str()
+    } else {
+        text
+    };
     let mut delimiter = None;
     // (columns, the line that set their number)
     let mut layout: Option<(Vec<String>, usize)> = None;
@@ -618,6 +626,24 @@ fn parse_text(path: &Path, text: &str) -> Result<CountTable> {
             } else {
                 default_columns(fields.len())
             };
+            if header {
+                // --given and the written header name columns, so a name must say which.
+                let columns: &Vec<String> = &columns;
+                for (j, name) in columns.iter().enumerate() {
+                    if let Some(k) = columns[..j].iter().position(|c| c == name) {
+                        return Err(at_line(
+                            path,
+                            line_no,
+                            format!(
+                                "the header names column {} and column {} both {name:?}; \
+                                 column names must differ",
+                                k + 1,
+                                j + 1
+                            ),
+                        ));
+                    }
+                }
+            }
             layout = Some((columns, line_no));
             if header {
                 continue;

@@ -217,6 +217,13 @@ impl CountModel {
                     "--given: {name}={value}: counts are non-negative whole numbers"
                 )));
             }
+            // The largest counts the tables hold exactly (as the data loader accepts).
+            if count > crate::data::MAX_COUNT as f64 {
+                return Err(Error::InvalidArgument(format!(
+                    "--given: {name}={value}: counts must be at most 2^53 = {}",
+                    crate::data::MAX_COUNT
+                )));
+            }
             if out.iter().any(|(c, _)| *c == column) {
                 return Err(Error::InvalidArgument(format!(
                     "--given: column '{name}' is given twice"
@@ -299,12 +306,17 @@ impl CountModel {
                     progress,
                 )?
             };
-            parts.push(
-                x.round()
-                    .clamp_min(0.0)
-                    .to_kind(Kind::Int64)
-                    .to_device(Device::Cpu),
-            );
+            let rows = x
+                .round()
+                .clamp_min(0.0)
+                .to_kind(Kind::Int64)
+                .to_device(Device::Cpu);
+            // The network works in f32, which rounds counts above 2^24; given columns come out
+            // exactly as given.
+            for &(c, v) in &options.given {
+                let _ = rows.select(1, c as i64).fill_(v as i64);
+            }
+            parts.push(rows);
             done += n as usize;
             chunk += 1;
         }

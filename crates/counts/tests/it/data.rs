@@ -103,6 +103,19 @@ fn comments_blank_lines_crlf_and_bom() {
     // No final newline.
     let t = load_text("end.csv", "1,2\n3,4");
     assert_eq!(rows(&t), vec![vec![1, 2], vec![3, 4]]);
+    // Classic Mac OS line ends: CR alone.
+    let t = load_text("cr.csv", "a,b\r1,2\r3,4\r");
+    assert_eq!(rows(&t), vec![vec![1, 2], vec![3, 4]]);
+    assert_eq!(t.columns, strings(&["a", "b"]));
+}
+
+#[test]
+fn a_header_naming_two_columns_alike_is_refused() {
+    let (message, _) = load_error("twice.csv", "a,b,a\n1,2,3\n");
+    assert!(
+        message.contains("column 1 and column 3") && message.contains("\"a\""),
+        "{message}"
+    );
 }
 
 #[test]
