@@ -586,3 +586,141 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn sizes_outputs_and_sampler_steps_are_checked_before_the_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A folder of 30x30 pictures and a UNet that halves twice: one line with a size that works,
+    // and no run directory left behind.
+    let pictures = tmp.path().join("pictures");
+    std::fs::create_dir(&pictures).unwrap();
+    for i in 0..4 {
+        image::GrayImage::from_fn(30, 30, |x, y| image::Luma([((x * 7 + y * i) % 256) as u8]))
+            .save(pictures.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let run = tmp.path().join("run");
+    let r = diffuse(
+        &[
+            "train",
+            "image",
+            "--data",
+            s(&pictures),
+            "--out",
+            s(&run),
+            "--steps",
+            "2",
+            "--block-out-channels",
+            "16,32,32",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(
+        &r,
+        &["--resolution", "30x30", "multiples of 4", "--resolution 32"],
+    );
+    assert!(!run.exists(), "a refused run left {}", run.display());
+
+    let model = fixture("ddpm-tiny");
+    let raw = tmp.path().join("raw.safetensors");
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "image",
+            "--model",
+            s(&model),
+            "--num",
+            "2",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    // Checked before sampling, so nothing is written.
+    let grid = tmp.path().join("grid.png");
+    let r = sample(&["--out", s(&grid), "--nrow", "0", "--raw", s(&raw)]);
+    assert_user_error(&r, &["--nrow"]);
+    assert!(!raw.exists() && !grid.exists());
+    let a_file = tmp.path().join("a-file");
+    std::fs::write(&a_file, "mine").unwrap();
+    let r = sample(&["--out", s(&a_file.join("grid.png")), "--raw", s(&raw)]);
+    assert_user_error(&r, &["--out"]);
+    assert!(!raw.exists());
+    let r = sample(&["--out-dir", s(&a_file), "--raw", s(&raw)]);
+    assert_user_error(&r, &["--out-dir", "is a file"]);
+    assert!(!raw.exists());
+    assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "mine");
+    let r = sample(&["--out", s(&grid), "--guidance-rescale", "5"]);
+    assert_user_error(&r, &["--guidance-rescale", "[0, 1]"]);
+    // Missing folders of an output are made.
+    let nested = tmp.path().join("new/folder/grid.png");
+    let r = sample(&["--out", s(&nested)]);
+    assert!(r.success(), "{}", r.stderr);
+    assert!(nested.is_file());
+
+    // Heun takes two model calls per step: SDEdit starts, and RePaint jumps back, at whole steps.
+    let picture = tmp.path().join("picture.png");
+    image::GrayImage::from_fn(16, 16, |x, y| image::Luma([((x * 16 + y) % 256) as u8]))
+        .save(&picture)
+        .unwrap();
+    let edited = tmp.path().join("edited.png");
+    for strength in ["0.1", "0.5", "0.75"] {
+        let r = diffuse(
+            &[
+                "inpaint",
+                "image",
+                "--model",
+                s(&model),
+                "--from",
+                s(&picture),
+                "--strength",
+                strength,
+                "--sampler",
+                "heun",
+                "--steps",
+                "6",
+                "--out",
+                s(&edited),
+                "--device",
+                "cpu",
+            ],
+            None,
+        );
+        assert!(r.success(), "heun SDEdit at {strength}: {}", r.stderr);
+    }
+    let mask = tmp.path().join("mask.png");
+    image::GrayImage::from_fn(16, 16, |x, _| image::Luma([if x < 8 { 255 } else { 0 }]))
+        .save(&mask)
+        .unwrap();
+    let r = diffuse(
+        &[
+            "inpaint",
+            "image",
+            "--model",
+            s(&model),
+            "--image",
+            s(&picture),
+            "--mask",
+            s(&mask),
+            "--sampler",
+            "heun",
+            "--steps",
+            "6",
+            "--resample",
+            "2",
+            "--jump",
+            "2",
+            "--out",
+            s(&edited),
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(r.success(), "heun RePaint: {}", r.stderr);
+}

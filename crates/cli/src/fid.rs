@@ -64,7 +64,15 @@ pub fn eval_fid(
         );
     }
     let batch = args.batch_size as i64;
-    let reference = match load_reference_stats(&dir)? {
+    // The classifier's stored statistics describe its own dataset's test split; any other data
+    // is described afresh from its test split (the images `test` holds).
+    let own_data = dataset_short_name(data_name) == info.dataset;
+    let stored = if own_data {
+        load_reference_stats(&dir)?
+    } else {
+        None
+    };
+    let reference = match stored {
         Some(stats) => stats,
         None => {
             FeatureStats::from_features(&classifier_features(&classifier, test.pixels(), batch))
@@ -82,7 +90,19 @@ pub fn eval_fid(
     bar.finish_and_clear();
     let stats = FeatureStats::from_features(&classifier_features(&classifier, &samples, batch));
     let value = frechet_distance(&stats, &reference);
-    let report = FidReport::new(value, &stats, &reference, classifier.config(), &info);
+    let reference_data = if own_data {
+        (info.dataset.clone(), info.reference_split.clone())
+    } else {
+        (dataset_short_name(data_name), "test".to_string())
+    };
+    let report = FidReport::with_reference(
+        value,
+        &stats,
+        &reference,
+        classifier.config(),
+        &info,
+        (&reference_data.0, &reference_data.1),
+    );
     let sampling = format!(
         "sampler {}, {} steps, seed {}",
         options

@@ -44,6 +44,13 @@ pub struct SamplerArgs {
 impl SamplerArgs {
     pub fn options(&self, num: usize, batch_size: Option<usize>) -> Result<SampleOptions> {
         let choice = self.choice.choice()?;
+        // Lin et al. 2023 blend between the guided and the rescaled prediction: phi in [0, 1].
+        if !(0.0..=1.0).contains(&self.guidance_rescale) {
+            bail!(
+                "--guidance-rescale: expected a number in [0, 1], got {}",
+                self.guidance_rescale
+            );
+        }
         Ok(SampleOptions {
             num,
             sampler: choice.name,
@@ -361,8 +368,11 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
         .data
         .clone()
         .ok_or_else(|| anyhow!("--data: required (mnist, fashion-mnist, or a folder of images)"))?;
+    if args.epochs == Some(0) {
+        bail!("--epochs: must be at least 1");
+    }
     let mut config = ImageTrainConfig {
-        data,
+        data: diffuse_tensor::data::recorded_data_path(&data, &ImageDataset::NAMED_DATASETS),
         resolution: args.resolution,
         channels: args.channels,
         hflip: args.hflip,
@@ -495,7 +505,15 @@ pub fn train(args: TrainImageArgs) -> Result<()> {
         train_config: |c: &mut ImageTrainConfig| &mut c.train,
     }
     .run(
-        read_run_config,
+        |dir: &Path| -> Result<ImageTrainConfig> {
+            let mut config = read_run_config(dir)?;
+            // Data that moved: --data with --resume names its new place.
+            if let Some(data) = &args.data {
+                config.data =
+                    diffuse_tensor::data::recorded_data_path(data, &ImageDataset::NAMED_DATASETS);
+            }
+            Ok(config)
+        },
         || build_config(&args),
         |config| {
             if let Some(epochs) = args.epochs {

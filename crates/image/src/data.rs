@@ -43,7 +43,7 @@ impl Split {
 }
 
 /// Image datasets that `cargo xtask setup --data NAME` provides, with their class names.
-const NAMED: [(&str, Option<&[&str]>); 3] = [
+const NAMED: [(&str, Option<&[&str]>); 4] = [
     (
         "mnist",
         Some(&["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]),
@@ -64,7 +64,14 @@ const NAMED: [(&str, Option<&[&str]>); 3] = [
         ]),
     ),
     ("twemoji", None),
+    (
+        "digits",
+        Some(&["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]),
+    ),
 ];
+
+/// scikit-learn's digits table: 64 gray levels 0..=16 per 8x8 image, then the label.
+const DIGITS_CSV: &str = "digits.csv";
 
 /// In-memory image dataset: pixels kept as u8 `[N, C, H, W]` (CPU tensor), optional labels `[N]` i64.
 pub struct ImageDataset {
@@ -89,6 +96,19 @@ impl std::fmt::Debug for ImageDataset {
             .field("num_classes", &self.num_classes)
             .finish()
     }
+}
+
+impl ImageDataset {
+    /// The names `--data` takes for the datasets `cargo xtask setup` provides.
+    pub const NAMED_DATASETS: [&'static str; NAMED.len()] = {
+        let mut names = [""; NAMED.len()];
+        let mut i = 0;
+        while i < NAMED.len() {
+            names[i] = NAMED[i].0;
+            i += 1;
+        }
+        names
+    };
 }
 
 impl ImageDataset {
@@ -136,6 +156,53 @@ impl ImageDataset {
 
     /// IDX image file (idx3, u8) + optional IDX label file (idx1), each gzipped (detected by the
     /// magic bytes 1f 8b, whatever the name) or not. Labels must be as many as images.
+    /// scikit-learn's digits (UCI optdigits): `digits.csv`, one image per row as 64 gray levels
+    /// 0..=16 (row-major 8x8) and the label, scaled to 0..=255. It has no official split: every
+    /// tenth row (rows 9, 19, ...) is the test split, the rest train.
+    pub fn from_digits_csv(path: &Path, split: Split) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut pixels: Vec<u8> = Vec::new();
+        let mut labels: Vec<i64> = Vec::new();
+        let rows = text.lines().filter(|l| !l.trim().is_empty());
+        for (row, line) in rows.enumerate() {
+            if (row % 10 == 9) != matches!(split, Split::Test) {
+                continue;
+            }
+            let values: Vec<&str> = line.split(',').map(str::trim).collect();
+            let bad = |what: String| Error::format(path, format!("row {}: {what}", row + 1));
+            if values.len() != 65 {
+                return Err(bad(format!(
+                    "{} values, expected 64 pixels and a label",
+                    values.len()
+                )));
+            }
+            for v in &values[..64] {
+                let level: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|x: &f64| (0.0..=16.0).contains(x))
+                    .ok_or_else(|| bad(format!("{v:?} is not a gray level 0..16")))?;
+                pixels.push((level * 255.0 / 16.0).round() as u8);
+            }
+            let label: i64 = values[64]
+                .parse::<f64>()
+                .ok()
+                .filter(|x| (0.0..=9.0).contains(x) && x.fract() == 0.0)
+                .ok_or_else(|| bad(format!("label {:?} is not a digit 0..9", values[64])))?
+                as i64;
+            labels.push(label);
+        }
+        if labels.is_empty() {
+            return Err(Error::format(path, "no digit rows"));
+        }
+        let n = labels.len() as i64;
+        Ok(ImageDataset::from_tensors(
+            Tensor::from_slice(&pixels).view([n, 1, 8, 8]),
+            Some(Tensor::from_slice(&labels)),
+            Some(10),
+        ))
+    }
+
     pub fn from_idx(images: &Path, labels: Option<&Path>) -> Result<Self> {
         let (dims, data) = read_idx(images)?;
         if dims.len() != 3 {
@@ -261,7 +328,11 @@ impl ImageDataset {
         datasets_dir: &Path,
     ) -> Result<Self> {
         let path = Path::new(name_or_path);
-        let named = NAMED.iter().find(|(n, _)| *n == name_or_path);
+        // A file or folder of that name here is the user's and wins over the dataset.
+        let named = NAMED
+            .iter()
+            .find(|(n, _)| *n == name_or_path)
+            .filter(|_| !path.exists());
         let plain_name = !name_or_path.is_empty()
             && !name_or_path.contains(['/', '\\'])
             && name_or_path != "."
@@ -299,6 +370,9 @@ impl ImageDataset {
         let dataset = if location.is_file() {
             let labels = sibling_labels(&location);
             let ds = ImageDataset::from_idx(&location, labels.as_deref())?;
+            ds.adjust(resolution, channels)?
+        } else if location.join(DIGITS_CSV).is_file() {
+            let ds = ImageDataset::from_digits_csv(&location.join(DIGITS_CSV), split)?;
             ds.adjust(resolution, channels)?
         } else if let Some((images, labels)) = find_idx(&location, split)? {
             let ds = ImageDataset::from_idx(&images, labels.as_deref())?;

@@ -69,7 +69,8 @@ pub struct FidReport {
 
 impl FidReport {
     /// A report for `value`, the distance between `samples` and `reference` statistics under the
-    /// classifier described by `config` and `info`.
+    /// classifier described by `config` and `info`, the reference being the classifier's own
+    /// (its dataset's `info.reference_split`).
     pub fn new(
         value: f64,
         samples: &FeatureStats,
@@ -77,12 +78,31 @@ impl FidReport {
         config: &ClassifierConfig,
         info: &ClassifierInfo,
     ) -> Self {
+        Self::with_reference(
+            value,
+            samples,
+            reference,
+            config,
+            info,
+            (&info.dataset, &info.reference_split),
+        )
+    }
+
+    /// [`FidReport::new`] with reference statistics from other data: `(dataset, split)`.
+    pub fn with_reference(
+        value: f64,
+        samples: &FeatureStats,
+        reference: &FeatureStats,
+        config: &ClassifierConfig,
+        info: &ClassifierInfo,
+        (reference_data, reference_split): (&str, &str),
+    ) -> Self {
         FidReport {
             metric: "fid_classifier".into(),
             value,
             samples: samples.count,
-            dataset: info.dataset.clone(),
-            reference_split: info.reference_split.clone(),
+            dataset: reference_data.to_string(),
+            reference_split: reference_split.to_string(),
             reference_count: reference.count,
             feature_dim: config.feature_dim,
             classifier_test_accuracy: info.test_accuracy,
@@ -95,8 +115,8 @@ impl FidReport {
                 100.0 * info.test_accuracy,
                 samples.count,
                 reference.count,
-                info.dataset,
-                info.reference_split
+                reference_data,
+                reference_split
             ),
         }
     }

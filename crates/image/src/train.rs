@@ -287,6 +287,7 @@ pub fn train_image_model(
 ) -> Result<TrainOutcome> {
     let mut config = config.clone();
     let data = Arc::new(load_dataset(&config, Split::Train)?);
+    complete_unet_config(&mut config, &data)?;
     if data.len() < config.batch_size {
         tracing::warn!(
             images = data.len(),
@@ -294,7 +295,6 @@ pub fn train_image_model(
             "the dataset is smaller than one batch; batches repeat images"
         );
     }
-    complete_unet_config(&mut config, &data)?;
     if let Some(process) = &mut config.process {
         if config.objective.learned_variance.is_some() {
             return Err(Error::InvalidArgument(

@@ -77,7 +77,8 @@ pub fn alphas(
     if !(alpha_end > 0.0 && alpha_end < 1.0) {
         return Err(Error::InvalidArgument(format!(
             "the log-SNR endpoints give a final survival probability alpha_T = {alpha_end:e}, \
-             which must lie in (0, 1): lower --logsnr-end (or raise --logsnr-start)"
+             which must lie in (0, 1): lower --logsnr-end (or raise --logsnr-start, or --lambda \
+             where it is given)"
         )));
     }
     let t_max = timesteps as f64;
