@@ -518,3 +518,33 @@ fn make_mnist_subset_fixture() {
             .unwrap();
     }
 }
+
+#[test]
+fn the_digits_table_loads_as_8x8_gray_images_with_a_tenth_held_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 rows: pixel j of row r is (r + j) % 17, label r % 10.
+    let mut text = String::new();
+    for r in 0..20 {
+        let pixels: Vec<String> = (0..64).map(|j| ((r + j) % 17).to_string()).collect();
+        text.push_str(&format!("{},{}\n", pixels.join(","), r % 10));
+    }
+    std::fs::write(dir.path().join("digits.csv"), &text).unwrap();
+    let path = dir.path().to_str().unwrap();
+    let train = ImageDataset::load(path, Split::Train, None, None, dir.path()).unwrap();
+    let test = ImageDataset::load(path, Split::Test, None, None, dir.path()).unwrap();
+    assert_eq!((train.len(), test.len()), (18, 2));
+    assert_eq!((train.channels(), train.height(), train.width()), (1, 8, 8));
+    // Test rows are 9 and 19 (label 9): level 16 is white, (9 + 0) % 17 = 9 -> round(9 * 255 / 16).
+    let (_, labels) = test.batch(&[0, 1], false, Device::Cpu);
+    assert_eq!(Vec::<i64>::try_from(labels.unwrap()).unwrap(), vec![9, 9]);
+    let first: Vec<u8> = Vec::try_from(test.pixels().get(0).flatten(0, -1)).unwrap();
+    assert_eq!(first[0], (9.0f64 * 255.0 / 16.0).round() as u8);
+    assert_eq!(first[7], 255);
+    // A bad gray level names the row.
+    std::fs::write(dir.path().join("digits.csv"), text.replacen("0,", "17,", 1)).unwrap();
+    let err = ImageDataset::load(path, Split::Train, None, None, dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("digits.csv") && err.contains("row 1"), "{err}");
+}
