@@ -316,3 +316,344 @@ fn bad_text_inputs_are_one_clear_line() {
         &["--process", "gpt"],
     );
 }
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    json(&text)
+}
+
+/// A copy of the fixture corpus's .txt files in `dir`.
+fn copy_corpus(dir: &Path) {
+    std::fs::create_dir_all(dir.join("more")).unwrap();
+    for file in ["sonnets.txt", "more/hamlet.txt"] {
+        std::fs::copy(corpus().join(file), dir.join(file)).unwrap();
+    }
+}
+
+#[test]
+fn relative_data_is_recorded_absolute_so_runs_resume_and_evaluate_from_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    copy_corpus(&work.join("corpus"));
+    let r = diffuse(
+        &train_args("corpus", "run", "mdlm", &["--stop-after", "3"]),
+        Some(&work),
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let run = work.join("run");
+    let data = read_json(&run.join("run.json"))["data"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(Path::new(&data).is_absolute(), "{data}");
+    assert!(Path::new(&data).join("sonnets.txt").is_file(), "{data}");
+
+    // Resumed from another directory: the recorded corpus is found.
+    let r = diffuse(
+        &[
+            "train",
+            "text",
+            "--out",
+            "../work/run",
+            "--resume",
+            "--device",
+            "cpu",
+        ],
+        Some(&elsewhere),
+    );
+    assert!(r.success(), "resume from elsewhere: {}", r.stderr);
+    // Evaluated from another directory without --data: the model names its corpus.
+    let r = diffuse(
+        &[
+            "eval",
+            "text",
+            "--model",
+            "../work/run/model",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        Some(&elsewhere),
+    );
+    assert!(r.success(), "eval from elsewhere: {}", r.stderr);
+    let report = json(&r.stdout);
+    assert_eq!(report["data"], data.as_str());
+    assert!(report["bits_per_char"].as_f64().unwrap().is_finite());
+
+    // The corpus moves: --data with --resume points the run at its new place (relative to
+    // where the command runs), recorded absolute again; the other settings stay the run's.
+    std::fs::rename(work.join("corpus"), tmp.path().join("moved")).unwrap();
+    let r = diffuse(
+        &[
+            "train",
+            "text",
+            "--out",
+            "../work/run",
+            "--resume",
+            "--device",
+            "cpu",
+        ],
+        Some(&elsewhere),
+    );
+    assert_user_error(&r, &["corpus", "no such file or folder"]);
+    let r = diffuse(
+        &[
+            "train",
+            "text",
+            "--out",
+            "../work/run",
+            "--resume",
+            "--data",
+            "../moved",
+            "--steps",
+            "8",
+            "--device",
+            "cpu",
+        ],
+        Some(&elsewhere),
+    );
+    assert!(r.success(), "resume with --data: {}", r.stderr);
+    let config = read_json(&run.join("run.json"));
+    let moved = config["data"].as_str().unwrap();
+    assert!(
+        Path::new(moved).is_absolute() && Path::new(moved).join("sonnets.txt").is_file(),
+        "{moved}"
+    );
+    assert_eq!(config["seq_len"], 32);
+    assert_eq!(config["model"]["hidden_size"], 32);
+    assert_eq!(config["train"]["steps"], 8);
+}
+
+#[test]
+fn a_local_folder_wins_over_the_corpus_of_the_same_name() {
+    // A folder called shakespeare here: it is what --data shakespeare reads, not the bundled
+    // corpus (whether or not that is downloaded).
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("shakespeare")).unwrap();
+    std::fs::write(tmp.path().join("shakespeare/mine.txt"), "abba baab\n").unwrap();
+    let r = diffuse(
+        &[
+            "train-tokenizer",
+            "--data",
+            "shakespeare",
+            "--kind",
+            "char",
+            "--out",
+            "tok.json",
+        ],
+        Some(tmp.path()),
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let vocab = read_json(&tmp.path().join("tok.json"))["model"]["vocab"].clone();
+    let mut tokens: Vec<&str> = vocab
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    tokens.sort();
+    assert_eq!(tokens, ["\n", " ", "a", "b"]);
+}
+
+/// Give `flag`, already among `args`, the value `value` (a flag may appear only once).
+fn set_flag<'a>(args: &mut [&'a str], flag: &str, value: &'a str) {
+    let i = args.iter().position(|a| *a == flag).expect("flag present");
+    args[i + 1] = value;
+}
+
+/// The `"step"`s of a JSONL file.
+fn logged_steps(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| json(l)["step"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn validation_records_after_the_resumed_step_are_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus();
+    let resume = |run: &Path| {
+        let r = diffuse(
+            &[
+                "train",
+                "text",
+                "--out",
+                s(run),
+                "--resume",
+                "--device",
+                "cpu",
+            ],
+            None,
+        );
+        assert!(r.success(), "resume: {}", r.stderr);
+    };
+    // Stopped at step 5 with its last checkpoint at step 3: the estimate of step 4 is redone.
+    let run = tmp.path().join("run");
+    let mut args = train_args(s(&data), s(&run), "mdlm", &["--stop-after", "5"]);
+    set_flag(&mut args, "--sample-every", "2");
+    let r = diffuse(&args, None);
+    assert!(r.success(), "{}", r.stderr);
+    assert_eq!(logged_steps(&run.join("validation.jsonl")), [2, 4]);
+    resume(&run);
+    assert_eq!(logged_steps(&run.join("validation.jsonl")), [2, 4, 6]);
+
+    // Stopped before its first checkpoint: the run starts again and so does its log.
+    let run = tmp.path().join("early");
+    let mut args = train_args(s(&data), s(&run), "mdlm", &["--stop-after", "2"]);
+    set_flag(&mut args, "--sample-every", "2");
+    set_flag(&mut args, "--checkpoint-every", "100");
+    let r = diffuse(&args, None);
+    assert!(r.success(), "{}", r.stderr);
+    assert_eq!(logged_steps(&run.join("validation.jsonl")), [2]);
+    resume(&run);
+    assert_eq!(logged_steps(&run.join("validation.jsonl")), [2, 4, 6]);
+}
+
+#[test]
+fn a_tokenizer_with_gaps_in_its_ids_keeps_json_output_clean_and_small_files_evaluate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus();
+    // A character tokenizer of the corpus with ids 5, 6 and 7 unused.
+    let plain = tmp.path().join("plain.json");
+    let r = diffuse(
+        &[
+            "train-tokenizer",
+            "--data",
+            s(&data),
+            "--kind",
+            "char",
+            "--out",
+            s(&plain),
+        ],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let mut tokenizer = read_json(&plain);
+    for id in tokenizer["model"]["vocab"]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+    {
+        let n = id.as_u64().unwrap();
+        if n >= 5 {
+            *id = (n + 3).into();
+        }
+    }
+    let gaps = tmp.path().join("gaps.json");
+    std::fs::write(&gaps, tokenizer.to_string()).unwrap();
+    let run = tmp.path().join("run");
+    let r = diffuse(
+        &train_args(s(&data), s(&run), "mdlm", &["--tokenizer", s(&gaps)]),
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let model = run.join("model");
+
+    // stdout is the JSON document and nothing else.
+    let out = sample(&model, &["--length", "16"]);
+    assert_eq!(out["samples"].as_array().unwrap().len(), 2);
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "text",
+            "--model",
+            s(&model),
+            "--json",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    let r = eval(&[]);
+    assert!(r.success(), "{}", r.stderr);
+    assert!(json(&r.stdout)["bits_per_char"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+
+    // A file whose training part is far shorter than the context: only the held-out part
+    // (36 characters, one sequence of 32) is needed.
+    let small = tmp.path().join("small.txt");
+    std::fs::write(&small, "Shall I compare thee to a summers day?\n\n").unwrap();
+    let small_args = ["--data", s(&small), "--val-fraction", "0.9", "--limit", "2"];
+    let r = eval(&small_args);
+    assert!(r.success(), "{}", r.stderr);
+    assert!(json(&r.stdout)["bits_per_char"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    // Too little held out even so: one line with the count and the need.
+    let r = eval(&["--data", s(&small), "--val-fraction", "0.5"]);
+    assert_user_error(
+        &r,
+        &["--data", "held-out split has 20 tokens", "seq_len 32"],
+    );
+    let r = eval(&["--data", s(&small), "--val-fraction", "1"]);
+    assert_user_error(&r, &["--val-fraction", "(0, 1)"]);
+}
+
+#[test]
+fn nonsense_model_and_process_flags_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus();
+    let out = tmp.path().join("run");
+    for (extra, needles) in [
+        (
+            vec!["--d3pm-timesteps", "0"],
+            vec!["--d3pm-timesteps", "at least 1"],
+        ),
+        (
+            vec!["--hybrid-lambda", "NaN"],
+            vec!["--hybrid-lambda", "NaN"],
+        ),
+        (vec!["--hybrid-lambda=-1"], vec!["--hybrid-lambda", ">= 0"]),
+        (vec!["--heads", "0"], vec!["--heads", "at least 1"]),
+        (vec!["--layers", "0"], vec!["--layers", "at least 1"]),
+        (
+            vec!["--hidden-size", "0"],
+            vec!["--hidden-size", "at least 1"],
+        ),
+        (
+            vec!["--hidden-size", "30"],
+            vec!["--hidden-size", "--heads"],
+        ),
+        (
+            vec!["--hidden-size", "6", "--heads", "2"],
+            vec!["--hidden-size", "even"],
+        ),
+        (vec!["--mlp-ratio", "0"], vec!["--mlp-ratio", "0"]),
+        (vec!["--mlp-ratio", "inf"], vec!["--mlp-ratio", "inf"]),
+        (vec!["--dropout", "NaN"], vec!["--dropout"]),
+        (vec!["--val-fraction", "NaN"], vec!["--val-fraction"]),
+        (vec!["--seq-len", "1"], vec!["--seq-len", "at least 2"]),
+        (
+            vec!["--tokenizer", "bpe", "--vocab-size", "100"],
+            vec!["--vocab-size", "256"],
+        ),
+    ] {
+        let mut args = vec![
+            "train",
+            "text",
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--process",
+            "d3pm-absorbing",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(&extra);
+        let r = diffuse(&args, None);
+        assert_user_error(&r, &needles);
+        assert!(
+            !out.join("run.json").exists(),
+            "{extra:?} left a run behind"
+        );
+    }
+}

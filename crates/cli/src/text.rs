@@ -4,13 +4,15 @@
 use crate::run_dir::{device, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use diffuse_tensor::data::recorded_data_path;
 use diffuse_tensor::ema::EmaConfig;
-use diffuse_text::corpus::{default_datasets_dir, Corpus};
+use diffuse_text::corpus::{corpus_names, default_datasets_dir, Corpus};
 use diffuse_text::pipeline::{TextPipeline, TextSampleOptions};
 use diffuse_text::process::{ProcessConfig, ProcessKind, MASK_SCHEDULE_NAMES};
+use diffuse_text::tokenizer::BPE_BYTE_ALPHABET;
 use diffuse_text::train::{read_run_config, train_text_model, TextTrainConfig, RUN_CONFIG};
 use diffuse_text::transformer::Positions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// `diffuse train text`.
@@ -87,10 +89,17 @@ pub struct TrainTextArgs {
     pub train_loop: LoopArgs,
 }
 
+/// `--data` as run.json records it: an existing path made absolute (so the run resumes and its
+/// model evaluates from any directory), a corpus name kept as a name.
+fn recorded_data(arg: &str) -> String {
+    recorded_data_path(arg, &corpus_names())
+}
+
 fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
     let data = args
         .data
-        .clone()
+        .as_deref()
+        .map(recorded_data)
         .ok_or_else(|| anyhow!("--data: required (shakespeare, a text file or a folder)"))?;
     let kind = ProcessKind::parse(&args.process)?;
     if !MASK_SCHEDULE_NAMES.contains(&args.mask_schedule.as_str()) {
@@ -98,6 +107,58 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
             "--mask-schedule: unknown schedule '{}' (expected one of {})",
             args.mask_schedule,
             MASK_SCHEDULE_NAMES.join(", ")
+        );
+    }
+    // The network's and the process's own checks would refuse these too, but later and without
+    // the flag's name.
+    if args.d3pm_timesteps == 0 {
+        bail!("--d3pm-timesteps: must be at least 1, got 0");
+    }
+    if !(args.hybrid_lambda.is_finite() && args.hybrid_lambda >= 0.0) {
+        bail!(
+            "--hybrid-lambda: must be a finite number >= 0, got {}",
+            args.hybrid_lambda
+        );
+    }
+    if args.tokenizer == "bpe" && args.vocab_size < BPE_BYTE_ALPHABET {
+        bail!(
+            "--vocab-size: a BPE vocabulary needs at least {BPE_BYTE_ALPHABET} tokens (the byte \
+             alphabet), got {}",
+            args.vocab_size
+        );
+    }
+    for (flag, value) in [
+        ("--hidden-size", args.hidden_size),
+        ("--layers", args.layers),
+        ("--heads", args.heads),
+    ] {
+        if value < 1 {
+            bail!("{flag}: must be at least 1, got {value}");
+        }
+    }
+    if args.hidden_size % args.heads != 0 {
+        bail!(
+            "--hidden-size: {} is not divisible by --heads {}",
+            args.hidden_size,
+            args.heads
+        );
+    }
+    if args.positions == "rotary" && (args.hidden_size / args.heads) % 2 != 0 {
+        bail!(
+            "--hidden-size: rotary positions need an even width per head, and {} / --heads {} \
+             = {} (or use --positions learned)",
+            args.hidden_size,
+            args.heads,
+            args.hidden_size / args.heads
+        );
+    }
+    // At least one MLP unit: the network rounds hidden_size * mlp_ratio.
+    if !(args.mlp_ratio.is_finite() && (args.mlp_ratio * args.hidden_size as f64).round() >= 1.0) {
+        bail!(
+            "--mlp-ratio: must be a positive number giving at least one MLP unit at \
+             --hidden-size {}, got {}",
+            args.hidden_size,
+            args.mlp_ratio
         );
     }
     let mut process = ProcessConfig::new(kind);
@@ -164,7 +225,14 @@ pub fn train(args: TrainTextArgs) -> Result<()> {
         train_config: |c: &mut TextTrainConfig| &mut c.train,
     }
     .run(
-        read_run_config,
+        |run_dir: &Path| -> Result<TextTrainConfig> {
+            let mut config = read_run_config(run_dir)?;
+            // --data on --resume points the run at data that moved; the other settings stay.
+            if let Some(data) = &args.data {
+                config.data = recorded_data(data);
+            }
+            Ok(config)
+        },
         || build_config(&args),
         |_| Ok(()),
         |config, device, resume, stop_after| {
@@ -272,6 +340,19 @@ pub fn sample(args: SampleTextArgs) -> Result<()> {
     if args.num == 0 {
         bail!("--num: must be at least 1");
     }
+    // The sampler refuses these too, but without the flag's name.
+    if args.steps == Some(0) {
+        bail!("--steps: must be at least 1, got 0");
+    }
+    if !(args.temperature.is_finite() && args.temperature > 0.0) {
+        bail!(
+            "--temperature: must be a finite number > 0, got {}",
+            args.temperature
+        );
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p: must lie in (0, 1], got {}", args.top_p);
+    }
     let started = Instant::now();
     let (bar, on_step) = step_bar("sample");
     let samples = match (&args.prompt, &args.infill) {
@@ -366,22 +447,26 @@ pub fn eval(args: EvalTextArgs) -> Result<()> {
         .val_fraction
         .or(pipeline.info.val_fraction)
         .unwrap_or(0.05);
+    if !(val_fraction > 0.0 && val_fraction < 1.0) {
+        bail!("--val-fraction: must lie in (0, 1), got {val_fraction}");
+    }
     if args.batch_size == 0 || args.mc_samples == 0 {
         bail!("--batch-size and --mc-samples: must be at least 1");
     }
     let corpus =
         Corpus::load(&data, &default_datasets_dir()).map_err(|e| anyhow!("--data: {e}"))?;
-    let split = corpus
-        .tokenize(
+    // Only the held-out split is scored, so only it has to hold a whole sequence.
+    let held_out = corpus
+        .held_out(
             &pipeline.model.tokenizer,
             pipeline.info.seq_len,
             val_fraction,
         )
-        .map_err(|e| anyhow!("--data: {e}"))?;
+        .map_err(|e| anyhow!("--data: {e} (--val-fraction {val_fraction})"))?;
     let held_out = if args.limit > 0 {
-        split.validation.take(args.limit)
+        held_out.take(args.limit)
     } else {
-        split.validation
+        held_out
     };
     diffuse_tensor::manual_seed(args.seed);
     let (bar, on_step) = step_bar("eval");

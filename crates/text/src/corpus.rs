@@ -19,11 +19,13 @@
 //!
 //! Named corpora: [`resolve_corpus`] maps `shakespeare` to `data/datasets/shakespeare`, reading
 //! only its top-level `*_gut.txt` files (the 42 works in modern spelling, 5 MB); the `folio/`
-//! (First Folio spelling of the same plays) and `milton/` subfolders are other corpora.
+//! (First Folio spelling of the same plays) and `milton/` subfolders are other corpora. A path
+//! that exists wins over a name.
 
 use crate::tokenizer::{TextTokenizer, TokenStats};
 use diffuse_tensor::data::EpochSampler;
 use diffuse_tensor::{Error, Result};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
@@ -73,10 +75,25 @@ pub fn default_datasets_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/datasets")
 }
 
-/// A corpus name (`shakespeare`) or a path to a file or folder. A plain name that is neither a
-/// named corpus nor an existing path is looked up in `datasets_dir`. Paths get the default
-/// [`CorpusOptions`].
+/// The names [`resolve_corpus`] knows (for `diffuse_tensor::data::recorded_data_path`, which
+/// keeps a name a name and makes a path absolute).
+pub fn corpus_names() -> Vec<&'static str> {
+    NAMED.iter().map(|(n, ..)| *n).collect()
+}
+
+/// A path to a file or folder, or a corpus name (`shakespeare`). A path that exists wins over a
+/// name, so a local folder called `shakespeare` is read rather than shadowed by the bundled
+/// corpus (and a run recorded with its absolute path reads the same files from anywhere). A
+/// plain name that is neither an existing path nor a named corpus is looked up in
+/// `datasets_dir`. Paths get the default [`CorpusOptions`].
 pub fn resolve_corpus(name_or_path: &str, datasets_dir: &Path) -> Result<CorpusSource> {
+    let path = Path::new(name_or_path);
+    if !name_or_path.is_empty() && path.exists() {
+        return Ok(CorpusSource {
+            path: path.to_path_buf(),
+            options: CorpusOptions::default(),
+        });
+    }
     if let Some(&(name, folder, recursive)) = NAMED.iter().find(|(n, ..)| *n == name_or_path) {
         let dir = datasets_dir.join(folder);
         if !dir.is_dir() {
@@ -94,31 +111,25 @@ pub fn resolve_corpus(name_or_path: &str, datasets_dir: &Path) -> Result<CorpusS
             },
         });
     }
-    let path = Path::new(name_or_path);
     let plain_name = !name_or_path.is_empty()
         && !name_or_path.contains(['/', '\\'])
         && name_or_path != "."
         && name_or_path != "..";
-    let path = if path.exists() {
-        path.to_path_buf()
-    } else if plain_name && datasets_dir.join(name_or_path).exists() {
-        datasets_dir.join(name_or_path)
-    } else {
-        let known: Vec<&str> = NAMED.iter().map(|(n, ..)| *n).collect();
-        return Err(Error::InvalidArgument(format!(
-            "{name_or_path}: no such file or folder{} (named corpora: {})",
-            if plain_name {
-                format!(", and no corpus of that name in {}", datasets_dir.display())
-            } else {
-                String::new()
-            },
-            known.join(", ")
-        )));
-    };
-    Ok(CorpusSource {
-        path,
-        options: CorpusOptions::default(),
-    })
+    if plain_name && datasets_dir.join(name_or_path).exists() {
+        return Ok(CorpusSource {
+            path: datasets_dir.join(name_or_path),
+            options: CorpusOptions::default(),
+        });
+    }
+    Err(Error::InvalidArgument(format!(
+        "{name_or_path}: no such file or folder{} (named corpora: {})",
+        if plain_name {
+            format!(", and no corpus of that name in {}", datasets_dir.display())
+        } else {
+            String::new()
+        },
+        corpus_names().join(", ")
+    )))
 }
 
 /// One file of a corpus.
@@ -141,31 +152,69 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-/// The corpus files under `root`, sorted; see [`CorpusOptions`]. Links are followed (to a depth
-/// of 32 folders, which also stops link cycles).
+/// The corpus files under `root`, sorted; see [`CorpusOptions`]. Links are followed, but every
+/// folder and file is read once: a link back to a folder already walked (a loop) or to a
+/// file already listed is skipped, so a corpus never holds the same text twice.
 pub fn corpus_files(root: &Path, options: &CorpusOptions) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, depth: usize, o: &CorpusOptions, out: &mut Vec<PathBuf>) -> Result<()> {
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-        for entry in entries {
-            let path = entry.map_err(|e| Error::io(dir, e))?.path();
-            if is_hidden(&path) {
-                continue;
-            }
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if meta.is_dir() {
-                if o.recursive && depth < 32 {
-                    walk(&path, depth + 1, o, out)?;
-                }
-            } else if o.all_files || path.extension().is_some_and(|e| e == "txt") {
-                out.push(path);
-            }
-        }
-        Ok(())
+    struct Walk<'a> {
+        options: &'a CorpusOptions,
+        /// Canonical folders and files seen so far.
+        seen: HashSet<PathBuf>,
+        out: Vec<PathBuf>,
     }
-    let mut out = Vec::new();
-    walk(root, 0, options, &mut out)?;
+    impl Walk<'_> {
+        /// True the first time `path` (by its canonical form) is met.
+        fn first_visit(&mut self, path: &Path) -> Result<bool> {
+            let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+            Ok(self.seen.insert(canonical))
+        }
+
+        fn dir(&mut self, dir: &Path) -> Result<()> {
+            let mut paths = Vec::new();
+            for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+                paths.push(entry.map_err(|e| Error::io(dir, e))?.path());
+            }
+            // Sorted, so that which of two links to the same file is kept never depends on the
+            // filesystem's order.
+            paths.sort();
+            for path in paths {
+                if is_hidden(&path) {
+                    continue;
+                }
+                // A dangling link or an unreadable entry is not part of the corpus.
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    if !self.options.recursive {
+                        continue;
+                    }
+                    if self.first_visit(&path)? {
+                        self.dir(&path)?;
+                    } else {
+                        tracing::warn!(
+                            folder = %path.display(),
+                            "skipping a folder already read through another path (a link \
+                             loop, or two links to one folder)"
+                        );
+                    }
+                } else if (self.options.all_files || path.extension().is_some_and(|e| e == "txt"))
+                    && self.first_visit(&path)?
+                {
+                    self.out.push(path);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut walk = Walk {
+        options,
+        seen: HashSet::new(),
+        out: Vec::new(),
+    };
+    walk.first_visit(root)?;
+    walk.dir(root)?;
+    let mut out = walk.out;
     if out.is_empty() {
         return Err(Error::format(
             root,
@@ -309,47 +358,13 @@ impl Corpus {
         seq_len: usize,
         val_fraction: f64,
     ) -> Result<TokenizedCorpus> {
-        if seq_len == 0 {
-            return Err(Error::InvalidArgument(
-                "seq_len must be positive, got 0".into(),
-            ));
-        }
+        check_seq_len(seq_len)?;
         let parts = self.split_text(val_fraction)?;
-        let separator = tokenizer.encode(DOCUMENT_SEPARATOR).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "the document separator {DOCUMENT_SEPARATOR:?} cannot be encoded: {e}"
-            ))
-        })?;
-        let stream = |texts: Vec<(&str, &str)>| -> Result<(Vec<i64>, TokenStats)> {
-            let mut tokens = Vec::new();
-            let mut chars = 0u64;
-            let mut first = true;
-            for (name, text) in texts {
-                if text.is_empty() {
-                    continue;
-                }
-                if !first {
-                    tokens.extend_from_slice(&separator);
-                    chars += DOCUMENT_SEPARATOR.chars().count() as u64;
-                }
-                first = false;
-                let ids = tokenizer
-                    .encode(text)
-                    .map_err(|e| Error::InvalidArgument(format!("{name}: {e}")))?;
-                tokens.extend_from_slice(&ids);
-                chars += text.chars().count() as u64;
-            }
-            let stats = TokenStats {
-                chars,
-                tokens: tokens.len() as u64,
-            };
-            Ok((tokens, stats))
-        };
-        let names = self.documents.iter().map(|d| d.name.as_str());
-        let train_texts = names.clone().zip(parts.iter().map(|p| p.0)).collect();
-        let val_texts = names.zip(parts.iter().map(|p| p.1)).collect();
-        let (train_tokens, train_stats) = stream(train_texts)?;
-        let (val_tokens, val_stats) = stream(val_texts)?;
+        let mut separator = None;
+        let (train_tokens, train_stats) =
+            self.stream(tokenizer, &mut separator, parts.iter().map(|p| p.0))?;
+        let (val_tokens, val_stats) =
+            self.stream(tokenizer, &mut separator, parts.iter().map(|p| p.1))?;
         let too_short = |split: &str, n: usize| {
             Error::InvalidArgument(format!(
                 "the {split} split has {n} tokens, fewer than seq_len {seq_len}: use a shorter \
@@ -373,6 +388,89 @@ impl Corpus {
             seq_len,
         })
     }
+
+    /// Only the held-out (validation) split of [`Corpus::tokenize`], cut into sequences of
+    /// `seq_len` tokens: what evaluation scores. The training part is never tokenized, so it may
+    /// be of any length (a small file can be scored with most of it held out). Errors when
+    /// `val_fraction` is not in (0, 1) or the held-out split is too short for one sequence.
+    pub fn held_out(
+        &self,
+        tokenizer: &TextTokenizer,
+        seq_len: usize,
+        val_fraction: f64,
+    ) -> Result<TokenSequences> {
+        check_seq_len(seq_len)?;
+        if val_fraction <= 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "validation fraction must be in (0, 1) to hold out text, got {val_fraction}"
+            )));
+        }
+        let parts = self.split_text(val_fraction)?;
+        let (tokens, stats) = self.stream(tokenizer, &mut None, parts.iter().map(|p| p.1))?;
+        if tokens.len() < seq_len {
+            return Err(Error::InvalidArgument(format!(
+                "the held-out split has {} tokens, but one sequence needs seq_len {seq_len}: \
+                 hold out a larger fraction or use a longer text",
+                tokens.len()
+            )));
+        }
+        Ok(TokenSequences::from_stream(&tokens, seq_len, stats))
+    }
+
+    /// One split's pieces (one per document, in order) tokenized and joined into one stream
+    /// with the tokens of [`DOCUMENT_SEPARATOR`] between non-empty pieces. The separator is
+    /// encoded (into `separator`, shared by both splits) only when two pieces are joined: a
+    /// one-document corpus never needs it, so a tokenizer that cannot encode it still works.
+    fn stream<'a>(
+        &self,
+        tokenizer: &TextTokenizer,
+        separator: &mut Option<Vec<i64>>,
+        pieces: impl Iterator<Item = &'a str>,
+    ) -> Result<(Vec<i64>, TokenStats)> {
+        let mut tokens = Vec::new();
+        let mut chars = 0u64;
+        let mut first = true;
+        for (document, text) in self.documents.iter().zip(pieces) {
+            if text.is_empty() {
+                continue;
+            }
+            if !first {
+                let separator = match separator {
+                    Some(ids) => ids,
+                    None => {
+                        separator.insert(tokenizer.encode(DOCUMENT_SEPARATOR).map_err(|e| {
+                            Error::InvalidArgument(format!(
+                                "the document separator {DOCUMENT_SEPARATOR:?} cannot be \
+                                 encoded (it goes between the corpus's documents): {e}"
+                            ))
+                        })?)
+                    }
+                };
+                tokens.extend_from_slice(separator);
+                chars += DOCUMENT_SEPARATOR.chars().count() as u64;
+            }
+            first = false;
+            let ids = tokenizer
+                .encode(text)
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", document.name)))?;
+            tokens.extend_from_slice(&ids);
+            chars += text.chars().count() as u64;
+        }
+        let stats = TokenStats {
+            chars,
+            tokens: tokens.len() as u64,
+        };
+        Ok((tokens, stats))
+    }
+}
+
+fn check_seq_len(seq_len: usize) -> Result<()> {
+    if seq_len == 0 {
+        return Err(Error::InvalidArgument(
+            "seq_len must be positive, got 0".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_fraction(val_fraction: f64) -> Result<()> {

@@ -23,11 +23,13 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::wordlevel::WordLevel;
-use tokenizers::models::{ModelWrapper, TrainerWrapper};
+use tokenizers::models::ModelWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::fixed_length::FixedLength;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::Tokenizer;
+use tokenizers::{
+    OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, Tokenizer, Trainer,
+};
 
 /// The `unk_token` a character tokenizer's `WordLevel` model names. It is deliberately not in the
 /// vocabulary: an unseen character is an error, never a silent `[UNK]`.
@@ -141,6 +143,65 @@ fn unencodable(chars: &BTreeSet<char>) -> Error {
     ))
 }
 
+/// The longest word (in bytes) byte-level BPE training counts; longer pre-tokenized words are cut
+/// into pieces of this size. The trainer applies each merge to a word by shifting the rest of
+/// its symbols, so one word of n bytes costs O(n) per merge and O(n^2) overall: a 200,000
+/// character line without spaces took half a minute and a 2 MB one never finished. Bounding
+/// words bounds that cost, making training linear in the corpus. 256 bytes is far above any
+/// natural word (the pre-tokenizer already splits at spaces, letters/digits and punctuation, so
+/// only runs such as `xxxx...`, long numbers or rules of `=====` are cut), and it is the length
+/// up to which the library caches encoded words. Only training sees the cut: encoding keeps
+/// whole words (its merge loop is O(n log n)), so the cut changes which merges are learned from
+/// such runs, never whether text round-trips (byte-level BPE encodes any byte sequence).
+pub const BPE_TRAINING_WORD_BYTES: usize = 256;
+
+/// `word` (a byte-level pre-tokenized piece: one character per byte of `original`, the text it
+/// stands for) cut into pieces of at most [`BPE_TRAINING_WORD_BYTES`] bytes, appended to `out`.
+/// Cuts fall where a character of the original text starts, so no piece holds a fragment of a
+/// multi-byte character at its edge (which would teach merges of meaningless byte pairs).
+fn push_training_chunks(word: &str, original: &[u8], out: &mut Vec<String>) {
+    let symbols: Vec<char> = word.chars().collect();
+    if symbols.len() <= BPE_TRAINING_WORD_BYTES {
+        out.push(word.to_owned());
+        return;
+    }
+    // Without the original bytes lined up with the symbols, any cut will do.
+    let aligned = original.len() == symbols.len();
+    let starts_char = |i: usize| !aligned || i == symbols.len() || original[i] & 0xC0 != 0x80;
+    let mut start = 0;
+    while start < symbols.len() {
+        let mut end = (start + BPE_TRAINING_WORD_BYTES).min(symbols.len());
+        // A UTF-8 character is at most 4 bytes: this steps back at most 3.
+        while end > start + 1 && !starts_char(end) {
+            end -= 1;
+        }
+        out.push(symbols[start..end].iter().collect());
+        start = end;
+    }
+}
+
+/// The id of the model's unknown token, when it has one in the vocabulary. Read through each
+/// model's own accessors: serialising the model to find it (as this once did) makes the library
+/// print a warning to stdout for a vocabulary with gaps in its ids, which corrupts `--json`
+/// output.
+fn unknown_token_id(inner: &Tokenizer) -> Option<u32> {
+    let unk_token = match inner.get_model() {
+        ModelWrapper::BPE(m) => m.get_unk_token().clone(),
+        ModelWrapper::WordLevel(m) => Some(m.unk_token.clone()),
+        ModelWrapper::WordPiece(m) => Some(m.unk_token.clone()),
+        // Unigram keeps only an id and has no accessor for it; its serialisation writes a plain
+        // list of pieces (no gap check, no printing), so reading the id from it is safe.
+        ModelWrapper::Unigram(m) => {
+            let json = serde_json::to_value(m).ok()?;
+            return json
+                .get("unk_id")
+                .and_then(|id| id.as_u64())
+                .and_then(|id| u32::try_from(id).ok());
+        }
+    };
+    unk_token.and_then(|t| inner.token_to_id(&t))
+}
+
 fn tokenizer_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("tokenizer: {what}: {e}"))
 }
@@ -198,22 +259,36 @@ impl TextTokenizer {
                 "cannot train a BPE tokenizer: the text is empty".into(),
             ));
         }
-        let mut inner = Tokenizer::new(BPE::default());
         // No prefix space: it would add a character that decoding keeps, breaking round trips.
-        inner.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
-            false, true, true,
-        ))));
-        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
-        let trainer = BpeTrainerBuilder::new()
+        let pre_tokenizer = ByteLevel::new(false, true, true);
+        let mut trainer = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
             .min_frequency(2)
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .show_progress(false)
             .build();
-        let mut trainer = TrainerWrapper::BpeTrainer(trainer);
-        inner
-            .train(&mut trainer, texts.iter().map(|t| t.as_ref()))
+        // What `Tokenizer::train` does (no normaliser, no added tokens: pre-tokenize, count the
+        // words), except that words are cut to at most BPE_TRAINING_WORD_BYTES bytes first.
+        trainer
+            .feed(texts.iter().map(|t| t.as_ref()), |text| {
+                let mut pieces = PreTokenizedString::from(text);
+                pre_tokenizer.pre_tokenize(&mut pieces)?;
+                let mut words = Vec::new();
+                let splits = pieces.get_splits(OffsetReferential::Original, OffsetType::Byte);
+                for (word, (start, end), _) in splits {
+                    let original = text.as_bytes().get(start..end).unwrap_or_default();
+                    push_training_chunks(word, original, &mut words);
+                }
+                Ok(words)
+            })
             .map_err(|e| tokenizer_error("BPE training failed", e))?;
+        let mut model = BPE::default();
+        trainer
+            .train(&mut model)
+            .map_err(|e| tokenizer_error("BPE training failed", e))?;
+        let mut inner = Tokenizer::new(model);
+        inner.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(pre_tokenizer)));
+        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
         Ok(Self::wrap(inner))
     }
 
@@ -292,13 +367,7 @@ impl TextTokenizer {
                 to_char,
             }
         });
-        // Models name their unknown token differently (unk_token, unk_id); their JSON has it.
-        let model_json = serde_json::to_value(model).unwrap_or_default();
-        let unk_id = match (model_json.get("unk_token"), model_json.get("unk_id")) {
-            (Some(serde_json::Value::String(t)), _) => inner.token_to_id(t),
-            (_, Some(serde_json::Value::Number(n))) => n.as_u64().map(|n| n as u32),
-            _ => None,
-        };
+        let unk_id = unknown_token_id(&inner);
         TextTokenizer {
             inner,
             kind,

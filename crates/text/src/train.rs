@@ -15,6 +15,7 @@ use crate::tokenizer::TextTokenizer;
 use crate::transformer::{TextTransformer, TransformerConfig};
 use diffuse_tensor::atomic::write_json_atomic;
 use diffuse_tensor::data::EpochSampler;
+use diffuse_tensor::metrics::truncate_after_step;
 use diffuse_tensor::plot::write_loss_curve;
 use diffuse_tensor::train::{StepReport, TrainConfig, TrainOutcome, TrainTask, Trainer};
 use diffuse_tensor::{Error, Result};
@@ -94,6 +95,8 @@ impl Default for TextTrainConfig {
 pub const RUN_CONFIG: &str = "run.json";
 pub const RUN_TOKENIZER: &str = "tokenizer.json";
 pub const MODEL_DIR: &str = "model";
+/// The periodic validation estimates, one JSON record per line with its `"step"`.
+pub const VALIDATION_FILE: &str = "validation.jsonl";
 
 /// The tokenizer a config asks for, built from (or read for) `corpus`.
 pub fn make_tokenizer(config: &TextTrainConfig, corpus: &Corpus) -> Result<TextTokenizer> {
@@ -160,7 +163,7 @@ impl TextTask<'_> {
                 .preview
                 .evaluate(&subset, self.config.batch_size, 1, |_, _| {})?;
             tracing::info!(step, bits_per_char = eval.bits_per_char, "validation");
-            let path = self.run_dir.join("validation.jsonl");
+            let path = self.run_dir.join(VALIDATION_FILE);
             let mut f = fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -279,7 +282,12 @@ pub fn train_text_model(
         }
     }
     if resume {
-        trainer.resume_latest_or_start()?;
+        let step = trainer.resume_latest_or_start()?;
+        // The estimates logged after that step (by the interrupted run) are logged again as the
+        // resumed run redoes those steps: drop them, as the trainer does for metrics.jsonl.
+        if diffuse_tensor::dist::is_main() {
+            truncate_after_step(&run_dir.join(VALIDATION_FILE), step)?;
+        }
     }
     let until = stop_after.unwrap_or(config.train.steps);
     let (summary, model_dir) = trainer.run_and_finish(

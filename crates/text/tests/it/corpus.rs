@@ -272,3 +272,102 @@ fn shakespeare_resolves_to_the_top_level_works() {
     assert!(names(&corpus).iter().all(|n| n.ends_with("_gut.txt")));
     assert!(names(&corpus).contains(&"hamlet_gut.txt"));
 }
+
+#[test]
+fn an_existing_path_is_read_even_when_named_like_a_corpus() {
+    // A datasets folder holding the named corpus, and a folder of the same name elsewhere: the
+    // path given is what is read (the CLI records existing paths as absolute ones).
+    let datasets = tempfile::tempdir().unwrap();
+    std::fs::create_dir(datasets.path().join("shakespeare")).unwrap();
+    std::fs::write(datasets.path().join("shakespeare/x_gut.txt"), "bundled\n").unwrap();
+    let mine = tempfile::tempdir().unwrap();
+    let local = mine.path().join("shakespeare");
+    std::fs::create_dir(&local).unwrap();
+    std::fs::write(local.join("mine.txt"), "my own text\n").unwrap();
+    let source = resolve_corpus(local.to_str().unwrap(), datasets.path()).unwrap();
+    assert_eq!(source.path, local);
+    assert_eq!(source.options, CorpusOptions::default());
+    let corpus = Corpus::load(local.to_str().unwrap(), datasets.path()).unwrap();
+    assert_eq!(names(&corpus), ["mine.txt"]);
+    // The bare name, with no such folder here, is still the named corpus.
+    let source = resolve_corpus("shakespeare", datasets.path()).unwrap();
+    assert_eq!(source.path, datasets.path().join("shakespeare"));
+    assert!(!source.options.recursive);
+}
+
+#[cfg(unix)]
+#[test]
+fn link_loops_and_repeated_links_read_every_file_once() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("corpus");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("a.txt"), "first file\n").unwrap();
+    std::fs::write(root.join("sub/b.txt"), "second file\n").unwrap();
+    // A loop back to the root, a second way into sub/, and a second name for a.txt.
+    symlink(&root, root.join("sub/loop")).unwrap();
+    symlink(root.join("sub"), root.join("again")).unwrap();
+    symlink(root.join("a.txt"), root.join("sub/same.txt")).unwrap();
+    let files = diffuse_text::corpus::corpus_files(&root, &CorpusOptions::default()).unwrap();
+    assert_eq!(files, [root.join("a.txt"), root.join("again/b.txt")]);
+    let corpus = Corpus::from_path(&root, &CorpusOptions::default()).unwrap();
+    assert_eq!(names(&corpus), ["a.txt", "again/b.txt"]);
+    assert_eq!(
+        corpus.num_chars(),
+        ("first file\n".len() + "second file\n".len()) as u64
+    );
+}
+
+#[test]
+fn held_out_sequences_need_only_a_long_enough_held_out_split() {
+    // One line of 40 characters: 90% held out leaves 4 training characters.
+    let text = "Shall I compare thee to a summers day?\n\n";
+    let corpus = Corpus::from_documents(vec![doc("small.txt", text.into())]).unwrap();
+    let tok = corpus.char_tokenizer().unwrap();
+    let err = corpus.tokenize(&tok, 32, 0.9).unwrap_err().to_string();
+    assert!(err.contains("training split has 4 tokens"), "{err}");
+    let held_out = corpus.held_out(&tok, 32, 0.9).unwrap();
+    assert_eq!(held_out.len(), 1);
+    assert_eq!(held_out.stats().tokens, 36);
+    let row = Vec::<i64>::try_from(held_out.tokens().get(0)).unwrap();
+    assert_eq!(tok.decode(&row), text[4..36]);
+    // The same held-out sequences as a full tokenization gives, when that succeeds.
+    let corpus = lined_corpus();
+    let tok = corpus.char_tokenizer().unwrap();
+    let full = corpus.tokenize(&tok, 16, 0.2).unwrap();
+    let held_out = corpus.held_out(&tok, 16, 0.2).unwrap();
+    assert!(held_out.tokens().equal(full.validation.tokens()));
+    assert_eq!(held_out.stats(), full.validation.stats());
+    // Too short even so: one error with the count and what one sequence needs.
+    let err = corpus.held_out(&tok, 40, 0.2).unwrap_err().to_string();
+    assert!(
+        err.contains("held-out split has 32 tokens") && err.contains("seq_len 40"),
+        "{err}"
+    );
+    let err = corpus.held_out(&tok, 16, 0.0).unwrap_err().to_string();
+    assert!(err.contains("(0, 1)"), "{err}");
+}
+
+#[test]
+fn only_a_corpus_of_several_documents_needs_the_separator() {
+    // A tokenizer without "\n" cannot encode the separator.
+    let tok = TextTokenizer::char_level(["abcdefgh"]).unwrap();
+    let one = Corpus::from_documents(vec![doc("one", "abcdefgh".repeat(8))]).unwrap();
+    let data = one.tokenize(&tok, 8, 0.25).unwrap();
+    assert_eq!(data.train.stats().tokens, 48);
+    assert_eq!(data.validation.stats().tokens, 16);
+    // An empty second document joins nothing either.
+    let with_empty = Corpus::from_documents(vec![
+        doc("empty", String::new()),
+        doc("one", "abcdefgh".repeat(8)),
+    ])
+    .unwrap();
+    assert!(with_empty.tokenize(&tok, 8, 0.25).is_ok());
+    let two = Corpus::from_documents(vec![
+        doc("one", "abcdefgh".repeat(8)),
+        doc("two", "hgfedcba".repeat(8)),
+    ])
+    .unwrap();
+    let err = two.tokenize(&tok, 8, 0.25).unwrap_err().to_string();
+    assert!(err.contains("document separator"), "{err}");
+}

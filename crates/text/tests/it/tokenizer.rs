@@ -187,3 +187,129 @@ fn token_stats_give_bits_per_character() {
     let tok = TextTokenizer::char_level(["abc"]).unwrap();
     assert_eq!(tok.chars_per_token("abcabc").unwrap(), 1.0);
 }
+
+/// A `tokenizer.json` around `model`, splitting at whitespace.
+fn tokenizer_json(model: serde_json::Value) -> String {
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": null,
+        "model": model,
+    })
+    .to_string()
+}
+
+#[test]
+fn vocabularies_with_gaps_load_and_their_unknown_token_is_still_found() {
+    // Ids 2 and 3 unused: the library warns on stdout whenever such a model is serialised, so
+    // loading must not serialise it (the CLI's --json output would break; see the e2e tests).
+    let word_level = tokenizer_json(serde_json::json!({
+        "type": "WordLevel",
+        "vocab": {"a": 0, "b": 1, "[UNK]": 4},
+        "unk_token": "[UNK]",
+    }));
+    let bpe = tokenizer_json(serde_json::json!({
+        "type": "BPE",
+        "vocab": {"a": 0, "b": 1, "<unk>": 4},
+        "merges": [],
+        "unk_token": "<unk>",
+    }));
+    let word_piece = tokenizer_json(serde_json::json!({
+        "type": "WordPiece",
+        "vocab": {"a": 0, "b": 1, "[UNK]": 4},
+        "unk_token": "[UNK]",
+        "continuing_subword_prefix": "##",
+        "max_input_chars_per_word": 100,
+    }));
+    for json in [word_level, bpe, word_piece] {
+        let tok = TextTokenizer::from_json_str(&json).unwrap();
+        assert_eq!(tok.kind(), TokenizerKind::Other);
+        assert_eq!(tok.vocab_size(), 5, "{json}");
+        assert_eq!(tok.encode("a b").unwrap(), [0, 1], "{json}");
+        // Text that would encode to the unknown token is refused, naming the character.
+        let err = tok.encode("a c").unwrap_err().to_string();
+        assert!(err.contains("'c' (U+0063)"), "{json}: {err}");
+    }
+    // A Unigram model keeps only the id of its unknown piece.
+    let unigram = tokenizer_json(serde_json::json!({
+        "type": "Unigram",
+        "unk_id": 2,
+        "vocab": [["a", -1.0], ["b", -1.0], ["<unk>", -5.0]],
+    }));
+    let tok = TextTokenizer::from_json_str(&unigram).unwrap();
+    assert_eq!(tok.encode("a b").unwrap(), [0, 1]);
+    let err = tok.encode("a c").unwrap_err().to_string();
+    assert!(err.contains("'c' (U+0063)"), "{err}");
+}
+
+#[test]
+fn bpe_training_on_a_very_long_run_without_spaces_finishes_and_round_trips() {
+    // One 200,000-character word (quadratic to train on whole), a multi-byte run and some
+    // ordinary text: training cuts long words, encoding keeps them and round-trips exactly.
+    let long = "x".repeat(200_000);
+    let accents = "é".repeat(3_000);
+    let text = format!("{long}\nShall I compare thee {accents} to a summer's day?\n");
+    let tok = TextTokenizer::train_bpe(&[text.as_str()], 300).unwrap();
+    assert_eq!(tok.kind(), TokenizerKind::ByteLevelBpe);
+    for sample in [text.as_str(), long.as_str(), accents.as_str(), MIXED] {
+        let ids = tok.encode(sample).unwrap();
+        assert_eq!(tok.decode(&ids), sample);
+    }
+    // Runs are learned, but no token is longer than the longest word training counts (a
+    // byte-level token has one character per byte).
+    let x_tokens = tok.encode(&long).unwrap();
+    assert!(x_tokens.len() < 2_000, "{} tokens", x_tokens.len());
+    let bytes = |id: i64| tok.token(id).unwrap().chars().count();
+    let longest = (0..tok.vocab_size() as i64).map(bytes).max().unwrap();
+    assert_eq!(
+        longest,
+        diffuse_text::tokenizer::BPE_TRAINING_WORD_BYTES,
+        "the longest token"
+    );
+    // Words are cut between characters: every token of the accented run is whole "é"s (and
+    // those of its pieces learned a merge of, two bytes each).
+    let e_ids = tok.encode(&accents).unwrap();
+    for &id in &e_ids {
+        let token = tok.decode(&[id]);
+        assert!(
+            !token.is_empty() && token.chars().all(|c| c == 'é'),
+            "token {id}: {token:?}"
+        );
+    }
+}
+
+#[test]
+fn bpe_training_on_ordinary_text_matches_the_library_trainer() {
+    // Cutting long words is the only departure from `Tokenizer::train`: on text without long
+    // words the merges and ids are the library's.
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{DecoderWrapper, PreTokenizerWrapper, Tokenizer};
+    let texts = fixture_texts();
+    let ours = TextTokenizer::train_bpe(&texts, 320).unwrap();
+    let mut library = Tokenizer::new(BPE::default());
+    library.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+        false, true, true,
+    ))));
+    library.with_decoder(Some(DecoderWrapper::ByteLevel(
+        tokenizers::decoders::byte_level::ByteLevel::default(),
+    )));
+    let mut trainer = tokenizers::models::TrainerWrapper::BpeTrainer(
+        BpeTrainerBuilder::new()
+            .vocab_size(320)
+            .min_frequency(2)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .show_progress(false)
+            .build(),
+    );
+    library.train(&mut trainer, texts.iter()).unwrap();
+    assert_eq!(
+        ours.to_json_string().unwrap(),
+        library.to_string(true).unwrap()
+    );
+}
