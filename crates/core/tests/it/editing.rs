@@ -211,7 +211,7 @@ fn sdedit_runs_the_strength_fraction_of_steps_and_keeps_a_clean_image() {
         assert_eq!(calls.get(), evaluations, "{name}");
         // Every strength starts at a step the sampler can start from.
         for strength in [0.1, 0.25, 0.5, 0.75, 0.9, 1.0] {
-            sdedit(sampler.as_mut(), &model, &image, strength, |_| {})
+            let _ = sdedit(sampler.as_mut(), &model, &image, strength, |_| {})
                 .unwrap_or_else(|e| panic!("{name} at strength {strength}: {e}"));
         }
         // Strength 0.1 noises to t ~ 100 (alpha_bar ~ 0.9): the posterior of the image's value has
