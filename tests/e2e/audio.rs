@@ -428,3 +428,486 @@ fn bad_audio_inputs_are_one_clear_line() {
         &["--down-factors", "unet1d"],
     );
 }
+
+/// A one-step model on the fixture, trained in `dir/run` with `extra` flags: seconds.
+fn tiny_model(dir: &Path, extra: &[&str]) -> PathBuf {
+    let run = dir.join("run");
+    let mut flags = vec!["--steps", "1"];
+    flags.extend_from_slice(extra);
+    run_ok(&train_args(s(&fixture()), s(&run), &flags));
+    run.join("model")
+}
+
+/// A WAV file of `format` (1 PCM, 3 IEEE float) with `bits` per sample and raw `data`.
+fn wav_file(path: &Path, format: u16, rate: u32, bits: u16, data: &[u8]) {
+    let block = bits / 8;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&format.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&(rate * block as u32).to_le_bytes());
+    b.extend_from_slice(&block.to_le_bytes());
+    b.extend_from_slice(&bits.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// (format code, bits, data chunk) of a WAV file.
+fn wav_data(path: &Path) -> (u16, u16, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let (mut pos, mut fmt, mut data) = (12, None, None);
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        let body = bytes[pos + 8..(pos + 8 + len).min(bytes.len())].to_vec();
+        match &bytes[pos..pos + 4] {
+            b"fmt " => fmt = Some(body),
+            b"data" => data = Some(body),
+            _ => {}
+        }
+        pos += 8 + len + (len & 1);
+    }
+    let fmt = fmt.expect("fmt chunk");
+    // WAVE_FORMAT_EXTENSIBLE keeps the real format code at the start of its sub-format GUID.
+    let code = match u16::from_le_bytes([fmt[0], fmt[1]]) {
+        0xFFFE => u16::from_le_bytes([fmt[24], fmt[25]]),
+        code => code,
+    };
+    (
+        code,
+        u16::from_le_bytes([fmt[14], fmt[15]]),
+        data.expect("data chunk"),
+    )
+}
+
+/// Files (names) directly in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn non_finite_samples_are_refused_naming_the_file_and_the_sample() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), &[]);
+    // Half a second of float samples at 8 kHz with one NaN at frame 1000 (0.125 s).
+    let samples: Vec<f32> = (0..4000)
+        .map(|i| {
+            if i == 1000 {
+                f32::NAN
+            } else {
+                0.1 * (i as f32 * 0.05).sin()
+            }
+        })
+        .collect();
+    let data: Vec<u8> = samples.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let nan = tmp.path().join("nan.wav");
+    wav_file(&nan, 3, 8000, 32, &data);
+    let out = tmp.path().join("filled.wav");
+    let run = diffuse(
+        &[
+            "inpaint",
+            "audio",
+            "--model",
+            s(&model),
+            "--input",
+            s(&nan),
+            "--gap",
+            "0.3:0.4",
+            "--out",
+            s(&out),
+            "--sampler",
+            "diffwave-fast",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(
+        &run,
+        &[
+            "--input",
+            "nan.wav",
+            "frame 1000",
+            "0.125",
+            "channel 1",
+            "NaN",
+        ],
+    );
+    assert!(
+        !out.exists(),
+        "a refused recording still made {}",
+        out.display()
+    );
+    // Training on a folder holding it names the file too, not the learning rate.
+    let folder = tmp.path().join("with-nan");
+    std::fs::create_dir(&folder).unwrap();
+    for i in 0..3 {
+        let name = format!("{i}.wav");
+        std::fs::copy(fixture().join(&name), folder.join(&name)).unwrap();
+    }
+    std::fs::copy(&nan, folder.join("3.wav")).unwrap();
+    let run = diffuse(
+        &train_args(s(&folder), s(&tmp.path().join("r")), &["--steps", "1"]),
+        None,
+    );
+    assert_user_error(&run, &["--data", "3.wav", "frame 1000", "NaN"]);
+    assert!(!run.stderr.contains("learning rate"), "{}", run.stderr);
+}
+
+#[test]
+fn damaged_model_notes_and_empty_validation_splits_are_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), &["--val-fraction", "0"]);
+    // No held-out files: the error says what to do, with flags that exist.
+    let run = diffuse(
+        &[
+            "eval",
+            "audio",
+            "--model",
+            s(&model),
+            "--sampler",
+            "diffwave-fast",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(&run, &["no held-out clips", "--val-fraction"]);
+    assert!(!run.stderr.contains("train split"), "{}", run.stderr);
+
+    let info_path = model.join("diffuse.json");
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
+    for (field, value) in [
+        ("clip_frames", serde_json::json!(0)),
+        ("sample_rate", serde_json::json!(0)),
+        ("channels", serde_json::json!(7)),
+    ] {
+        let mut info = good.clone();
+        info[field] = value;
+        std::fs::write(&info_path, info.to_string()).unwrap();
+        let run = diffuse(
+            &[
+                "sample",
+                "audio",
+                "--model",
+                s(&model),
+                "--out",
+                s(&tmp.path().join("x.wav")),
+                "--sampler",
+                "diffwave-fast",
+                "--device",
+                "cpu",
+            ],
+            None,
+        );
+        assert_user_error(&run, &["--model", "diffuse.json", field]);
+    }
+}
+
+#[test]
+fn train_errors_name_the_flag_that_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture();
+    for (i, (extra, flag)) in [
+        (&["--channels", "0"][..], "--channels"),
+        (&["--channels", "3"], "--channels"),
+        (&["--seconds", "1e12"], "--seconds"),
+        (&["--sample-rate", "100000000"], "--sample-rate"),
+        (&["--batch-size", "0"], "--batch-size"),
+        (&["--sample-sampler", "fastest"], "--sample-sampler"),
+        (
+            &["--sample-sampler", "ddim", "--sample-steps", "5000"],
+            "--sample-steps",
+        ),
+        (&["--residual-channels", "0"], "--residual-channels"),
+        (&["--dilation-cycle", "30"], "--dilation-cycle"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = tmp.path().join(format!("r{i}"));
+        let run = diffuse(&train_args(s(&data), s(&out), extra), None);
+        assert_user_error(&run, &[flag]);
+        let line = run.stderr.trim();
+        assert!(
+            line.starts_with(&format!("error: {flag}:")),
+            "{extra:?}: the error should start with {flag}: {line}"
+        );
+        assert!(!line.contains("--data"), "{extra:?}: {line}");
+        assert!(
+            !out.exists(),
+            "{extra:?}: a refused run made {}",
+            out.display()
+        );
+    }
+}
+
+#[test]
+fn data_paths_are_recorded_absolute_and_resume_can_replace_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    // A folder of one's own called `speech`, beside the bundled dataset's name.
+    let speech = work.join("speech");
+    std::fs::create_dir_all(&speech).unwrap();
+    for i in 0..10 {
+        let name = format!("{i}.wav");
+        std::fs::copy(fixture().join(&name), speech.join(&name)).unwrap();
+    }
+    let run = work.join("run");
+    // Started in `work` with relative paths and stopped half way.
+    let r = diffuse(
+        &train_args("speech", "run", &["--stop-after", "3"]),
+        Some(&work),
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let recorded = |file: &Path, key: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        v[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}: {v}"))
+            .to_owned()
+    };
+    let local = std::fs::canonicalize(&speech).unwrap();
+    let got = PathBuf::from(recorded(&run.join("run.json"), "data"));
+    assert!(got.is_absolute(), "{}", got.display());
+    assert_eq!(
+        std::fs::canonicalize(&got).unwrap(),
+        local,
+        "--data speech beside a folder named speech means that folder"
+    );
+
+    // The data moved; resumed from another folder with --data saying where it is now.
+    let moved = work.join("moved");
+    std::fs::rename(&speech, &moved).unwrap();
+    let r = diffuse(
+        &[
+            "train",
+            "audio",
+            "--out",
+            s(&run),
+            "--resume",
+            "--data",
+            "../work/moved",
+            "--device",
+            "cpu",
+        ],
+        Some(&elsewhere),
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let moved = std::fs::canonicalize(&moved).unwrap();
+    for (file, key) in [
+        (run.join("run.json"), "data"),
+        (run.join("model/diffuse.json"), "dataset"),
+    ] {
+        let got = PathBuf::from(recorded(&file, key));
+        assert!(got.is_absolute(), "{}: {}", file.display(), got.display());
+        assert_eq!(
+            std::fs::canonicalize(&got).unwrap(),
+            moved,
+            "{}",
+            file.display()
+        );
+    }
+    // `eval audio` finds the held-out clips from yet another folder.
+    let r = diffuse(
+        &[
+            "eval",
+            "audio",
+            "--model",
+            s(&run.join("model")),
+            "--json",
+            "--sampler",
+            "diffwave-fast",
+            "--device",
+            "cpu",
+        ],
+        Some(tmp.path()),
+    );
+    assert!(r.success(), "{}", r.stderr);
+}
+
+#[test]
+fn outputs_are_checked_before_sampling_and_written_all_or_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), &[]);
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "audio",
+            "--model",
+            s(&model),
+            "--seconds",
+            "0.1",
+            "--sampler",
+            "diffwave-fast",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    // Missing folders of --out are made.
+    let nested = tmp.path().join("new/deeper/x.wav");
+    let r = sample(&["--out", s(&nested), "--spectrogram"]);
+    assert!(r.success(), "{}", r.stderr);
+    assert!(nested.is_file() && nested.with_extension("png").is_file());
+
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // A folder where a file goes.
+    std::fs::create_dir(out.join("taken.wav")).unwrap();
+    assert_user_error(
+        &sample(&["--out", s(&out.join("taken.wav"))]),
+        &["--out", "taken.wav", "folder"],
+    );
+    // A spectrogram that cannot be written: neither file is.
+    std::fs::create_dir(out.join("clip.png")).unwrap();
+    assert_user_error(
+        &sample(&["--out", s(&out.join("clip.wav")), "--spectrogram"]),
+        &["--spectrogram", "clip.png"],
+    );
+    // A file where a folder goes.
+    let file = out.join("notes.txt");
+    std::fs::write(&file, "mine").unwrap();
+    assert_user_error(
+        &sample(&["--out", s(&file.join("x.wav"))]),
+        &["--out", "notes.txt", "not a folder"],
+    );
+    assert_user_error(
+        &sample(&["--out-dir", s(&file)]),
+        &["--out-dir", "notes.txt"],
+    );
+    assert_eq!(names_in(&out), ["clip.png", "notes.txt", "taken.wav"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+    // A refused --model or --format makes no --out-dir.
+    let newdir = tmp.path().join("newdir");
+    assert_user_error(
+        &sample(&["--out-dir", s(&newdir), "--format", "int12"]),
+        &["--format"],
+    );
+    let r = diffuse(
+        &[
+            "sample",
+            "audio",
+            "--model",
+            s(&tmp.path().join("no-model")),
+            "--out-dir",
+            s(&newdir),
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--model"]);
+    assert!(
+        !newdir.exists(),
+        "a refused command made {}",
+        newdir.display()
+    );
+    let r = sample(&["--out-dir", s(&newdir), "--num", "2"]);
+    assert!(r.success(), "{}", r.stderr);
+    assert_eq!(names_in(&newdir), ["sample-00000.wav", "sample-00001.wav"]);
+
+    // inpaint: the same checks, and never over its own input.
+    let input = tmp.path().join("in.wav");
+    std::fs::copy(fixture().join("3.wav"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let inpaint = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "inpaint",
+            "audio",
+            "--model",
+            s(&model),
+            "--input",
+            s(&input),
+            "--gap",
+            "0.2:0.3",
+            "--out",
+            s(out),
+            "--sampler",
+            "diffwave-fast",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    assert_user_error(&inpaint(&input, &[]), &["--out", "in.wav", "--input"]);
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+    assert_user_error(
+        &inpaint(&out.join("clip.wav"), &["--spectrogram"]),
+        &["--spectrogram", "clip.png"],
+    );
+    assert_eq!(names_in(&out), ["clip.png", "notes.txt", "taken.wav"]);
+    let filled = tmp.path().join("made/for/it/filled.wav");
+    let r = inpaint(&filled, &["--spectrogram"]);
+    assert!(r.success(), "{}", r.stderr);
+    assert!(filled.is_file() && filled.with_extension("png").is_file());
+}
+
+#[test]
+fn inpainting_leaves_32_bit_and_float_recordings_bit_exact_outside_the_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), &[]);
+    // Half a second at 8 kHz; the gap 0.2:0.3 s is frames 1600..2400.
+    let codes: Vec<i32> = (0..4000i64)
+        .map(|i| ((i * 7919 % 4001 - 2000) * 250_007 + 1) as i32)
+        .collect();
+    let int32: Vec<u8> = codes.iter().flat_map(|q| q.to_le_bytes()).collect();
+    let floats: Vec<u8> = codes
+        .iter()
+        .flat_map(|&q| (q as f32 / 2f32.powi(31) * 0.5 + 1e-7).to_le_bytes())
+        .collect();
+    for (name, format, bits, data, extra) in [
+        ("int32.wav", 1, 32, &int32, &[][..]),
+        ("int32-flag.wav", 1, 32, &int32, &["--format", "int32"][..]),
+        ("float.wav", 3, 32, &floats, &[][..]),
+    ] {
+        let input = tmp.path().join(name);
+        wav_file(&input, format, 8000, bits, data);
+        let out = tmp.path().join(format!("filled-{name}"));
+        let mut args = vec![
+            "inpaint",
+            "audio",
+            "--model",
+            s(&model),
+            "--input",
+            s(&input),
+            "--gap",
+            "0.2:0.3",
+            "--out",
+            s(&out),
+            "--sampler",
+            "diffwave-fast",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        run_ok(&args);
+        let (got_format, got_bits, got) = wav_data(&out);
+        assert_eq!(
+            (got_format, got_bits),
+            (format, bits),
+            "{name}: not in its own format"
+        );
+        assert_eq!(got.len(), data.len(), "{name}");
+        let (a, b) = (1600 * 4, 2400 * 4);
+        assert!(got[..a] == data[..a], "{name}: changed before the gap");
+        assert!(got[b..] == data[b..], "{name}: changed after the gap");
+        assert!(got[a..b] != data[a..b], "{name}: the gap was not filled");
+    }
+}

@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 /// Audio datasets that `cargo xtask setup --data NAME` provides.
-const NAMED: [&str; 2] = ["speech", "drums"];
+pub const DATASET_NAMES: [&str; 2] = ["speech", "drums"];
 
 /// Below this many files a validation split would be too small to mean anything.
 pub const MIN_FILES_FOR_VALIDATION: usize = 5;
@@ -283,7 +283,8 @@ impl AudioDataset {
 
     /// Load a dataset.
     ///
-    /// `spec` is one of:
+    /// `spec` is one of (an existing file or folder wins over a dataset of the same name, so a
+    /// folder of one's own called `speech` is never silently swapped for the bundled one):
     /// - `speech` or `drums`: the dataset in `datasets_dir/<name>/` (missing => an error saying to
     ///   run `cargo xtask setup --data NAME`); another plain name is also looked up there when no
     ///   such path exists;
@@ -310,11 +311,20 @@ impl AudioDataset {
         let names: Vec<String> = files.iter().map(|f| relative_name(&root, f)).collect();
         let chosen = split_indices(files.len(), config.validation_fraction, split);
         if chosen.is_empty() {
+            let why = if config.validation_fraction <= 0.0 {
+                "the validation fraction is 0, so no file is held out (train with --val-fraction \
+                 above 0 to hold some out)"
+                    .to_owned()
+            } else {
+                format!(
+                    "{} audio file(s) are too few for a validation split, which needs at least \
+                     {MIN_FILES_FOR_VALIDATION} (use a dataset of at least \
+                     {MIN_FILES_FOR_VALIDATION} audio files)",
+                    files.len()
+                )
+            };
             return Err(Error::InvalidArgument(format!(
-                "{spec}: no held-out clips: {} audio file(s) are too few for a validation split \
-                 (it needs at least {MIN_FILES_FOR_VALIDATION} files and validation_fraction > 0; \
-                 use the train split, which has every file)",
-                files.len()
+                "{spec}: no held-out clips: {why}"
             )));
         }
         let chosen_files: Vec<&Path> = chosen.iter().map(|&i| files[i].as_path()).collect();
@@ -414,9 +424,19 @@ impl AudioDataset {
 
 /// The folder or file `spec` names (see [`AudioDataset::load`]).
 fn resolve(spec: &str, datasets_dir: &Path) -> Result<PathBuf> {
-    let path = Path::new(spec);
+    resolve_from(Path::new(""), spec, datasets_dir)
+}
+
+/// [`resolve`] with relative paths taken from `base` (`""`: the current directory).
+fn resolve_from(base: &Path, spec: &str, datasets_dir: &Path) -> Result<PathBuf> {
+    let path = base.join(spec);
     let plain_name = !spec.is_empty() && !spec.contains(['/', '\\']) && spec != "." && spec != "..";
-    if NAMED.contains(&spec) {
+    // What exists wins over a name: `--data speech` run beside one's own `speech/` folder means
+    // that folder (and `recorded_data_path` records it so).
+    if !spec.is_empty() && path.exists() {
+        return Ok(path);
+    }
+    if DATASET_NAMES.contains(&spec) {
         let dir = datasets_dir.join(spec);
         if !dir.is_dir() {
             return Err(Error::InvalidArgument(format!(
@@ -426,9 +446,6 @@ fn resolve(spec: &str, datasets_dir: &Path) -> Result<PathBuf> {
             )));
         }
         return Ok(dir);
-    }
-    if path.exists() {
-        return Ok(path.to_path_buf());
     }
     if plain_name && datasets_dir.join(spec).exists() {
         return Ok(datasets_dir.join(spec));
@@ -443,7 +460,7 @@ fn resolve(spec: &str, datasets_dir: &Path) -> Result<PathBuf> {
         } else {
             String::new()
         },
-        NAMED.join(", ")
+        DATASET_NAMES.join(", ")
     )))
 }
 
@@ -583,6 +600,35 @@ mod tests {
         let back: AudioDataConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, AudioDataConfig::default());
         assert!(serde_json::from_str::<Normalize>("\"peak:7\"").is_err());
+    }
+
+    #[test]
+    fn an_existing_folder_wins_over_a_dataset_name() {
+        let here = tempfile::tempdir().unwrap();
+        let datasets = tempfile::tempdir().unwrap();
+        std::fs::create_dir(datasets.path().join("speech")).unwrap();
+        // Without a local folder the name means the bundled dataset.
+        assert_eq!(
+            resolve_from(here.path(), "speech", datasets.path()).unwrap(),
+            datasets.path().join("speech")
+        );
+        // With one, the local folder: the user's data is never swapped for the bundled one.
+        std::fs::create_dir(here.path().join("speech")).unwrap();
+        assert_eq!(
+            resolve_from(here.path(), "speech", datasets.path()).unwrap(),
+            here.path().join("speech")
+        );
+        // A missing bundled dataset is still an error that says how to fetch it.
+        let e = resolve_from(here.path(), "drums", datasets.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cargo xtask setup --data drums"), "{e}");
+        // Other plain names fall back to the datasets folder only when nothing local exists.
+        std::fs::create_dir(datasets.path().join("mine")).unwrap();
+        assert_eq!(
+            resolve_from(here.path(), "mine", datasets.path()).unwrap(),
+            datasets.path().join("mine")
+        );
     }
 
     #[test]

@@ -7,12 +7,16 @@
 //! [`AudioPipeline`] samples clips of any length with every sampler in `diffuse-core` (the
 //! networks are fully convolutional, so a model trained on 1-second clips makes 3-second ones),
 //! fills gaps in a recording (inpainting along time: the known audio is noised to each step's level
-//! and replaces the sample outside the gap, optionally with RePaint's resampling) and writes WAV
-//! files. Saving writes a sibling temporary directory and renames it into place.
+//! and replaces the sample outside the gap, optionally with RePaint's resampling; with
+//! [`AudioPipeline::fill_gap_exact`] the recording outside the gap stays bit for bit as stored,
+//! whatever its sample format) and writes WAV files. Saving writes a sibling temporary directory
+//! and renames it into place. Loading checks every field of `diffuse.json` it relies on, and a
+//! network that makes NaN is an error rather than silent output.
 
 use crate::clip::AudioClip;
 use crate::data::AudioDataConfig;
 use crate::network::{AudioNetwork, AudioNetworkConfig};
+use crate::wav::ExactAudio;
 use diffuse_core::denoiser::Denoiser;
 use diffuse_core::editing::{self, Resampling};
 use diffuse_core::losses::ObjectiveConfig;
@@ -25,6 +29,7 @@ use diffuse_tensor::weights::{load_var_store, save_var_store};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -47,7 +52,8 @@ pub struct AudioModelInfo {
     /// How the training clips were made (normalisation, silence trimming, the validation split),
     /// so `eval audio` can cut held-out clips the same way.
     pub data: Option<AudioDataConfig>,
-    /// The dataset the model was trained on, as given to `--data`.
+    /// The dataset the model was trained on: a dataset name, or the absolute path of a folder or
+    /// file (so `eval audio` finds it from any folder).
     pub dataset: Option<String>,
     pub objective: Option<ObjectiveConfig>,
     /// Optimiser steps it was trained for.
@@ -303,6 +309,7 @@ impl AudioPipeline {
                 global += 1;
                 on_step(global, total);
             })?;
+            check_generated(&x)?;
             chunks.push(x.clamp(-1.0, 1.0).to_device(Device::Cpu));
             done += n as usize;
         }
@@ -343,27 +350,10 @@ impl AudioPipeline {
         Self::check_num(options)?;
         let clip = self.conform(clip)?;
         let frames = clip.frames();
-        let duration = clip.duration_secs();
-        let (start, end) = gap;
-        if !(start.is_finite() && end.is_finite() && 0.0 <= start && start < end) {
-            return Err(Error::InvalidArgument(format!(
-                "--gap: expected START:END in seconds with 0 <= START < END, got {start}:{end}"
-            )));
-        }
-        if end > duration + 0.5 / self.info.sample_rate as f64 {
-            return Err(Error::InvalidArgument(format!(
-                "--gap: {start}:{end} s runs past the end of the clip, which lasts {duration:.3} s"
-            )));
-        }
-        let rate = self.info.sample_rate as f64;
-        let first = ((start * rate).round() as usize).min(frames);
-        let last = ((end * rate).round() as usize).min(frames);
-        if last <= first {
-            return Err(Error::InvalidArgument(format!(
-                "--gap: {start}:{end} s is shorter than one sample at {} Hz",
-                self.info.sample_rate
-            )));
-        }
+        let Range {
+            start: first,
+            end: last,
+        } = self.gap_frames(frames, gap)?;
         let model = self.denoiser(&options.sampler)?;
         if let Some(seed) = options.seed {
             diffuse_tensor::manual_seed(seed);
@@ -395,27 +385,136 @@ impl AudioPipeline {
             resampling,
             |i, _| on_step(i),
         )?;
-        // The recording outside the gap is exact, not a re-noised copy.
-        let generated: Tensor = x.clamp(-1.0, 1.0) * (1.0 - &mask);
-        let x = (&known * &mask + generated).to_device(Device::Cpu);
+        let generated = x.narrow(2, first as i64, (last - first) as i64);
+        check_generated(&generated)?;
+        // The recording outside the gap is exact, not a re-noised copy; a choice rather than
+        // `known * mask + x * (1 - mask)`, in which one NaN would spread over the whole clip.
+        let x = known
+            .where_self(&mask.gt(0.5), &x.clamp(-1.0, 1.0))
+            .to_device(Device::Cpu);
         (0..n)
             .map(|i| AudioClip::from_tensor(&x.get(i), self.info.sample_rate))
             .collect()
     }
+
+    /// The frames `[first, last)` of a clip of `frames` frames at the model's rate that the gap
+    /// `(start, end)` (seconds) covers; errors name `--gap`.
+    pub fn gap_frames(&self, frames: usize, gap: (f64, f64)) -> Result<Range<usize>> {
+        let rate = self.info.sample_rate as f64;
+        let duration = frames as f64 / rate;
+        let (start, end) = gap;
+        if !(start.is_finite() && end.is_finite() && 0.0 <= start && start < end) {
+            return Err(Error::InvalidArgument(format!(
+                "--gap: expected START:END in seconds with 0 <= START < END, got {start}:{end}"
+            )));
+        }
+        if end > duration + 0.5 / rate {
+            return Err(Error::InvalidArgument(format!(
+                "--gap: {start}:{end} s runs past the end of the clip, which lasts {duration:.3} s"
+            )));
+        }
+        let first = ((start * rate).round() as usize).min(frames);
+        let last = ((end * rate).round() as usize).min(frames);
+        if last <= first {
+            return Err(Error::InvalidArgument(format!(
+                "--gap: {start}:{end} s is shorter than one sample at {} Hz",
+                self.info.sample_rate
+            )));
+        }
+        Ok(first..last)
+    }
+
+    /// [`AudioPipeline::fill_gap`] on a recording as read by [`crate::wav::read_audio_exact`]:
+    /// when it is at the model's rate and channel count, every sample outside the gap comes back
+    /// exactly as stored, so written in the file's own format it is bit for bit the input, for
+    /// every format (32-bit integers and 64-bit floats included, which the model's f32 cannot
+    /// hold). A recording that had to be resampled or mixed comes back converted, as from
+    /// `fill_gap`.
+    pub fn fill_gap_exact(
+        &self,
+        recording: &ExactAudio,
+        gap: (f64, f64),
+        resampling: Option<Resampling>,
+        options: &AudioSampleOptions,
+        on_step: impl FnMut(usize),
+    ) -> Result<Vec<ExactAudio>> {
+        let filled = self.fill_gap(&recording.to_clip(), gap, resampling, options, on_step)?;
+        let converted = recording.sample_rate != self.info.sample_rate
+            || recording.num_channels() != self.info.channels;
+        if converted {
+            return Ok(filled.iter().map(ExactAudio::from_clip).collect());
+        }
+        let range = self.gap_frames(recording.frames(), gap)?;
+        filled
+            .iter()
+            .map(|clip| {
+                let mut out = recording.clone();
+                out.splice(range.clone(), clip)?;
+                Ok(out)
+            })
+            .collect()
+    }
 }
 
-fn check_info(info: &AudioModelInfo, config: &AudioNetworkConfig) -> Result<()> {
-    if info.sample_rate == 0 {
+/// A network whose weights hold NaN (or that meets audio far outside [-1, 1]) makes NaN, which
+/// would be written as silence (integer formats) or as NaN: refuse it instead.
+fn check_generated(x: &Tensor) -> Result<()> {
+    if x.isfinite().all().int64_value(&[]) == 0 {
         return Err(Error::InvalidArgument(
-            "the model's sample rate is 0".into(),
+            "the model produced NaN or infinite samples: its weights may be damaged (retrain, or \
+             use an earlier checkpoint)"
+                .into(),
         ));
     }
-    if info.channels == 0 || info.channels as i64 != config.in_channels() {
-        return Err(Error::InvalidArgument(format!(
+    Ok(())
+}
+
+/// Every field of diffuse.json that loading, sampling and `eval audio` rely on, so a damaged or
+/// hand-edited file is one error naming it rather than a panic deep in a network.
+fn check_info(info: &AudioModelInfo, config: &AudioNetworkConfig) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    if info.sample_rate == 0 || info.sample_rate > crate::clip::MAX_SAMPLE_RATE {
+        return bad(format!(
+            "sample_rate must be between 1 and {} Hz, got {}",
+            crate::clip::MAX_SAMPLE_RATE,
+            info.sample_rate
+        ));
+    }
+    if !(1..=2).contains(&info.channels) {
+        return bad(format!(
+            "channels must be 1 (mono) or 2 (stereo), got {}",
+            info.channels
+        ));
+    }
+    if info.channels as i64 != config.in_channels() {
+        return bad(format!(
             "the model makes {}-channel audio but its network takes {} channels",
             info.channels,
             config.in_channels()
-        )));
+        ));
+    }
+    // The network predicts the noise (C channels) or the noise and a variance (2C).
+    let out = config.out_channels();
+    if out != config.in_channels() && out != 2 * config.in_channels() {
+        return bad(format!(
+            "the network makes {out} channels for {}-channel audio (expected {} or, with a \
+             learned variance, {})",
+            info.channels,
+            info.channels,
+            2 * info.channels
+        ));
+    }
+    // The same bound as --seconds: the default sample length is allocated whole.
+    let max_frames = 3600 * info.sample_rate as usize;
+    if info.clip_frames == 0 || info.clip_frames > max_frames {
+        return bad(format!(
+            "clip_frames must be between 1 and {max_frames} (an hour at {} Hz), got {}",
+            info.sample_rate, info.clip_frames
+        ));
+    }
+    if let Some(data) = &info.data {
+        data.validate()
+            .map_err(|e| Error::InvalidArgument(format!("data: {e}")))?;
     }
     Ok(())
 }

@@ -40,7 +40,8 @@ pub const MODEL_DIR: &str = "model";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AudioTrainConfig {
-    /// `speech`, `drums`, a folder of audio files or one file.
+    /// `speech`, `drums`, a folder of audio files or one file (`train audio` records paths
+    /// absolute, so the run resumes from any folder).
     pub data: String,
     /// Rate, channels, clip length, normalisation and the validation split.
     pub audio: AudioDataConfig,
@@ -156,6 +157,47 @@ pub fn complete_config(config: &mut AudioTrainConfig) -> Result<()> {
     config.network.validate()
 }
 
+/// Check a run's config the way [`train_audio_model`] uses it, before any work (no data is
+/// read): the data settings, the network, and the preview sampler, whose errors name
+/// `--sample-sampler` and `--sample-steps` (not the `--sampler`/`--steps` of `sample audio`).
+/// Returns the completed config ([`complete_config`]).
+pub fn check_config(config: &AudioTrainConfig) -> Result<AudioTrainConfig> {
+    let mut config = config.clone();
+    complete_config(&mut config)?;
+    config.audio.validate()?;
+    preview_choice(&config)
+        .build(&SchedulerConfig::Ddpm(config.scheduler.clone()))
+        .map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::InvalidArgument(preview_flags(&m)),
+            other => other,
+        })?;
+    Ok(config)
+}
+
+/// The sampler of the preview clips.
+fn preview_choice(config: &AudioTrainConfig) -> SamplerChoice {
+    SamplerChoice {
+        name: Some(config.sample_sampler.clone()),
+        steps: config.sample_steps,
+        ..SamplerChoice::default()
+    }
+}
+
+/// A sampler error as the preview's flags say it: the sampler's own messages name the flags of
+/// `sample audio` (`--sampler`, `--steps`), which `train audio` calls `--sample-sampler` and
+/// `--sample-steps`.
+fn preview_flags(message: &str) -> String {
+    for (theirs, ours) in [
+        ("--sampler:", "--sample-sampler:"),
+        ("--steps:", "--sample-steps:"),
+    ] {
+        if let Some(rest) = message.strip_prefix(theirs) {
+            return format!("{ours}{rest}");
+        }
+    }
+    format!("--sample-sampler: {message}")
+}
+
 /// The model directory's notes for a run.
 fn model_info(config: &AudioTrainConfig) -> AudioModelInfo {
     AudioModelInfo {
@@ -163,7 +205,11 @@ fn model_info(config: &AudioTrainConfig) -> AudioModelInfo {
         channels: config.audio.channels,
         clip_frames: config.audio.clip_frames,
         data: Some(config.audio.clone()),
-        dataset: Some(config.data.clone()),
+        // Absolute when it is a path, so `eval audio` finds the held-out clips from any folder.
+        dataset: Some(diffuse_tensor::data::recorded_data_path(
+            &config.data,
+            &crate::data::DATASET_NAMES,
+        )),
         objective: Some(config.objective.clone()),
         steps: Some(config.train.steps),
     }
@@ -210,11 +256,7 @@ impl AudioTask<'_> {
         let options = AudioSampleOptions {
             num: self.config.sample_num.max(1),
             seconds: None,
-            sampler: SamplerChoice {
-                name: Some(self.config.sample_sampler.clone()),
-                steps: self.config.sample_steps,
-                ..SamplerChoice::default()
-            },
+            sampler: preview_choice(self.config),
             seed: Some(self.config.train.seed),
             batch_size: None,
         };
@@ -272,8 +314,8 @@ pub fn train_audio_model(
     resume: bool,
     stop_after: Option<u64>,
 ) -> Result<TrainOutcome> {
-    let mut config = config.clone();
-    complete_config(&mut config)?;
+    // Everything but the data is checked before the data is read, which can take minutes.
+    let config = check_config(config)?;
     let data = match data {
         Some(d) => d,
         None => load_dataset(&config, Split::Train)?,
@@ -313,12 +355,6 @@ pub fn train_audio_model(
         model_info(&config),
         device,
     )?;
-    // Fail on a bad preview sampler now, not after the first N steps.
-    preview.sampler(&SamplerChoice {
-        name: Some(config.sample_sampler.clone()),
-        steps: config.sample_steps,
-        ..SamplerChoice::default()
-    })?;
     tracing::info!(
         clips = data.len(),
         parameters = vs

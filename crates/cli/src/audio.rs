@@ -6,19 +6,22 @@ use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
 use crate::run_dir::{device, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use diffuse_audio::clip::AudioClip;
-use diffuse_audio::data::{AudioDataConfig, AudioDataset, Normalize, Split};
+use diffuse_audio::clip::MAX_SAMPLE_RATE;
+use diffuse_audio::data::{AudioDataConfig, AudioDataset, Normalize, Split, DATASET_NAMES};
 use diffuse_audio::diffwave::DiffWaveConfig;
 use diffuse_audio::eval::{log_mel_report, split_held_out};
 use diffuse_audio::features::save_spectrogram_png;
 use diffuse_audio::network::AudioNetworkConfig;
 use diffuse_audio::pipeline::{AudioPipeline, AudioSampleOptions};
 use diffuse_audio::train::{
-    default_sample_rate, read_run_config, train_audio_model, AudioTrainConfig, RUN_CONFIG,
+    check_config, default_sample_rate, load_dataset, read_run_config, train_audio_model,
+    AudioTrainConfig, RUN_CONFIG,
 };
 use diffuse_audio::unet1d::UNet1dConfig;
-use diffuse_audio::wav::{read_audio, write_wav, SampleFormat};
+use diffuse_audio::wav::{read_audio_exact, write_wav, write_wav_exact, SampleFormat};
 use diffuse_core::editing::Resampling;
+use diffuse_tensor::atomic::temp_path_for;
+use diffuse_tensor::data::recorded_data_path;
 use diffuse_tensor::ema::EmaConfig;
 use diffuse_tensor::progress::progress_bar;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ use std::time::Instant;
 /// `diffuse train audio`.
 #[derive(Args, Debug)]
 pub struct TrainAudioArgs {
-    /// Dataset: speech, drums, a folder of WAV/FLAC/AIFF files (recursive) or one file.
+    /// Dataset: speech, drums, a folder of WAV/FLAC/AIFF files (recursive) or one file (with --resume: replaces the run's data).
     #[arg(long)]
     pub data: Option<String>,
     /// Run directory (checkpoints, metrics, preview clips and spectrograms, the final model in RUN_DIR/model).
@@ -113,24 +116,46 @@ pub struct TrainAudioArgs {
     pub train_loop: LoopArgs,
 }
 
+/// The longest training clip, in seconds: the same hour `sample audio --seconds` allows.
+const MAX_CLIP_SECONDS: f64 = 3600.0;
+
+/// A fresh run's config from the flags, every value checked with its flag's name before any
+/// work (nothing is read or written here).
 fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
-    let data = args.data.clone().ok_or_else(|| {
+    let given = args.data.as_deref().ok_or_else(|| {
         anyhow!("--data: required (speech, drums, a folder of audio files or one file)")
     })?;
+    // An existing path is recorded absolute, so --resume and `eval audio` find it from any
+    // folder; a dataset name stays a name.
+    let data = recorded_data_path(given, &DATASET_NAMES);
     let sample_rate = args
         .sample_rate
         .unwrap_or_else(|| default_sample_rate(&data));
-    if sample_rate == 0 {
-        bail!("--sample-rate: must be a positive number of samples per second, got 0");
+    if sample_rate == 0 || sample_rate > MAX_SAMPLE_RATE {
+        bail!(
+            "--sample-rate: expected a number of samples per second from 1 to {MAX_SAMPLE_RATE}, got {sample_rate}"
+        );
     }
-    if !(args.seconds.is_finite() && args.seconds > 0.0) {
-        bail!("--seconds: must be a positive length, got {}", args.seconds);
+    if !(1..=2).contains(&args.channels) {
+        bail!(
+            "--channels: expected 1 (mono) or 2 (stereo), got {}",
+            args.channels
+        );
+    }
+    if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= MAX_CLIP_SECONDS) {
+        bail!(
+            "--seconds: must be a positive length of at most {MAX_CLIP_SECONDS} (an hour), got {}",
+            args.seconds
+        );
     }
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!(
             "--val-fraction: must lie in [0, 1), got {}",
             args.val_fraction
         );
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size: must be at least 1");
     }
     let normalize: Normalize = args
         .normalize
@@ -238,6 +263,84 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
         }),
     }
     .apply(&mut config.train)?;
+    // What is left to check (the network as the flags shaped it, the preview sampler) names
+    // its flags too: the library says --sample-sampler / --sample-steps itself.
+    check_config(&config).map_err(|e| network_error(args, &e.to_string()))?;
+    Ok(config)
+}
+
+/// A network config error with the flag that caused it: the field it names, when a flag set
+/// that field, else the --network-config file or the --network choice.
+fn network_error(args: &TrainAudioArgs, message: &str) -> anyhow::Error {
+    if message.starts_with("--") {
+        return anyhow!("{message}");
+    }
+    let flags = [
+        ("down factor", "--down-factors", args.down_factors.is_some()),
+        (
+            "down_factors",
+            "--down-factors",
+            args.down_factors.is_some(),
+        ),
+        (
+            "block_out_channels",
+            "--block-out-channels",
+            args.block_out_channels.is_some(),
+        ),
+        (
+            "layers_per_block",
+            "--layers-per-block",
+            args.layers_per_block.is_some(),
+        ),
+        ("dropout", "--dropout", args.dropout.is_some()),
+        (
+            "residual_channels",
+            "--residual-channels",
+            args.residual_channels.is_some(),
+        ),
+        (
+            "residual_layers",
+            "--residual-layers",
+            args.residual_layers.is_some(),
+        ),
+        (
+            "dilation_cycle",
+            "--dilation-cycle",
+            args.dilation_cycle.is_some(),
+        ),
+    ];
+    if let Some((_, flag, _)) = flags
+        .iter()
+        .find(|(field, _, given)| *given && message.contains(field))
+    {
+        return anyhow!("{flag}: {message}");
+    }
+    match &args.network_config {
+        Some(path) => anyhow!("--network-config: {}: {message}", path.display()),
+        None => anyhow!("--network {}: {message}", args.network),
+    }
+}
+
+/// A resumed run's config: run.json, with --data (when given) replacing its data, checked as a
+/// fresh run's is (errors name run.json, where the values come from).
+fn resume_config(run_dir: &Path, data: Option<&str>) -> Result<AudioTrainConfig> {
+    let mut config = read_run_config(run_dir)?;
+    match data {
+        Some(given) => {
+            let new = recorded_data_path(given, &DATASET_NAMES);
+            if new != config.data {
+                tracing::info!(
+                    "--data: training on {new} from here on (was {})",
+                    config.data
+                );
+            }
+            config.data = new;
+        }
+        // A relative path that exists from here is what will be read, so it is recorded as
+        // such (runs from before paths were recorded absolute).
+        None => config.data = recorded_data_path(&config.data, &DATASET_NAMES),
+    }
+    check_config(&config).map_err(|e| anyhow!("{}: {e}", run_dir.join(RUN_CONFIG).display()))?;
     Ok(config)
 }
 
@@ -252,16 +355,21 @@ pub fn train(args: TrainAudioArgs) -> Result<()> {
         train_config: |c: &mut AudioTrainConfig| &mut c.train,
     }
     .run(
-        read_run_config,
+        |dir: &Path| resume_config(dir, args.data.as_deref()),
         || build_config(&args),
         |_| Ok(()),
         |config, device, resume, stop_after| {
-            train_audio_model(config, None, &args.out, device, resume, stop_after).map_err(|e| {
-                match &args.data {
-                    Some(_) if !resume => anyhow!("--data: {e}"),
-                    _ => anyhow!("{e}"),
-                }
-            })
+            // Every other setting was checked with its own flag already; only reading the data
+            // is the data's fault (its errors name the file or folder).
+            let data = load_dataset(config, Split::Train).map_err(|e| match &args.data {
+                Some(_) => anyhow!("--data: {e}"),
+                None => anyhow!(
+                    "{e} (the data {} names; --data with --resume replaces it)",
+                    args.out.join(RUN_CONFIG).display()
+                ),
+            })?;
+            train_audio_model(config, Some(data), &args.out, device, resume, stop_after)
+                .map_err(|e| anyhow!("{e}"))
         },
     )
 }
@@ -345,66 +453,237 @@ fn check_wav_path(path: &Path, flag: &str) -> Result<()> {
     Ok(())
 }
 
-/// Write `clip` (and its spectrogram when asked) and say so.
-fn write_clip(
-    clip: &AudioClip,
-    path: &Path,
-    format: SampleFormat,
-    spectrogram: bool,
-) -> Result<()> {
-    write_wav(path, clip, format)?;
-    if spectrogram {
-        let png = path.with_extension("png");
-        save_spectrogram_png(&clip.to_tensor(), clip.sample_rate, &png)?;
-        println!(
-            "wrote {} ({:.2} s at {} Hz) and {}",
-            path.display(),
-            clip.duration_secs(),
-            clip.sample_rate,
-            png.display()
-        );
-    } else {
-        println!(
-            "wrote {} ({:.2} s at {} Hz)",
-            path.display(),
-            clip.duration_secs(),
-            clip.sample_rate
-        );
+/// The folder a file `path` goes in (`.` for a bare name).
+fn parent_folder(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// The nearest part of `dir` (itself or a folder above it) that exists, which must be a folder
+/// for `dir` to be made.
+fn check_folder_can_exist(dir: &Path, flag: &str, target: &Path) -> Result<()> {
+    if let Some(existing) = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| a.exists())
+    {
+        if !existing.is_dir() {
+            bail!(
+                "{flag}: {}: {} is a file, not a folder",
+                target.display(),
+                existing.display()
+            );
+        }
     }
     Ok(())
 }
 
+/// `path` can become a file: it is not a folder, and its folder exists or can be made.
+fn check_file_target(path: &Path, flag: &str) -> Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{flag}: {} is a folder; expected the name of a file to write",
+            path.display()
+        );
+    }
+    check_folder_can_exist(parent_folder(path), flag, path)
+}
+
+/// `dir` can be the folder files are written in: not a file, and it exists or can be made.
+fn check_dir_target(dir: &Path, flag: &str) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{flag}: {} is a file; expected a folder to write into",
+            dir.display()
+        );
+    }
+    check_folder_can_exist(dir, flag, dir)
+}
+
+/// Whether `a` and `b` are the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The files one command writes. They are checked (and their folders made) before any long
+/// work; each is written to a temporary file beside its target, and only once all are written
+/// are they renamed into place, so a failure anywhere leaves none of them, nor the folders
+/// made for them, and the files a user had there stay as they were.
+#[derive(Default)]
+struct Outputs {
+    /// Folders this command made, outermost first.
+    created: Vec<PathBuf>,
+    /// (temporary, target) of every file written so far.
+    written: Vec<(PathBuf, PathBuf)>,
+    committed: bool,
+}
+
+impl Outputs {
+    /// Check every `(file, flag)` target (none may be `input`, which would be lost), then make
+    /// the missing folders and make sure each folder takes files.
+    fn prepare(targets: &[(PathBuf, &str)], input: Option<&Path>) -> Result<Self> {
+        for (path, flag) in targets {
+            check_file_target(path, flag)?;
+            if let Some(input) = input.filter(|i| same_file(path, i)) {
+                bail!(
+                    "{flag}: {} is the --input recording, which writing there would lose; choose another file name",
+                    input.display()
+                );
+            }
+        }
+        let mut outputs = Outputs::default();
+        for (path, flag) in targets {
+            let folder = parent_folder(path);
+            let missing: Vec<&Path> = folder
+                .ancestors()
+                .filter(|a| !a.as_os_str().is_empty())
+                .take_while(|a| !a.exists())
+                .collect();
+            for dir in missing.into_iter().rev() {
+                std::fs::create_dir(dir).map_err(|e| {
+                    anyhow!("{flag}: cannot create the folder {}: {e}", dir.display())
+                })?;
+                outputs.created.push(dir.to_path_buf());
+            }
+            // A folder that refuses files (read-only, a full disk) is found now, not after
+            // minutes of sampling.
+            let probe = temp_path_for(path);
+            std::fs::File::create(&probe)
+                .map_err(|e| anyhow!("{flag}: cannot write in {}: {e}", folder.display()))?;
+            let _ = std::fs::remove_file(&probe);
+        }
+        Ok(outputs)
+    }
+
+    /// Write `target`'s contents to its temporary file with `write`.
+    fn write(
+        &mut self,
+        target: &Path,
+        write: impl FnOnce(&Path) -> diffuse_tensor::Result<()>,
+    ) -> Result<()> {
+        let temp = temp_path_for(target);
+        // Recorded first, so a half-written temporary is removed too.
+        self.written.push((temp.clone(), target.to_path_buf()));
+        write(&temp)?;
+        Ok(())
+    }
+
+    /// Move every written file into place.
+    fn commit(mut self) -> Result<()> {
+        self.committed = true;
+        let written = std::mem::take(&mut self.written);
+        for (i, (temp, target)) in written.iter().enumerate() {
+            if let Err(e) = std::fs::rename(temp, target) {
+                for (rest, _) in &written[i..] {
+                    let _ = std::fs::remove_file(rest);
+                }
+                bail!("{}: {e}", target.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for (temp, _) in &self.written {
+            let _ = std::fs::remove_file(temp);
+        }
+        // remove_dir only takes empty folders: anything else put there stays.
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The line that says a clip (and its spectrogram) was written.
+fn report_written(path: &Path, seconds: f64, sample_rate: u32, spectrogram: bool) {
+    if spectrogram {
+        println!(
+            "wrote {} ({seconds:.2} s at {sample_rate} Hz) and {}",
+            path.display(),
+            path.with_extension("png").display()
+        );
+    } else {
+        println!(
+            "wrote {} ({seconds:.2} s at {sample_rate} Hz)",
+            path.display()
+        );
+    }
+}
+
+/// The output files of `wavs`, with their spectrogram pictures when asked.
+fn output_targets<'a>(wavs: &[(PathBuf, &'a str)], spectrogram: bool) -> Vec<(PathBuf, &'a str)> {
+    let mut targets = wavs.to_vec();
+    if spectrogram {
+        targets.extend(
+            wavs.iter()
+                .map(|(wav, _)| (wav.with_extension("png"), "--spectrogram")),
+        );
+    }
+    targets
+}
+
 pub fn sample(args: SampleAudioArgs) -> Result<()> {
-    let paths: Vec<PathBuf> = match (&args.out, &args.out_dir) {
+    // The flags first, then the model, then the outputs: a command refused for any of them
+    // leaves nothing on disk, and nothing is sampled that could not be written.
+    let wavs: Vec<(PathBuf, &str)> = match (&args.out, &args.out_dir) {
         (Some(out), None) => {
             check_wav_path(out, "--out")?;
             if args.num == 1 {
-                vec![out.clone()]
+                vec![(out.clone(), "--out")]
             } else {
                 let stem = out.file_stem().unwrap_or_default().to_string_lossy();
                 (0..args.num)
-                    .map(|i| out.with_file_name(format!("{stem}-{i}.wav")))
+                    .map(|i| (out.with_file_name(format!("{stem}-{i}.wav")), "--out"))
                     .collect()
             }
         }
         (None, Some(dir)) => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow!("--out-dir: {}: {e}", dir.display()))?;
+            check_dir_target(dir, "--out-dir")?;
             (0..args.num)
-                .map(|i| dir.join(format!("sample-{i:05}.wav")))
+                .map(|i| (dir.join(format!("sample-{i:05}.wav")), "--out-dir"))
                 .collect()
         }
         _ => bail!("nothing to write: give --out CLIP.wav or --out-dir DIR"),
     };
+    if args.num == 0 {
+        bail!("--num: must be at least 1");
+    }
+    if args.batch_size == Some(0) {
+        bail!("--batch-size: must be at least 1");
+    }
     let format: SampleFormat = args.format.parse().map_err(|e| anyhow!("--format: {e}"))?;
     let (pipeline, mut options) = args.model.load(args.num, args.seconds)?;
     options.batch_size = args.batch_size;
+    let mut outputs = Outputs::prepare(&output_targets(&wavs, args.spectrogram), None)?;
     let started = Instant::now();
     let (bar, on_step) = step_bar("sample");
     let clips = pipeline.sample_clips(&options, on_step)?;
     bar.finish();
-    for (clip, path) in clips.iter().zip(&paths) {
-        write_clip(clip, path, format, args.spectrogram)?;
+    for (clip, (path, _)) in clips.iter().zip(&wavs) {
+        outputs.write(path, |temp| write_wav(temp, clip, format))?;
+        if args.spectrogram {
+            outputs.write(&path.with_extension("png"), |temp| {
+                save_spectrogram_png(&clip.to_tensor(), clip.sample_rate, temp)
+            })?;
+        }
+    }
+    outputs.commit()?;
+    for (clip, (path, _)) in clips.iter().zip(&wavs) {
+        report_written(
+            path,
+            clip.duration_secs(),
+            clip.sample_rate,
+            args.spectrogram,
+        );
     }
     let seconds = started.elapsed().as_secs_f64();
     let audio: f64 = clips.iter().map(|c| c.duration_secs()).sum();
@@ -440,9 +719,9 @@ pub struct InpaintAudioArgs {
     /// Also write a spectrogram picture (.png) beside the output.
     #[arg(long)]
     pub spectrogram: bool,
-    /// WAV sample format: int16, int24, int32, float32 or int8.
-    #[arg(long, default_value = "int16")]
-    pub format: String,
+    /// WAV sample format: int16, int24, int32, float32 or int8 (default: the input's own, so the recording outside the gap comes back bit for bit; float32 for 64-bit float input).
+    #[arg(long)]
+    pub format: Option<String>,
 }
 
 /// Parse `START:END` seconds.
@@ -460,25 +739,55 @@ pub fn parse_gap(text: &str) -> Result<(f64, f64)> {
 pub fn inpaint(args: InpaintAudioArgs) -> Result<()> {
     check_wav_path(&args.out, "--out")?;
     let gap = parse_gap(&args.gap)?;
-    let format: SampleFormat = args.format.parse().map_err(|e| anyhow!("--format: {e}"))?;
+    let format: Option<SampleFormat> = args
+        .format
+        .as_deref()
+        .map(|f| f.parse().map_err(|e| anyhow!("--format: {e}")))
+        .transpose()?;
     if args.resample == 0 || args.jump == 0 {
         bail!("--resample and --jump must be at least 1");
     }
-    let clip = read_audio(&args.input).map_err(|e| anyhow!("--input: {e}"))?;
+    // Exact samples (f64), so the recording outside the gap is written back bit for bit.
+    let recording = read_audio_exact(&args.input).map_err(|e| anyhow!("--input: {e}"))?;
     let (pipeline, options) = args.model.load(1, None)?;
-    let clip = pipeline
-        .conform(&clip)
+    // Converting to the model's rate and channels, and the gap, are checked before sampling.
+    let conformed = pipeline
+        .conform(&recording.to_clip())
         .map_err(|e| anyhow!("--input: {}: {e}", args.input.display()))?;
+    pipeline.gap_frames(conformed.frames(), gap)?;
+    let format = format.unwrap_or_else(|| {
+        recording
+            .stored
+            .and_then(|s| s.exact_wav_format())
+            .unwrap_or(SampleFormat::Float32)
+    });
+    let wav = [(args.out.clone(), "--out")];
+    let mut outputs = Outputs::prepare(&output_targets(&wav, args.spectrogram), Some(&args.input))?;
     let resampling = (args.resample > 1).then_some(Resampling {
         jump_length: args.jump,
         jump_n_sample: args.resample,
     });
     let bar = progress_bar(0, "inpaint", "step");
-    let filled = pipeline.fill_gap(&clip, gap, resampling, &options, |i| {
+    let filled = pipeline.fill_gap_exact(&recording, gap, resampling, &options, |i| {
         bar.set_position(i as u64)
     })?;
     bar.finish();
-    write_clip(&filled[0], &args.out, format, args.spectrogram)
+    let filled = &filled[0];
+    outputs.write(&args.out, |temp| write_wav_exact(temp, filled, format))?;
+    if args.spectrogram {
+        let clip = filled.to_clip();
+        outputs.write(&args.out.with_extension("png"), |temp| {
+            save_spectrogram_png(&clip.to_tensor(), clip.sample_rate, temp)
+        })?;
+    }
+    outputs.commit()?;
+    report_written(
+        &args.out,
+        filled.frames() as f64 / filled.sample_rate as f64,
+        filled.sample_rate,
+        args.spectrogram,
+    );
+    Ok(())
 }
 
 /// `diffuse eval audio`.
@@ -517,7 +826,12 @@ pub fn eval(args: EvalAudioArgs) -> Result<()> {
         &config,
         &AudioDataset::default_datasets_dir(),
     )
-    .map_err(|e| anyhow!("--data: {e}"))?;
+    .map_err(|e| match &args.data {
+        Some(_) => anyhow!("--data: {e}"),
+        None => anyhow!(
+            "{e} (the model's training data, named in its diffuse.json; --data evaluates on other audio)"
+        ),
+    })?;
     let (reference, second) =
         split_held_out(held_out.clips()).map_err(|e| anyhow!("--data: {data}: {e}"))?;
     options.num = args.num.unwrap_or(second.size()[0] as usize);

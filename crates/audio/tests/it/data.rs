@@ -247,7 +247,23 @@ fn errors_name_the_folder_or_the_file() {
     let e = load(few.path(), Split::Validation, &config)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no held-out clips"), "{e}");
+    // It says what would help, not to pick a split no command offers.
+    assert!(
+        e.contains("no held-out clips") && e.contains("at least 5"),
+        "{e}"
+    );
+    assert!(!e.contains("use the train split"), "{e}");
+    let none_held = AudioDataConfig {
+        validation_fraction: 0.0,
+        ..config.clone()
+    };
+    let e = load(&speech_digits_dir(), Split::Validation, &none_held)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no held-out clips") && e.contains("--val-fraction"),
+        "{e}"
+    );
 
     let datasets = tempfile::tempdir().unwrap();
     let e = AudioDataset::load("speech", Split::Train, &config, datasets.path())

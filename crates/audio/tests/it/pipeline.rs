@@ -10,6 +10,7 @@ use diffuse_audio::network::AudioNetworkConfig;
 use diffuse_audio::pipeline::{AudioModelInfo, AudioPipeline, AudioSampleOptions};
 use diffuse_audio::train::diffwave_schedule;
 use diffuse_audio::unet1d::UNet1dConfig;
+use diffuse_audio::wav::SampleFormat;
 use diffuse_core::sampler_choice::SamplerChoice;
 use diffuse_core::scheduler_config::SchedulerConfig;
 use std::fs;
@@ -205,7 +206,115 @@ fn bad_inputs_are_one_clear_error() {
     fs::write(dir.path().join("n/diffuse.json"), r#"{"sample_rate": 0}"#).unwrap();
     let e = err(AudioPipeline::load(&dir.path().join("n"), Device::Cpu));
     assert!(
-        e.contains("diffuse.json") && e.contains("sample rate is 0"),
+        e.contains("diffuse.json") && e.contains("sample_rate") && e.contains("got 0"),
         "{e}"
     );
+}
+
+#[test]
+fn every_field_of_diffuse_json_is_checked_on_loading() {
+    let _guard = rng_lock();
+    let pipeline = tiny("diffwave");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    pipeline.save(&model).unwrap();
+    let good: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(model.join("diffuse.json")).unwrap()).unwrap();
+    let mut data = serde_json::to_value(diffuse_audio::data::AudioDataConfig::default()).unwrap();
+    data["validation_fraction"] = 1.5.into();
+    for (field, value, expected) in [
+        ("clip_frames", serde_json::json!(0), "clip_frames"),
+        ("clip_frames", serde_json::json!(1u64 << 40), "clip_frames"),
+        ("sample_rate", serde_json::json!(0), "sample_rate"),
+        (
+            "sample_rate",
+            serde_json::json!(4_000_000_000u32),
+            "sample_rate",
+        ),
+        ("channels", serde_json::json!(0), "channels"),
+        ("channels", serde_json::json!(3), "channels"),
+        ("channels", serde_json::json!(2), "network takes 1"),
+        ("data", data, "validation_fraction"),
+    ] {
+        let mut info = good.clone();
+        info[field] = value.clone();
+        fs::write(model.join("diffuse.json"), info.to_string()).unwrap();
+        let e = err(AudioPipeline::load(&model, Device::Cpu));
+        assert!(
+            e.contains("diffuse.json") && e.contains(expected) && !e.contains('\n'),
+            "{field} = {value}: {e}"
+        );
+    }
+    // A network whose output is neither C nor 2C channels.
+    fs::write(model.join("diffuse.json"), good.to_string()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    config["out_channels"] = 3.into();
+    fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let e = err(AudioPipeline::load(&model, Device::Cpu));
+    assert!(
+        e.contains("diffuse.json") && e.contains("3 channels"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gap_filling_keeps_32_bit_recordings_bit_exact() {
+    use diffuse_audio::wav::{read_audio_exact, write_wav_exact, ExactAudio, StoredFormat};
+    let _guard = rng_lock();
+    let pipeline = tiny("diffwave");
+    // One second of 32-bit codes whose low bits are set: f32 cannot hold them.
+    let codes: Vec<i32> = (0..8000i64)
+        .map(|i| ((i * 7919 % 4001 - 2000) * 250_007 + 1) as i32)
+        .collect();
+    let recording = ExactAudio::new(
+        8000,
+        vec![codes.iter().map(|&q| q as f64 / 2f64.powi(31)).collect()],
+        Some(StoredFormat::Int(32)),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.wav");
+    write_wav_exact(&input, &recording, SampleFormat::Int32).unwrap();
+    let recording = read_audio_exact(&input).unwrap();
+    let filled = pipeline
+        .fill_gap_exact(&recording, (0.25, 0.5), None, &fast(1, None), |_| {})
+        .unwrap();
+    let out = dir.path().join("out.wav");
+    write_wav_exact(&out, &filled[0], SampleFormat::Int32).unwrap();
+    let written: Vec<i32> = hound::WavReader::open(&out)
+        .unwrap()
+        .into_samples::<i32>()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(written.len(), 8000);
+    assert_eq!(written[..2000], codes[..2000], "before the gap");
+    assert_eq!(written[4000..], codes[4000..], "after the gap");
+    assert_ne!(
+        written[2000..4000],
+        codes[2000..4000],
+        "the gap was not filled"
+    );
+    // Through f32 the same recording would not survive: the exact path is what keeps it.
+    let through_f32 = recording.to_clip();
+    assert!(through_f32.channels[0]
+        .iter()
+        .zip(&codes)
+        .any(|(&x, &q)| (x as f64 * 2f64.powi(31)) as i64 != q as i64));
+}
+
+#[test]
+fn a_model_that_makes_nan_is_an_error_not_silence() {
+    let _guard = rng_lock();
+    let pipeline = tiny("diffwave");
+    tch::no_grad(|| {
+        for (_, mut v) in pipeline.vs.variables() {
+            let _ = v.fill_(f64::NAN);
+        }
+    });
+    let clip = AudioClip::new(8000, vec![vec![0.1; 800]]).unwrap();
+    let e = err(pipeline.fill_gap(&clip, (0.02, 0.05), None, &fast(1, None), |_| {}));
+    assert!(e.contains("NaN"), "{e}");
+    let e = err(pipeline.sample(&fast(1, None), |_, _| {}));
+    assert!(e.contains("NaN"), "{e}");
 }

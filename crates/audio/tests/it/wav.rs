@@ -395,3 +395,166 @@ fn reads_every_fetched_dataset_file() {
         );
     }
 }
+
+/// An AIFF-C file of big-endian 32-bit floats (`fl32`), built by hand.
+fn aifc_fl32_bytes(channels: u16, rate: u32, interleaved: &[f32]) -> Vec<u8> {
+    // The sample rate as an 80-bit IEEE extended float: exponent, then an explicit 64-bit
+    // mantissa with its integer bit set.
+    let shift = 31 - rate.leading_zeros();
+    let mut rate80 = ((16383 + shift) as u16).to_be_bytes().to_vec();
+    rate80.extend_from_slice(&((rate as u64) << (63 - shift)).to_be_bytes());
+    let mut comm = Vec::new();
+    comm.extend_from_slice(&channels.to_be_bytes());
+    comm.extend_from_slice(&((interleaved.len() / channels as usize) as u32).to_be_bytes());
+    comm.extend_from_slice(&32u16.to_be_bytes());
+    comm.extend_from_slice(&rate80);
+    comm.extend_from_slice(b"fl32");
+    comm.extend_from_slice(&[0, 0]); // an empty Pascal-string name, padded to even length
+    let mut ssnd = vec![0u8; 8]; // offset and block size
+    for x in interleaved {
+        ssnd.extend_from_slice(&x.to_be_bytes());
+    }
+    let mut body = b"AIFC".to_vec();
+    for (id, chunk) in [
+        (b"FVER", 0xA280_5140u32.to_be_bytes().to_vec()),
+        (b"COMM", comm),
+        (b"SSND", ssnd),
+    ] {
+        body.extend_from_slice(id);
+        body.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+        body.extend_from_slice(&chunk);
+    }
+    let mut b = b"FORM".to_vec();
+    b.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    b.extend_from_slice(&body);
+    b
+}
+
+#[test]
+fn non_finite_samples_are_refused_naming_the_file_and_the_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    // A stereo float32 WAV (hound's reader) with NaN at frame 3 of the second channel, and an
+    // infinity later: the first in time is named, the rest counted.
+    let path = dir.path().join("nan.wav");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 8000,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    for i in 0..100 {
+        let right = match i {
+            3 => f32::NAN,
+            50 => f32::INFINITY,
+            _ => 0.1,
+        };
+        w.write_sample(0.25f32).unwrap();
+        w.write_sample(right).unwrap();
+    }
+    w.finalize().unwrap();
+    let e = error_of(&path);
+    assert!(
+        e.contains("frame 3 (0.000375 s), channel 2 of 2, is NaN")
+            && e.contains("1 more")
+            && e.contains("finite"),
+        "{e}"
+    );
+    println!("{e}");
+    assert!(diffuse_audio::wav::read_audio_exact(&path).is_err());
+
+    // 64-bit float WAV (symphonia's reader): infinity, and a finite value no f32 can hold.
+    for (value, expected) in [
+        (f64::NEG_INFINITY, "-infinity"),
+        (1e300, "beyond the range of 32-bit floats"),
+    ] {
+        let values = [0.5f64, 0.25, value, 0.0];
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let path = dir.path().join("f64.wav");
+        std::fs::write(&path, wav_bytes(3, 1, 8000, 64, &data)).unwrap();
+        let e = error_of(&path);
+        assert!(
+            e.contains("frame 2") && e.contains("channel 1 of 1") && e.contains(expected),
+            "{e}"
+        );
+    }
+
+    // AIFF-C with 32-bit floats (symphonia's AIFF reader): read when finite, refused with NaN.
+    let path = dir.path().join("floats.aifc");
+    std::fs::write(&path, aifc_fl32_bytes(1, 8000, &[0.5, -0.25, 0.125, 0.0])).unwrap();
+    let clip = read_audio(&path).unwrap();
+    assert_eq!(clip.channels[0], [0.5, -0.25, 0.125, 0.0]);
+    std::fs::write(
+        &path,
+        aifc_fl32_bytes(1, 8000, &[0.5, -0.25, f32::NAN, 0.0]),
+    )
+    .unwrap();
+    let e = error_of(&path);
+    assert!(e.contains("frame 2") && e.contains("NaN"), "{e}");
+}
+
+#[test]
+fn exact_reading_and_writing_is_bit_exact_in_every_format() {
+    use diffuse_audio::wav::{read_audio_exact, write_wav_exact, StoredFormat};
+    let dir = tempfile::tempdir().unwrap();
+    // Codes that use every bit, 32-bit ones included (f32 holds only 24 of them).
+    let code = |i: u64, bits: u32| -> i64 {
+        let span = 1u64 << bits;
+        let x = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7) % span;
+        x as i64 - (span / 2) as i64
+    };
+    for (format, bits, stored) in [
+        (SampleFormat::Int8, 8, StoredFormat::Int(8)),
+        (SampleFormat::Int16, 16, StoredFormat::Int(16)),
+        (SampleFormat::Int24, 24, StoredFormat::Int(24)),
+        (SampleFormat::Int32, 32, StoredFormat::Int(32)),
+        (SampleFormat::Float32, 32, StoredFormat::Float32),
+    ] {
+        let path = dir.path().join(format!("{format}.wav"));
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 22050,
+            bits_per_sample: bits as u16,
+            sample_format: if format == SampleFormat::Float32 {
+                hound::SampleFormat::Float
+            } else {
+                hound::SampleFormat::Int
+            },
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for i in 0..1000u64 {
+            match format {
+                SampleFormat::Float32 => w
+                    .write_sample(f32::from_bits(
+                        0x3000_0000 + (i as u32).wrapping_mul(0x9E37),
+                    ))
+                    .unwrap(),
+                SampleFormat::Int8 => w.write_sample(code(i, 8) as i8).unwrap(),
+                SampleFormat::Int16 => w.write_sample(code(i, 16) as i16).unwrap(),
+                _ => w.write_sample(code(i, bits) as i32).unwrap(),
+            }
+        }
+        w.finalize().unwrap();
+        let audio = read_audio_exact(&path).unwrap();
+        assert_eq!(audio.stored, Some(stored), "{format}");
+        assert_eq!(stored.exact_wav_format(), Some(format));
+        let copy = dir.path().join(format!("{format}-copy.wav"));
+        write_wav_exact(&copy, &audio, format).unwrap();
+        assert_eq!(
+            std::fs::read(&copy).unwrap(),
+            std::fs::read(&path).unwrap(),
+            "{format}: not written back bit for bit"
+        );
+    }
+    // FLAC's 24-bit codes arrive in 32-bit buffers; they are still 24-bit, and int24 holds them.
+    let flac = read_audio_exact(&fixture("rumpf-beats_06-15.flac")).unwrap();
+    assert_eq!(flac.stored, Some(StoredFormat::Int(24)));
+    let path = dir.path().join("flac.wav");
+    write_wav_exact(&path, &flac, SampleFormat::Int24).unwrap();
+    assert_eq!(read_audio_exact(&path).unwrap().channels, flac.channels);
+    let aiff = read_audio_exact(&fixture("bja-pacific-HH_01.aiff")).unwrap();
+    let format = aiff.stored.and_then(|s| s.exact_wav_format()).unwrap();
+    write_wav_exact(&path, &aiff, format).unwrap();
+    assert_eq!(read_audio_exact(&path).unwrap().channels, aiff.channels);
+    assert_eq!(StoredFormat::Float64.exact_wav_format(), None);
+}
