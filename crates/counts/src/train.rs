@@ -15,7 +15,6 @@ use crate::eval::{emd_report, save_histograms};
 use crate::model::{CountModel, CountModelInfo, CountSampleOptions};
 use crate::network::{parameter_count, CountNetwork, CountNetworkConfig, NetworkDenoiser};
 use diffuse_core::poisson::{JumpConfig, JumpProcess};
-use diffuse_tensor::atomic::write_json_atomic;
 use diffuse_tensor::data::EpochSampler;
 use diffuse_tensor::plot::write_loss_curve;
 use diffuse_tensor::train::{StepReport, TrainConfig, TrainOutcome, TrainTask, Trainer};
@@ -252,14 +251,7 @@ pub fn train_count_model(
         run_dir: run_dir.to_path_buf(),
     };
     let mut trainer = Trainer::new(&vs, config.train.clone(), run_dir)?;
-    // The run's files are written only once everything above has been checked, so a refused
-    // run leaves --out as it was.
-    if diffuse_tensor::dist::is_main() {
-        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
-    }
-    if resume {
-        trainer.resume_latest_or_start()?;
-    }
+    trainer.begin_run(RUN_CONFIG, &config, resume)?;
     let until = stop_after.unwrap_or(config.train.steps);
     let (summary, model_dir) = trainer.run_and_finish(
         &mut task,

@@ -373,6 +373,26 @@ impl<'a> Trainer<'a> {
         Ok(state.step)
     }
 
+    /// Start a modality's run once its network, data and trainer are built and checked: rank 0
+    /// records the run's settings as `run_dir/file` (so a refused run leaves the directory as it
+    /// was), and with `resume` the run carries on from its latest checkpoint (see
+    /// [`Trainer::resume_latest_or_start`]). Returns the step the run starts from.
+    pub fn begin_run(
+        &mut self,
+        file: &str,
+        config: &impl serde::Serialize,
+        resume: bool,
+    ) -> Result<u64> {
+        if self.is_main() {
+            write_json_atomic(&self.run_dir.join(file), config)?;
+        }
+        if resume {
+            self.resume_latest_or_start()
+        } else {
+            Ok(0)
+        }
+    }
+
     /// `--resume` of a run directory: from its latest checkpoint, or from step 0 when the run
     /// stopped before writing its first one (its run.json settings still apply), so a run that
     /// failed early can always be carried on.

@@ -13,7 +13,6 @@ use crate::pipeline::{TextModelInfo, TextPipeline, TextSampleOptions};
 use crate::process::{ProcessConfig, TextProcess};
 use crate::tokenizer::TextTokenizer;
 use crate::transformer::{TextTransformer, TransformerConfig};
-use diffuse_tensor::atomic::write_json_atomic;
 use diffuse_tensor::data::EpochSampler;
 use diffuse_tensor::metrics::truncate_after_step;
 use diffuse_tensor::plot::write_loss_curve;
@@ -273,19 +272,14 @@ pub fn train_text_model(
         run_dir: run_dir.to_path_buf(),
     };
     let mut trainer = Trainer::new(&vs, config.train.clone(), run_dir)?;
-    // The run's files are written only once everything above has been checked, so a refused
-    // run leaves --out as it was.
+    let step = trainer.begin_run(RUN_CONFIG, &config, resume)?;
     if diffuse_tensor::dist::is_main() {
-        write_json_atomic(&run_dir.join(RUN_CONFIG), &config)?;
         if !tokenizer_path.is_file() {
             tokenizer.save(&tokenizer_path)?;
         }
-    }
-    if resume {
-        let step = trainer.resume_latest_or_start()?;
-        // The estimates logged after that step (by the interrupted run) are logged again as the
-        // resumed run redoes those steps: drop them, as the trainer does for metrics.jsonl.
-        if diffuse_tensor::dist::is_main() {
+        if resume {
+            // The estimates logged after that step (by the interrupted run) are logged again as
+            // the resumed run redoes those steps: drop them, as the trainer does for metrics.jsonl.
             truncate_after_step(&run_dir.join(VALIDATION_FILE), step)?;
         }
     }
