@@ -4,15 +4,11 @@
 //! bad input. WAV files are read and written by hand here, so these tests do not depend on the
 //! library they test.
 
-use diffuse_e2e::{assert_user_error, diffuse, read_safetensors, repo_root};
+use diffuse_e2e::{assert_user_error, diffuse, path_str as s, read_safetensors, repo_root};
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
     repo_root().join("data/fixtures/speech-digits")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// (sample rate, channels, bits, interleaved integer samples) of a PCM WAV file.

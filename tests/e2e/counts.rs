@@ -3,15 +3,11 @@
 //! earth mover's distance and bits/dim; count diffusion on images (`--process poisson`); one-line
 //! errors for bad count data and flags. Tables are parsed by hand here.
 
-use diffuse_e2e::{assert_user_error, diffuse, read_safetensors, repo_root};
+use diffuse_e2e::{assert_user_error, diffuse, path_str as s, read_safetensors, repo_root};
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
     repo_root().join("data/fixtures/counts/nbinom-mixture.csv")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {

@@ -1,15 +1,13 @@
 //! The image commands end to end: train on the committed MNIST subset, resume exactly, sample,
 //! inpaint, edit, evaluate; seeded parity with diffusers' pipelines; one-line errors for bad input.
 
-use diffuse_e2e::{assert_user_error, diffuse, read_f32, read_safetensors, repo_root};
+use diffuse_e2e::{
+    assert_user_error, diffuse, path_str as s, read_f32, read_safetensors, repo_root,
+};
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("data").join("fixtures").join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// A tiny run on the MNIST subset: 50-step schedule so sampling and the bound stay fast.

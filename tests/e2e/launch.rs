@@ -4,13 +4,9 @@
 //! at hand) starts the ranks; torchrun's variables set by hand reach the same code; rendezvous
 //! and backend mistakes are one line each.
 
-use diffuse_e2e::{assert_user_error, diffuse, diffuse_bin, repo_root};
+use diffuse_e2e::{assert_user_error, diffuse, diffuse_bin, path_str as s, repo_root};
 use std::path::Path;
 use std::process::Command;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -2,15 +2,11 @@
 //! scene): train every process a few steps, resume exactly, sample, continue a prompt, fill
 //! gaps, evaluate bits/char, train a BPE tokenizer; one-line errors for bad input.
 
-use diffuse_e2e::{assert_user_error, diffuse, read_safetensors, repo_root};
+use diffuse_e2e::{assert_user_error, diffuse, path_str as s, read_safetensors, repo_root};
 use std::path::{Path, PathBuf};
 
 fn corpus() -> PathBuf {
     repo_root().join("crates/text/tests/fixtures/corpus")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// A tiny model (2 layers of width 32, context 32) so each command takes a second or two.

@@ -34,6 +34,11 @@ pub fn diffuse_bin() -> &'static Path {
     })
 }
 
+/// A path as the `&str` argument of a command line (the tests' temporary paths are UTF-8).
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
 /// What a run of the binary printed.
 pub struct Run {
     pub code: Option<i32>,
