@@ -17,10 +17,21 @@ use crate::{Error, Result};
 use std::f64::consts::LN_2;
 use tch::{Device, Kind, Tensor};
 
-/// Elements per chunk times support size of the exact binomial expectations (bounds memory).
+/// Elements per chunk times window size of the binomial sums (bounds memory).
 const GRID_BUDGET: i64 = 1 << 22;
 
-/// E[lgamma(J + 1)] for J ~ Binomial(n, q), elementwise, exactly (a sum over the support).
+/// Standard deviations either side of the mean that a binomial sum covers: the mass beyond
+/// 12 sd is below 1e-30 (Chernoff), far under f64's resolution of the result.
+const WINDOW_SDS: f64 = 12.0;
+
+/// The widest window summed term by term; wider spreads (sd above ~85, so the mean is above
+/// ~7000) use the moment expansion, whose first omitted term is then below 1e-12.
+const MAX_WINDOW: i64 = 2048;
+
+/// E[lgamma(J + 1)] for J ~ Binomial(n, q), elementwise: summed over the support within
+/// [`WINDOW_SDS`] standard deviations of the mean (exact to f64 rounding), or, for spreads too
+/// wide for that, the expansion lgamma(m + 1) + sum_k mu_k psi^(k-1)(m + 1) / k! over the
+/// central moments mu_2..mu_4 (m = nq), so bounds of counts in the billions stay cheap.
 fn expected_lgamma(n: &Tensor, q: &Tensor) -> Tensor {
     let n = n.to_kind(Kind::Double).flatten(0, -1);
     let q = q.to_kind(Kind::Double).flatten(0, -1);
@@ -29,29 +40,66 @@ fn expected_lgamma(n: &Tensor, q: &Tensor) -> Tensor {
     let sure = q.ge(1.0);
     let _ = out.masked_scatter_(&sure, &(n.masked_select(&sure) + 1.0).lgamma());
     let random = q.gt(0.0).logical_and(&q.lt(1.0)).logical_and(&n.gt(0.0));
-    let idx = random.nonzero().squeeze_dim(1);
+    let mean: Tensor = &n * &q;
+    let var: Tensor = &mean * (1.0 - &q);
+    let width = (var.sqrt() * (2.0 * WINDOW_SDS)).ceil() + 3.0;
+    let wide = random.logical_and(&width.gt(MAX_WINDOW as f64));
+    let narrow = random.logical_and(&wide.logical_not());
+
+    let idx = wide.nonzero().squeeze_dim(1);
+    if idx.size()[0] > 0 {
+        let m = mean.index_select(0, &idx) + 1.0;
+        let v = var.index_select(0, &idx);
+        let qw = q.index_select(0, &idx);
+        // Central moments of the binomial: mu3 = v (1 - 2q), mu4 = 3 v^2 + v (1 - 6 q (1 - q)).
+        let mu3 = &v * (1.0 - &qw * 2.0);
+        let mu4 = &v * &v * 3.0 + &v * (1.0 - &qw * (1.0 - &qw) * 6.0);
+        let values = m.lgamma()
+            + &v * m.polygamma(1) / 2.0
+            + mu3 * m.polygamma(2) / 6.0
+            + mu4 * m.polygamma(3) / 24.0;
+        out = out.index_copy(0, &idx, &values);
+    }
+
+    let idx = narrow.nonzero().squeeze_dim(1);
     let count = idx.size()[0];
     if count == 0 {
         return out;
     }
     let nr = n.index_select(0, &idx);
     let qr = q.index_select(0, &idx);
-    let n_max = nr.max().double_value(&[]) as i64;
-    let chunk = (GRID_BUDGET / (n_max + 1)).max(1);
-    let j = Tensor::arange(n_max + 1, (Kind::Double, n.device())).unsqueeze(0);
+    let sd = var.index_select(0, &idx).sqrt();
+    // Each row sums j = lo .. lo + window - 1, clipped to its support 0..=n.
+    let lo = (mean.index_select(0, &idx) - &sd * WINDOW_SDS - 1.0)
+        .floor()
+        .clamp_min(0.0);
+    let window = (width.index_select(0, &idx).max().double_value(&[]) as i64)
+        .min(nr.max().double_value(&[]) as i64 + 1)
+        .max(1);
+    let chunk = (GRID_BUDGET / window).max(1);
+    let offsets = Tensor::arange(window, (Kind::Double, n.device())).unsqueeze(0);
     let mut parts = Vec::new();
     let mut start = 0;
     while start < count {
         let len = chunk.min(count - start);
         let nc = nr.narrow(0, start, len).unsqueeze(1);
         let qc = qr.narrow(0, start, len).unsqueeze(1);
+        let j = lo.narrow(0, start, len).unsqueeze(1) + &offsets;
         let valid = j.le_tensor(&nc);
+        let j = j.minimum(&nc);
         let rest = (&nc - &j).clamp_min(0.0);
         let log_pmf = (&nc + 1.0).lgamma() - (&j + 1.0).lgamma() - (&rest + 1.0).lgamma()
             + j.special_xlogy(&qc)
             + rest.special_xlogy(&(1.0 - &qc));
         let w = log_pmf.exp() * valid.to_kind(Kind::Double);
-        parts.push((w * (&j + 1.0).lgamma()).sum_dim_intlist(1, false, Kind::Double));
+        // Normalised and centred on lgamma(mean + 1): the lgamma terms of log_pmf carry
+        // rounding of order 1e-16 of lgamma(n + 1), common to every weight; dividing by the
+        // weights' sum cancels it, and centring keeps it from scaling the large lgamma values.
+        let mc = (&nc * &qc + 1.0).lgamma();
+        let centred = (&j + 1.0).lgamma() - &mc;
+        let total = w.sum_dim_intlist(1, false, Kind::Double);
+        let mean_centred = (&w * centred).sum_dim_intlist(1, false, Kind::Double) / total;
+        parts.push(mean_centred + mc.squeeze_dim(1));
         start += len;
     }
     let values = Tensor::cat(&parts, 0);
@@ -60,7 +108,7 @@ fn expected_lgamma(n: &Tensor, q: &Tensor) -> Tensor {
 
 /// KL(Binomial(n, r) || Poisson(mu)) elementwise in nats (f64), for whole n >= 0, r in [0, 1],
 /// mu >= 0 (floored at [`MIN_RATE`]): -H(Binomial) - E[k log mu - mu - lgamma(k + 1)], with the
-/// binomial's entropy and E[lgamma(k + 1)] summed exactly over its support.
+/// binomial's entropy and E[lgamma(k + 1)] summed over its support (see `expected_lgamma`).
 pub fn binomial_poisson_kl(n: &Tensor, r: &Tensor, mu: &Tensor) -> Tensor {
     let shape = mu.size();
     let n = n.to_kind(Kind::Double).expand(&shape, false).contiguous();
