@@ -8,6 +8,7 @@ pub mod counts;
 pub mod doctor;
 pub mod fid;
 pub mod gaussian;
+pub mod given;
 pub mod image;
 pub mod inspect;
 pub mod launch;

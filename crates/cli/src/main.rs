@@ -1,7 +1,7 @@
 //! The `diffuse` binary: parse arguments, set up logging, run a command, report errors in one line.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use diffuse_cli::{audio, counts, doctor, fid, image, init_logging, inspect, launch, report, text};
 use std::path::PathBuf;
 
@@ -129,7 +129,12 @@ fn run(cli: Cli) -> Result<()> {
 fn main() -> std::process::ExitCode {
     diffuse_tensor::runtime::tune_allocator();
     diffuse_tensor::runtime::default_sigpipe();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    diffuse_cli::given::record(&matches);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.verbose);
     report(run(cli))
 }
