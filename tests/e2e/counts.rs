@@ -636,3 +636,70 @@ fn refused_runs_leave_out_reusable_and_runs_work_from_any_directory() {
     );
     assert_user_error(&r, &["--given", "2^53"]);
 }
+
+#[test]
+fn run_directories_are_locked_resumable_after_a_bad_start_and_say_what_resume_ignores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture();
+    let run = tmp.path().join("run");
+    // What a start interrupted at once leaves: a hidden temporary file and no checkpoint.
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    std::fs::write(run.join(".run.json.tmp-123-0"), "{").unwrap();
+    // Another command holding the directory's lock is named.
+    std::fs::write(run.join(".diffuse.lock"), "").unwrap();
+    let held = std::fs::File::open(run.join(".diffuse.lock")).unwrap();
+    held.try_lock().unwrap();
+    let args = train_args(s(&data), s(&run), &["--stop-after", "3"]);
+    assert_user_error(&diffuse(&args, None), &["--out", "another diffuse command"]);
+    drop(held);
+    let r = diffuse(&args, None);
+    assert!(
+        r.success(),
+        "the leftovers blocked a fresh start: {}",
+        r.stderr
+    );
+    // --resume says which typed flags its run.json overrides.
+    let r = diffuse(
+        &[
+            "train",
+            "counts",
+            "--out",
+            s(&run),
+            "--resume",
+            "--lr",
+            "0.5",
+            "--hidden",
+            "64",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ignoring --hidden, --lr"),
+        "no warning: {}",
+        r.stderr
+    );
+    // Fewer steps than done is refused without touching run.json.
+    let before = std::fs::read_to_string(run.join("run.json")).unwrap();
+    let r = diffuse(
+        &[
+            "train",
+            "counts",
+            "--out",
+            s(&run),
+            "--resume",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--steps", "2", "6 steps"]);
+    assert_eq!(
+        std::fs::read_to_string(run.join("run.json")).unwrap(),
+        before
+    );
+}

@@ -722,3 +722,43 @@ fn sizes_outputs_and_sampler_steps_are_checked_before_the_work() {
     );
     assert!(r.success(), "heun RePaint: {}", r.stderr);
 }
+
+#[test]
+fn flags_of_the_other_process_and_class_embeddings_without_labels_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture("mnist-subset");
+    let run = tmp.path().join("run");
+    let r = diffuse(
+        &train_args(s(&data), s(&run), &["--thinning", "poisson"]),
+        None,
+    );
+    assert_user_error(&r, &["--thinning", "--process gaussian"]);
+    let r = diffuse(
+        &train_args(
+            s(&data),
+            s(&run),
+            &["--process", "poisson", "--prediction-type", "v_prediction"],
+        ),
+        None,
+    );
+    assert_user_error(&r, &["--prediction-type", "--process poisson"]);
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("ddpm-tiny/unet/config.json")).unwrap(),
+    )
+    .unwrap();
+    config["num_class_embeds"] = 5.into();
+    let path = tmp.path().join("classes.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let r = diffuse(
+        &train_args(s(&data), s(&run), &["--unet-config", s(&path)]),
+        None,
+    );
+    assert_user_error(&r, &["--unet-config", "--class-conditional"]);
+    std::fs::write(&path, "[1, 2]").unwrap();
+    let r = diffuse(
+        &train_args(s(&data), s(&run), &["--unet-config", s(&path)]),
+        None,
+    );
+    assert_user_error(&r, &["--unet-config", "JSON object"]);
+    assert!(!run.exists());
+}

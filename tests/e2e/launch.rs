@@ -320,3 +320,58 @@ fn rendezvous_and_backend_mistakes_are_one_line() {
 fn tch_has_cuda() -> bool {
     Path::new("/dev/nvidia0").exists() || Path::new("/dev/nvidiactl").exists()
 }
+
+#[test]
+fn stopping_launch_stops_its_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut args = vec![
+        "launch".to_string(),
+        "--nproc".into(),
+        "2".into(),
+        "--".into(),
+    ];
+    args.extend(counts_args(s(&run)));
+    // Long enough to still be training when the signal comes.
+    let steps = args.iter().position(|a| a == "--steps").unwrap() + 1;
+    args[steps] = "100000".into();
+    let mut launch = Command::new(diffuse_bin())
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !run.join("metrics.jsonl").is_file() {
+        assert!(started.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &launch.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = launch.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("stopped by signal"), "{stderr}");
+    // No rank is left training in the run directory.
+    let marker = run.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let orphans = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| String::from_utf8_lossy(c).contains(&marker))
+            .count();
+        if orphans == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{orphans} rank(s) still running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -16,6 +16,9 @@ pub fn record(matches: &clap::ArgMatches) {
     }
     let ids = leaf
         .ids()
+        // Flattened structs add group ids named after the struct (CamelCase); flags are the
+        // snake_case field names.
+        .filter(|id| !id.as_str().chars().any(|c| c.is_ascii_uppercase()))
         .filter(|id| leaf.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
         .map(|id| id.as_str().to_string())
         .collect();

@@ -171,6 +171,7 @@ pub fn sample(args: SampleImageArgs) -> Result<()> {
     let images = pipeline.sample(&options, on_step)?;
     bar.finish();
     let images = images.to_device(tch::Device::Cpu);
+    check_finite(&images, &args.model)?;
     if let Some(raw) = &args.raw {
         save_raw(&images, raw)?;
     }
@@ -187,6 +188,24 @@ pub fn sample(args: SampleImageArgs) -> Result<()> {
         "sampled {} images",
         args.num
     );
+    Ok(())
+}
+
+/// Samples with NaN or infinite values (a damaged model, an unstable sampler setting) would be
+/// written as black pixels: refuse them instead.
+fn check_finite(images: &Tensor, model: &Path) -> Result<()> {
+    let bad = images
+        .isfinite()
+        .logical_not()
+        .sum(tch::Kind::Int64)
+        .int64_value(&[]);
+    if bad > 0 {
+        bail!(
+            "the model {} produced {bad} non-finite (NaN or infinite) values; nothing was written \
+             (check the model's weights, or try another --sampler)",
+            model.display()
+        );
+    }
     Ok(())
 }
 
@@ -262,6 +281,7 @@ pub fn inpaint(args: InpaintImageArgs) -> Result<()> {
     };
     bar.finish();
     let result = result.to_device(tch::Device::Cpu);
+    check_finite(&result, &args.model)?;
     if let Some(raw) = &args.raw {
         save_raw(&result, raw)?;
     }
@@ -393,6 +413,25 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
     if let Some(path) = &args.unet_config {
         config.unet =
             UNet2dConfig::from_json_file(path).map_err(|e| anyhow!("--unet-config: {e}"))?;
+        let unet = &config.unet;
+        if !args.class_conditional
+            && (unet.num_class_embeds.is_some() || unet.class_embed_type.is_some())
+        {
+            bail!(
+                "--unet-config: {} sets class embeddings (num_class_embeds/class_embed_type); \
+                 pass --class-conditional (with a labelled dataset) or remove them",
+                path.display()
+            );
+        }
+        // diffusers' Fourier embedding takes log(sigma) of score-SDE models' continuous noise
+        // levels; fed the discrete timestep 0 it gives -inf and NaN samples.
+        if unet.time_embedding_type == "fourier" {
+            bail!(
+                "--unet-config: {}: time_embedding_type \"fourier\" is for score-SDE models with \
+                 continuous noise levels; diffuse trains discrete timesteps: use \"positional\"",
+                path.display()
+            );
+        }
     }
     let unet = &mut config.unet;
     if let Some(channels) = &args.block_out_channels {
@@ -464,6 +503,27 @@ fn build_config(args: &TrainImageArgs) -> Result<ImageTrainConfig> {
     // The schedule and objective.
     args.objective
         .apply(&mut config.scheduler, &mut config.objective)?;
+    // Each process's own flags, typed for the other process, would be silently unused.
+    let count_flags = crate::given::ids_of::<JumpArgs>();
+    let gaussian_flags: Vec<String> = crate::given::ids_of::<ObjectiveArgs>()
+        .into_iter()
+        // The timestep count and first beta set both processes' schedules.
+        .filter(|id| id != "num_train_timesteps" && id != "beta_start")
+        .collect();
+    let misplaced = match args.process.as_str() {
+        "gaussian" => crate::given::given_among(count_flags.iter().map(String::as_str)),
+        _ => crate::given::given_among(gaussian_flags.iter().map(String::as_str)),
+    };
+    if !misplaced.is_empty() {
+        bail!(
+            "{}: not used by --process {} (the count-diffusion flags are --thinning, \
+             --alpha-schedule, --logsnr-*, --lambda, --jump-*; the Gaussian ones --prediction-type, \
+             --objective, --weighting, --snr-gamma, --timestep-sampling, --offset-noise, \
+             --beta-schedule, --beta-end)",
+            misplaced.join(", "),
+            args.process
+        );
+    }
     match args.process.as_str() {
         "gaussian" => {}
         "poisson" => {

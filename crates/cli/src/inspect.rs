@@ -6,6 +6,24 @@ use diffuse_tensor::weights::load_tensors;
 use std::path::Path;
 
 pub fn run(path: &Path, json: bool) -> Result<()> {
+    if path.is_dir() {
+        // A model or checkpoint folder: name the weights files it holds.
+        let mut files: Vec<String> = std::fs::read_dir(path)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".safetensors"))
+            .collect();
+        files.sort();
+        anyhow::bail!(
+            "{} is a folder; give one of its .safetensors files{}",
+            path.display(),
+            if files.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", files.join(", "))
+            }
+        );
+    }
     let loaded = load_tensors(path)?;
     let total: i64 = loaded.tensors.iter().map(|(_, t)| t.numel() as i64).sum();
     let mut metadata: Vec<_> = loaded.metadata.iter().collect();

@@ -7,6 +7,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -36,6 +37,27 @@ fn free_port() -> Result<u16> {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port for rank 0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// The signal (SIGINT or SIGTERM) that asked launch to stop, 0 while none has.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn remember_signal(signal: libc::c_int) {
+    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+}
+
+/// Stop requests to launch reach its ranks (as torchrun forwards them): otherwise a `kill`
+/// of launch alone leaves the ranks training as orphans.
+fn forward_stop_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(
+                signal,
+                remember_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -77,6 +99,7 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     };
     let world = args.nproc * args.nnodes;
     let exe = std::env::current_exe().context("finding the diffuse binary")?;
+    forward_stop_signals();
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(args.nproc);
     for local in 0..args.nproc {
         let rank = args.node_rank * args.nproc + local;
@@ -101,7 +124,18 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     );
     // Wait for all; the first failure stops the rest.
     let mut failure: Option<(usize, ExitStatus)> = None;
+    let mut forwarded = 0;
     while !children.is_empty() {
+        let signal = STOP_SIGNAL.load(Ordering::SeqCst);
+        if signal != 0 && forwarded == 0 {
+            forwarded = signal;
+            for (_, c) in &children {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe {
+                    libc::kill(c.id() as libc::pid_t, signal);
+                }
+            }
+        }
         let mut i = 0;
         while i < children.len() {
             match children[i].1.try_wait()? {
@@ -118,6 +152,12 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
             }
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if forwarded != 0 {
+        bail!(
+            "launch: stopped by signal {forwarded}, passed on to the ranks (resume the run with \
+             --resume)"
+        );
     }
     if let Some((rank, status)) = failure {
         bail!(

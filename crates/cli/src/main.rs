@@ -126,7 +126,38 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// libtorch reports a failed allocation by an error that tch turns into a panic: say it as the
+/// one-line error it is (with what to change), not as a crash with a backtrace.
+fn report_out_of_memory_as_an_error() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        let lower = message.to_ascii_lowercase();
+        if lower.contains("can't allocate memory") || lower.contains("out of memory") {
+            let bytes = message
+                .split("allocate ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<f64>().ok())
+                .map(|n| format!(" (one allocation of {:.1} GB failed)", n / 1e9))
+                .unwrap_or_default();
+            eprintln!(
+                "error: out of memory{bytes}; use a smaller --batch-size (or fewer samples, a \
+                 smaller model or --resolution)"
+            );
+            std::process::exit(1);
+        }
+        default_hook(info);
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    report_out_of_memory_as_an_error();
     diffuse_tensor::runtime::tune_allocator();
     diffuse_tensor::runtime::default_sigpipe();
     let matches = Cli::command().get_matches();

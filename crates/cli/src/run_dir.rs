@@ -131,11 +131,7 @@ fn start_or_resume_here<C>(
         );
         return read();
     }
-    let non_empty = run_dir
-        .read_dir()
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if non_empty {
+    if holds_files(run_dir) {
         bail!(
             "--out: {} already exists and is not empty; pass --resume to continue that run, or choose a new directory",
             run_dir.display()
@@ -172,7 +168,33 @@ impl<C: serde::Serialize + serde::de::DeserializeOwned> TrainingCommand<'_, C> {
         train: impl FnOnce(&C, tch::Device, bool, Option<u64>) -> Result<TrainOutcome, TrainError>,
     ) -> Result<()> {
         let device = train_device(&self.shared.device)?;
+        // Rank 0 alone writes the run directory, so it alone locks it.
+        let _lock = if dist::is_main() {
+            Some(RunDirLock::acquire(self.out)?)
+        } else {
+            None
+        };
         let train_config = self.train_config;
+        if self.resume && dist::is_main() {
+            // A run carries on with its run.json settings; only these flags change it.
+            let ignored = crate::given::given_except(&[
+                "out",
+                "resume",
+                "steps",
+                "data",
+                "device",
+                "stop_after",
+                "verbose",
+            ]);
+            if !ignored.is_empty() {
+                tracing::warn!(
+                    "--resume continues with the settings in {}; ignoring {} (start a new --out \
+                     to change them)",
+                    self.out.join(self.run_config).display(),
+                    ignored.join(", ")
+                );
+            }
+        }
         let mut config = start_or_resume(
             self.out,
             self.resume,
@@ -204,6 +226,87 @@ impl<C: serde::Serialize + serde::de::DeserializeOwned> TrainingCommand<'_, C> {
             self.modality,
         );
         Ok(())
+    }
+}
+
+/// The lock file of a run directory, held while a command trains in it.
+const LOCK_FILE: &str = ".diffuse.lock";
+
+/// Whether `dir` holds anything besides what an interrupted start leaves behind: the lock
+/// file, the hidden temporary files of atomic writes (`.NAME.tmp-*`), and a `checkpoints`
+/// folder holding no checkpoint (at most half-written `.step-*.partial` ones).
+fn holds_files(dir: &Path) -> bool {
+    let Ok(entries) = dir.read_dir() else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let leftover = name == LOCK_FILE
+            || (name.starts_with('.') && name.contains(".tmp-"))
+            || (name == "checkpoints"
+                && entry.path().read_dir().is_ok_and(|mut inner| {
+                    inner.all(|e| {
+                        e.is_ok_and(|e| {
+                            let n = e.file_name().to_string_lossy().into_owned();
+                            n.starts_with(".step-") && n.ends_with(".partial")
+                        })
+                    })
+                }));
+        !leftover
+    })
+}
+
+/// An exclusive lock on a run directory (an OS file lock on `RUN_DIR/.diffuse.lock`), so two
+/// commands never train into one directory at once. Dropping it removes the lock file, and the
+/// directory too when this command made it and left nothing else in it (a refused run).
+pub struct RunDirLock {
+    dir: std::path::PathBuf,
+    made_dir: bool,
+    _file: std::fs::File,
+}
+
+impl RunDirLock {
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let made_dir = !dir.exists();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow!("--out: cannot make {}: {e}", dir.display()))?;
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| anyhow!("--out: {}: {e}", path.display()))?;
+        if let Err(e) = file.try_lock() {
+            if made_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => anyhow!(
+                    "--out: another diffuse command is training in {} (it holds {}); wait for it \
+                     or choose another directory",
+                    dir.display(),
+                    path.display()
+                ),
+                std::fs::TryLockError::Error(e) => {
+                    anyhow!("--out: locking {}: {e}", path.display())
+                }
+            });
+        }
+        Ok(RunDirLock {
+            dir: dir.to_path_buf(),
+            made_dir,
+            _file: file,
+        })
+    }
+}
+
+impl Drop for RunDirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+        if self.made_dir && !holds_files(&self.dir) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -259,7 +362,7 @@ pub struct LoopArgs {
     /// Write a resumable checkpoint every N steps.
     #[arg(long, default_value_t = 500)]
     pub checkpoint_every: u64,
-    /// Checkpoints kept (older ones are removed).
+    /// Checkpoints kept (older ones are removed; 0 keeps all).
     #[arg(long, default_value_t = 3)]
     pub keep_last: usize,
     /// Log the loss every N steps.

@@ -289,7 +289,7 @@ impl ImagePipeline {
                 count_sampler(options.sampler.as_deref())?.check(&process)?;
                 if options.eta.is_some() || options.karras {
                     return Err(Error::InvalidArgument(
-                        "--eta and --karras apply to Gaussian samplers; this model diffuses pixel                          counts"
+                        "--eta and --karras apply to Gaussian samplers; this model diffuses pixel counts"
                             .into(),
                     ));
                 }

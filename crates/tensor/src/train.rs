@@ -383,14 +383,24 @@ impl<'a> Trainer<'a> {
         config: &impl serde::Serialize,
         resume: bool,
     ) -> Result<u64> {
+        // Resumed first: a checkpoint that does not fit the settings (other --data, say) must
+        // not leave those settings recorded.
+        let step = if resume {
+            self.resume_latest_or_start()?
+        } else {
+            0
+        };
+        if step > self.config.steps {
+            return Err(Error::InvalidArgument(format!(
+                "--steps: {} is fewer than the {step} steps this run has already done (give more \
+                 to extend it)",
+                self.config.steps
+            )));
+        }
         if self.is_main() {
             write_json_atomic(&self.run_dir.join(file), config)?;
         }
-        if resume {
-            self.resume_latest_or_start()
-        } else {
-            Ok(0)
-        }
+        Ok(step)
     }
 
     /// `--resume` of a run directory: from its latest checkpoint, or from step 0 when the run

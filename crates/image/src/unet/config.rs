@@ -204,6 +204,12 @@ impl UNet2dConfig {
     pub fn from_json_str(text: &str) -> Result<Self> {
         let value: Value =
             serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+        // serde would read an array as the fields in order: a config is an object.
+        if !value.is_object() {
+            return Err(invalid(
+                "expected a JSON object of UNet2DModel settings (a diffusers config.json)".into(),
+            ));
+        }
         if let Some(class) = value.get("_class_name").and_then(Value::as_str) {
             if class != CLASS_NAME {
                 return Err(invalid(format!(
