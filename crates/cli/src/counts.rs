@@ -233,7 +233,8 @@ pub struct SampleCountsArgs {
     /// Fix columns and generate the rest: NAME=COUNT,... (names or 0-based column numbers).
     #[arg(long)]
     pub given: Option<String>,
-    /// Rows per model call (default: all at once).
+    /// Rows per model call (default: all at once; the noise is drawn per batch, so with a seed the
+    /// rows depend on the batch size).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Also draw histograms of the generated columns against the held-out data (PNG).

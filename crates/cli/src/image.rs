@@ -75,7 +75,9 @@ pub struct SampleImageArgs {
     /// Number of images.
     #[arg(long, default_value_t = 16)]
     pub num: usize,
-    /// Images per model call (default: all at once, which reproduces diffusers' seeded pipelines).
+    /// Images per model call (default: all at once, which reproduces diffusers' seeded pipelines;
+    /// with a seed, deterministic samplers give the same images at any batch size, stochastic ones
+    /// (ddpm, euler-ancestral, sde-dpm++2m, eta > 0) draw their noise per batch).
     #[arg(long)]
     pub batch_size: Option<usize>,
     #[command(flatten)]
