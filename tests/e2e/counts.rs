@@ -648,7 +648,14 @@ fn run_directories_are_locked_resumable_after_a_bad_start_and_say_what_resume_ig
     // Another command holding the directory's lock is named.
     std::fs::write(run.join(".diffuse.lock"), "").unwrap();
     let held = std::fs::File::open(run.join(".diffuse.lock")).unwrap();
-    held.try_lock().unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    let locked = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&held),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(locked, 0);
     let args = train_args(s(&data), s(&run), &["--stop-after", "3"]);
     assert_user_error(&diffuse(&args, None), &["--out", "another diffuse command"]);
     drop(held);

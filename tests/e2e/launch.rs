@@ -335,7 +335,7 @@ fn stopping_launch_stops_its_ranks() {
     // Long enough to still be training when the signal comes.
     let steps = args.iter().position(|a| a == "--steps").unwrap() + 1;
     args[steps] = "100000".into();
-    let mut launch = Command::new(diffuse_bin())
+    let launch = Command::new(diffuse_bin())
         .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -277,21 +277,24 @@ impl RunDirLock {
             .write(true)
             .open(&path)
             .map_err(|e| anyhow!("--out: {}: {e}", path.display()))?;
-        if let Err(e) = file.try_lock() {
+        // flock(2): released by the OS when the process ends, however it ends.
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            let e = std::io::Error::last_os_error();
             if made_dir {
                 let _ = std::fs::remove_dir_all(dir);
             }
-            return Err(match e {
-                std::fs::TryLockError::WouldBlock => anyhow!(
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                bail!(
                     "--out: another diffuse command is training in {} (it holds {}); wait for it \
                      or choose another directory",
                     dir.display(),
                     path.display()
-                ),
-                std::fs::TryLockError::Error(e) => {
-                    anyhow!("--out: locking {}: {e}", path.display())
-                }
-            });
+                );
+            }
+            bail!("--out: locking {}: {e}", path.display());
         }
         Ok(RunDirLock {
             dir: dir.to_path_buf(),
