@@ -9,7 +9,8 @@ fn corpus() -> PathBuf {
     repo_root().join("crates/text/tests/fixtures/corpus")
 }
 
-/// A tiny model (2 layers of width 32, context 32) so each command takes a second or two.
+/// A tiny model (2 layers of width 32, context 32) so each command takes a second or two; D3PM
+/// processes get 20 steps (the flag is refused for the others).
 fn train_args<'a>(
     data: &'a str,
     out: &'a str,
@@ -25,8 +26,6 @@ fn train_args<'a>(
         out,
         "--process",
         process,
-        "--d3pm-timesteps",
-        "20",
         "--steps",
         "6",
         "--seq-len",
@@ -52,6 +51,9 @@ fn train_args<'a>(
         "--device",
         "cpu",
     ];
+    if process.starts_with("d3pm") {
+        args.extend_from_slice(&["--d3pm-timesteps", "20"]);
+    }
     args.extend_from_slice(extra);
     args
 }
@@ -549,9 +551,40 @@ fn a_tokenizer_with_gaps_in_its_ids_keeps_json_output_clean_and_small_files_eval
     assert!(r.success(), "{}", r.stderr);
     let model = run.join("model");
 
-    // stdout is the JSON document and nothing else.
-    let out = sample(&model, &["--length", "16"]);
-    assert_eq!(out["samples"].as_array().unwrap().len(), 2);
+    // stdout is the JSON document and nothing else; no sample holds an unused id (decoding
+    // would drop it, leaving the sample short of --length).
+    for process_model in [model.clone(), {
+        let ar = tmp.path().join("ar");
+        let r = diffuse(
+            &train_args(
+                s(&data),
+                s(&ar),
+                "autoregressive",
+                &["--tokenizer", s(&gaps)],
+            ),
+            None,
+        );
+        assert!(r.success(), "{}", r.stderr);
+        ar.join("model")
+    }] {
+        let out = sample(&process_model, &["--length", "16"]);
+        for text in out["samples"].as_array().unwrap() {
+            assert_eq!(text.as_str().unwrap().chars().count(), 16, "{text}");
+        }
+    }
+    // D3PM-uniform would spread its noise over the unused ids: refused before any training.
+    let uniform = tmp.path().join("uniform");
+    let r = diffuse(
+        &train_args(
+            s(&data),
+            s(&uniform),
+            "d3pm-uniform",
+            &["--tokenizer", s(&gaps)],
+        ),
+        None,
+    );
+    assert_user_error(&r, &["--tokenizer", "gaps", "d3pm-uniform"]);
+    assert!(!uniform.join("checkpoints").exists());
     let eval = |extra: &[&str]| {
         let mut args = vec![
             "eval",
@@ -652,4 +685,199 @@ fn nonsense_model_and_process_flags_are_named() {
             "{extra:?} left a run behind"
         );
     }
+}
+
+#[test]
+fn flags_that_do_not_apply_are_refused_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus();
+    let out = tmp.path().join("run");
+    for (process, extra, needles) in [
+        (
+            "mdlm",
+            vec!["--d3pm-timesteps", "50"],
+            vec!["--d3pm-timesteps", "D3PM"],
+        ),
+        (
+            "mdlm",
+            vec!["--hybrid-lambda", "0.5"],
+            vec!["--hybrid-lambda", "D3PM"],
+        ),
+        (
+            "autoregressive",
+            vec!["--mask-schedule", "cosine"],
+            vec!["--mask-schedule", "--process mdlm"],
+        ),
+        (
+            "d3pm-uniform",
+            vec!["--mask-schedule", "cosine"],
+            vec!["--mask-schedule", "--process mdlm"],
+        ),
+        (
+            "autoregressive",
+            vec!["--time-conditioning", "true"],
+            vec!["--time-conditioning", "diffusion"],
+        ),
+        (
+            "mdlm",
+            vec!["--tokenizer", "char", "--vocab-size", "500"],
+            vec!["--vocab-size", "--tokenizer bpe"],
+        ),
+        (
+            "mdlm",
+            vec!["--tokenizer", "some.json", "--vocab-size", "500"],
+            vec!["--vocab-size", "--tokenizer bpe"],
+        ),
+        (
+            "mdlm",
+            vec!["--tokenizer", "nonexist.json"],
+            vec!["--tokenizer: nonexist.json:"],
+        ),
+        (
+            "mdlm",
+            vec!["--seq-len", "32", "--val-fraction", "0.0001"],
+            vec!["validation split", "--seq-len", "--val-fraction"],
+        ),
+    ] {
+        let mut args = vec![
+            "train",
+            "text",
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--process",
+            process,
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(&extra);
+        let r = diffuse(&args, None);
+        assert_user_error(&r, &needles);
+        assert!(
+            !out.join("checkpoints").exists(),
+            "{extra:?} trained anyway"
+        );
+    }
+}
+
+#[test]
+fn sample_and_eval_take_run_dirs_check_outputs_first_and_d3pm_eval_ignores_batch_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus();
+    let run = tmp.path().join("d3pm");
+    let r = diffuse(&train_args(s(&data), s(&run), "d3pm-absorbing", &[]), None);
+    assert!(r.success(), "{}", r.stderr);
+
+    // The run directory stands for its model/ folder, as with image and audio models.
+    let out = sample(&run, &["--length", "16"]);
+    assert_eq!(out["samples"].as_array().unwrap().len(), 2);
+
+    // A tiny temperature is greedy decoding, not NaN (which gave id 0 everywhere).
+    let out = sample(&run, &["--length", "16", "--temperature", "1e-320"]);
+    let samples = out["samples"].as_array().unwrap();
+    for text in samples {
+        assert_eq!(text.as_str().unwrap().chars().count(), 16, "{text}");
+    }
+    let first = diffuse(
+        &[
+            "train-tokenizer",
+            "--data",
+            s(&data),
+            "--kind",
+            "char",
+            "--out",
+            s(&tmp.path().join("made/for/it/tokenizer.json")),
+        ],
+        None,
+    );
+    // train-tokenizer makes missing parent folders.
+    assert!(first.success(), "{}", first.stderr);
+    assert!(tmp.path().join("made/for/it/tokenizer.json").is_file());
+
+    // Outputs are checked before the work.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let sample_out = |out: &Path| {
+        diffuse(
+            &[
+                "sample",
+                "text",
+                "--model",
+                s(&run),
+                "--length",
+                "8",
+                "--device",
+                "cpu",
+                "--out",
+                s(out),
+            ],
+            None,
+        )
+    };
+    assert_user_error(&sample_out(tmp.path()), &["--out", "folder"]);
+    assert_user_error(&sample_out(&file.join("x.txt")), &["--out", "a-file"]);
+    let tokenizer_out = |out: &Path| {
+        diffuse(
+            &[
+                "train-tokenizer",
+                "--data",
+                s(&data),
+                "--kind",
+                "bpe",
+                "--vocab-size",
+                "300",
+                "--out",
+                s(out),
+            ],
+            None,
+        )
+    };
+    assert_user_error(&tokenizer_out(tmp.path()), &["--out", "folder"]);
+    assert_user_error(&tokenizer_out(&file.join("t.json")), &["--out", "a-file"]);
+
+    // D3PM's bound draws each sequence's noise from its own seeded stream.
+    let eval = |batch: &str| {
+        let r = diffuse(
+            &[
+                "eval",
+                "text",
+                "--model",
+                s(&run),
+                "--limit",
+                "6",
+                "--seed",
+                "1",
+                "--batch-size",
+                batch,
+                "--json",
+                "--device",
+                "cpu",
+            ],
+            None,
+        );
+        assert!(r.success(), "{}", r.stderr);
+        json(&r.stdout)["bits_per_char"].as_f64().unwrap()
+    };
+    let (one, three) = (eval("1"), eval("3"));
+    assert!((one - three).abs() < 1e-6 * one.abs(), "{one} vs {three}");
+
+    // Autoregressive models take one model call per token: --steps is refused.
+    let ar = tmp.path().join("ar");
+    let r = diffuse(&train_args(s(&data), s(&ar), "autoregressive", &[]), None);
+    assert!(r.success(), "{}", r.stderr);
+    let r = diffuse(
+        &[
+            "sample",
+            "text",
+            "--model",
+            s(&ar),
+            "--steps",
+            "5",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--steps", "one model call per token"]);
 }

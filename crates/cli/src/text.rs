@@ -1,7 +1,8 @@
 //! The text commands: `train text`, `train-tokenizer`, `sample text` (unconditional, `--prompt`,
 //! `--infill`) and `eval text` (bits per character on held-out text).
 
-use crate::run_dir::{device, step_bar, LoopArgs, LoopFlags, TrainingCommand};
+use crate::given::{flag_name, given};
+use crate::run_dir::{device, prepare_output_file, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use diffuse_tensor::data::recorded_data_path;
@@ -95,6 +96,48 @@ fn recorded_data(arg: &str) -> String {
     recorded_data_path(arg, &corpus_names())
 }
 
+/// Flags typed for another process or tokenizer would otherwise be accepted and ignored (or,
+/// for --time-conditioning, recorded in diffuse.json though the network never sees it). Only
+/// typed flags count: clap's defaults are there for every process.
+fn refuse_flags_that_do_not_apply(args: &TrainTextArgs, kind: ProcessKind) -> Result<()> {
+    let d3pm = matches!(kind, ProcessKind::D3pmAbsorbing | ProcessKind::D3pmUniform);
+    let rules: [(&str, bool, &str); 4] = [
+        (
+            "d3pm_timesteps",
+            d3pm,
+            "the D3PM processes (d3pm-absorbing, d3pm-uniform)",
+        ),
+        (
+            "hybrid_lambda",
+            d3pm,
+            "the D3PM processes (d3pm-absorbing, d3pm-uniform)",
+        ),
+        ("mask_schedule", kind == ProcessKind::Mdlm, "--process mdlm"),
+        (
+            "time_conditioning",
+            kind != ProcessKind::Autoregressive,
+            "the diffusion processes (mdlm, d3pm-absorbing, d3pm-uniform)",
+        ),
+    ];
+    for (id, applies, to) in rules {
+        if given(id) && !applies {
+            bail!(
+                "{}: applies only to {to}, not to --process {}",
+                flag_name(id),
+                kind.name()
+            );
+        }
+    }
+    if given("vocab_size") && args.tokenizer != "bpe" {
+        bail!(
+            "--vocab-size: applies only to --tokenizer bpe (a trained BPE vocabulary), not to \
+             --tokenizer {}",
+            args.tokenizer
+        );
+    }
+    Ok(())
+}
+
 fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
     let data = args
         .data
@@ -102,6 +145,7 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
         .map(recorded_data)
         .ok_or_else(|| anyhow!("--data: required (shakespeare, a text file or a folder)"))?;
     let kind = ProcessKind::parse(&args.process)?;
+    refuse_flags_that_do_not_apply(args, kind)?;
     if !MASK_SCHEDULE_NAMES.contains(&args.mask_schedule.as_str()) {
         bail!(
             "--mask-schedule: unknown schedule '{}' (expected one of {})",
@@ -259,8 +303,13 @@ pub struct TrainTokenizerArgs {
 }
 
 pub fn train_tokenizer(args: TrainTokenizerArgs) -> Result<()> {
+    if !matches!(args.kind.as_str(), "char" | "bpe") {
+        bail!("--kind: expected char or bpe, got '{}'", args.kind);
+    }
     let corpus =
         Corpus::load(&args.data, &default_datasets_dir()).map_err(|e| anyhow!("--data: {e}"))?;
+    // Before the training, so a bad --out costs nothing.
+    prepare_output_file(&args.out, "--out")?;
     let tokenizer = match args.kind.as_str() {
         "char" => corpus.char_tokenizer()?,
         "bpe" => corpus
@@ -268,7 +317,9 @@ pub fn train_tokenizer(args: TrainTokenizerArgs) -> Result<()> {
             .map_err(|e| anyhow!("--vocab-size: {e}"))?,
         other => bail!("--kind: expected char or bpe, got '{other}'"),
     };
-    tokenizer.save(&args.out)?;
+    tokenizer
+        .save(&args.out)
+        .with_context(|| format!("--out: writing {}", args.out.display()))?;
     let sample: String = corpus
         .documents()
         .iter()
@@ -353,6 +404,10 @@ pub fn sample(args: SampleTextArgs) -> Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p: must lie in (0, 1], got {}", args.top_p);
     }
+    if let Some(out) = &args.out {
+        // Before sampling, so a bad --out costs nothing.
+        prepare_output_file(out, "--out")?;
+    }
     let started = Instant::now();
     let (bar, on_step) = step_bar("sample");
     let samples = match (&args.prompt, &args.infill) {
@@ -371,10 +426,6 @@ pub fn sample(args: SampleTextArgs) -> Result<()> {
         let mut text = String::new();
         for (i, s) in samples.texts.iter().enumerate() {
             text += &format!("=== sample {i} ===\n{s}\n\n");
-        }
-        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("--out: creating {}", parent.display()))?;
         }
         diffuse_tensor::atomic::write_atomic(out, |w| {
             std::io::Write::write_all(w, text.as_bytes())

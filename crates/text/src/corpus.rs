@@ -367,12 +367,12 @@ impl Corpus {
             self.stream(tokenizer, &mut separator, parts.iter().map(|p| p.1))?;
         let too_short = |split: &str, n: usize| {
             Error::InvalidArgument(format!(
-                "the {split} split has {n} tokens, fewer than seq_len {seq_len}: use a shorter \
-                 seq_len{}",
+                "the {split} split has {n} tokens, fewer than --seq-len {seq_len}: use a shorter \
+                 --seq-len{}",
                 if split == "validation" {
-                    " or a larger validation fraction"
+                    " or a larger --val-fraction"
                 } else {
-                    " or a larger corpus"
+                    " or a larger corpus (--data)"
                 }
             ))
         };

@@ -58,6 +58,14 @@ fn require_file(dir: &Path, name: &str) -> Result<PathBuf> {
     }
 }
 
+/// The model directory `dir` names: `dir` itself, or the `model/` subfolder of a training run
+/// directory, as the image and audio commands accept. The markers are files only a model
+/// directory holds (a run directory has `tokenizer.json` and `run.json`, but no `config.json`
+/// or weights of its own).
+pub fn resolve_model_dir(dir: &Path) -> Result<PathBuf> {
+    diffuse_tensor::atomic::resolve_model_dir(dir, &[CONFIG_FILE, WEIGHTS_FILE])
+}
+
 impl TextModel {
     /// A fresh (untrained) model on `device`.
     pub fn new(
@@ -77,8 +85,11 @@ impl TextModel {
         })
     }
 
-    /// Read a model directory onto `device` (strict: every weight present, none extra).
+    /// Read a model directory onto `device` (strict: every weight present, none extra). A
+    /// training run directory works too: its `model/` subfolder is read (see
+    /// [`resolve_model_dir`]).
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let dir = &resolve_model_dir(dir)?;
         if !dir.is_dir() {
             return Err(Error::InvalidArgument(format!(
                 "{}: no such model directory",

@@ -5,7 +5,8 @@
 use crate::corpus::TokenSequences;
 use crate::model_dir::TextModel;
 use crate::process::{
-    sample_autoregressive, ProcessConfig, ProcessKind, TextProcess, TransformerDenoiser,
+    sample_autoregressive_with, ProcessConfig, ProcessKind, SamplingDenoiser, SamplingLogits,
+    TextProcess, TransformerDenoiser,
 };
 use diffuse_core::categorical::{NllEstimate, SampleOptions};
 use diffuse_tensor::{Error, Result};
@@ -98,6 +99,8 @@ pub struct TextPipeline {
     pub model: TextModel,
     pub info: TextModelInfo,
     process: TextProcess,
+    /// Ids no sample may hold: those the tokenizer does not use (gaps in its ids) and [MASK].
+    forbidden: Vec<i64>,
 }
 
 impl TextPipeline {
@@ -141,10 +144,15 @@ impl TextPipeline {
             )));
         }
         let process = TextProcess::new(&info.process, v)?;
+        let mut forbidden = model.tokenizer.unused_ids().to_vec();
+        if info.process.kind.has_mask() {
+            forbidden.push(v);
+        }
         Ok(TextPipeline {
             model,
             info,
             process,
+            forbidden,
         })
     }
 
@@ -177,8 +185,26 @@ impl TextPipeline {
         }
     }
 
+    /// The sampling logits: forbidden ids out, `options.temperature` applied.
+    fn sampling_logits(&self, options: &TextSampleOptions) -> Result<SamplingLogits> {
+        SamplingLogits::new(
+            &self.forbidden,
+            self.model.config().output_vocab_size,
+            options.temperature,
+            self.device(),
+        )
+    }
+
+    /// diffuse-core's options. Its temperature is 1: [`SamplingLogits`] applies the real one.
     fn core_options(&self, options: &TextSampleOptions, length: usize) -> Result<SampleOptions> {
         let steps = match (&self.process, options.steps) {
+            (TextProcess::Autoregressive { .. }, Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "--steps: an autoregressive model takes one model call per token (--length \
+                     sets how many); --steps applies to diffusion models"
+                        .into(),
+                ))
+            }
             (_, Some(0)) => {
                 return Err(Error::InvalidArgument("--steps: must be at least 1".into()))
             }
@@ -192,9 +218,15 @@ impl TextPipeline {
             (TextProcess::D3pm(p), None) => length.min(p.num_timesteps()),
             (_, None) => length,
         };
+        if !(options.temperature > 0.0 && options.temperature.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "--temperature: must be a finite number > 0, got {}",
+                options.temperature
+            )));
+        }
         let o = SampleOptions {
             steps,
-            temperature: options.temperature,
+            temperature: 1.0,
             top_p: options.top_p,
             cache: options.cache,
         };
@@ -290,7 +322,11 @@ impl TextPipeline {
         }
         let device = self.device();
         let l = length as i64;
-        let model = self.denoiser();
+        let adjust = self.sampling_logits(options)?;
+        let model = SamplingDenoiser {
+            inner: self.denoiser(),
+            adjust: &adjust,
+        };
         let prompt = (!prefix.is_empty()).then(|| {
             Tensor::from_slice(prefix)
                 .unsqueeze(0)
@@ -338,7 +374,14 @@ impl TextPipeline {
                     None => self.start_token(n)?,
                 };
                 let calls = (l - start.size()[1]).max(0) as usize;
-                let tokens = sample_autoregressive(&self.model.model, &start, l, &core, on_step)?;
+                let tokens = sample_autoregressive_with(
+                    &self.model.model,
+                    &start,
+                    l,
+                    &core,
+                    &adjust,
+                    on_step,
+                )?;
                 (tokens, calls)
             }
         };
@@ -451,7 +494,11 @@ impl TextPipeline {
         }
         let n = options.num.max(1) as i64;
         let (tokens, fixed) = self.template_from(&ids, &fixed, n)?;
-        let model = self.denoiser();
+        let adjust = self.sampling_logits(options)?;
+        let model = SamplingDenoiser {
+            inner: self.denoiser(),
+            adjust: &adjust,
+        };
         let s = match &self.process {
             TextProcess::Mdlm(p) => p.infill(&model, &tokens, &fixed, &core, on_step)?,
             TextProcess::D3pm(p) => p.infill(&model, &tokens, &fixed, &core, on_step)?,

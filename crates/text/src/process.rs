@@ -16,7 +16,7 @@ use diffuse_core::categorical::{
 };
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Which process a text model uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,7 +219,9 @@ impl TextProcess {
         };
         tch::no_grad(|| match self {
             TextProcess::Mdlm(p) => p.nll(&model, data, batch_size, mc_samples, on_progress),
-            TextProcess::D3pm(p) => p.nll_bound(&model, data, batch_size, on_progress),
+            TextProcess::D3pm(p) => {
+                d3pm_nll_bound(p, &model, data, batch_size, net.device(), on_progress)
+            }
             TextProcess::Autoregressive { .. } => {
                 if batch_size < 1 {
                     return Err(Error::InvalidArgument(
@@ -251,6 +253,138 @@ impl TextProcess {
     }
 }
 
+/// The floor diffuse-core's D3PM bound puts under probabilities before taking logs.
+const PROB_FLOOR: f64 = 1e-30;
+
+/// splitmix64: a counter-based mix, so any draw can be computed from its key alone.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A uniform in [0, 1) for (sequence key, step, position, stream).
+fn keyed_uniform(row_key: u64, t: usize, j: i64, stream: u64) -> f64 {
+    let h = splitmix64(row_key ^ ((t as u64) << 32 | (j as u64) << 1 | stream));
+    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// x_t ~ q(x_t | x_0) for `x0` `[B, L]` at step `t`, each row's draws keyed by its sequence
+/// (`row_keys`): keep a token with probability abar_t, else [MASK] (absorbing) or a uniform
+/// state (uniform), as diffuse-core's noise does.
+fn keyed_noise(p: &D3pm, x0: &Tensor, row_keys: &[u64], t: usize) -> Tensor {
+    let len = x0.size()[1];
+    let abar = p.alpha_bars()[t];
+    let k = p.num_states();
+    let mut keep = Vec::with_capacity(row_keys.len() * len as usize);
+    let mut other = Vec::with_capacity(keep.capacity());
+    for &key in row_keys {
+        for j in 0..len {
+            keep.push(keyed_uniform(key, t, j, 0) < abar);
+            let replacement = match p.mask_id() {
+                Some(m) => m,
+                None => ((keyed_uniform(key, t, j, 1) * k as f64) as i64).min(k - 1),
+            };
+            other.push(replacement);
+        }
+    }
+    let shape = [row_keys.len() as i64, len];
+    let device = x0.device();
+    let keep = Tensor::from_slice(&keep).reshape(shape).to_device(device);
+    let other = Tensor::from_slice(&other).reshape(shape).to_device(device);
+    x0.where_self(&keep, &other)
+}
+
+/// D3PM's full bound on `data` `[N, L]` (the prior term plus all T terms, one Monte Carlo draw
+/// of x_t per term), as diffuse-core's `D3pm::nll_bound` computes it, except for where the noise
+/// comes from. Core draws a whole batch's noise from libtorch's global stream at every step, so
+/// which draws a sequence gets depends on the batch size (5.97 / 6.30 / 6.13 bits/char at batch
+/// 1 / 3 / 32 for the same seed). Here each sequence's draws are keyed by one draw from
+/// libtorch's generator (so `--seed` still sets them) and the sequence's index, so every
+/// sequence sees the same x_t at any batch size, as MDLM's estimate does.
+fn d3pm_nll_bound(
+    p: &D3pm,
+    model: &dyn TokenDenoiser,
+    data: &Tensor,
+    batch_size: i64,
+    device: Device,
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<NllEstimate> {
+    if batch_size < 1 {
+        return Err(Error::InvalidArgument(
+            "--batch-size: must be at least 1".into(),
+        ));
+    }
+    let (n, len) = data
+        .size2()
+        .map_err(|_| Error::InvalidArgument("the data must be [N, L] token ids".into()))?;
+    let v = p.config().vocab_size;
+    if n > 0 {
+        let (lo, hi) = (data.min().int64_value(&[]), data.max().int64_value(&[]));
+        if lo < 0 || hi >= v {
+            return Err(Error::InvalidArgument(format!(
+                "the data must lie in 0..{v} (the vocabulary), found values in {lo}..={hi}"
+            )));
+        }
+    }
+    let base = Tensor::randint(1i64 << 62, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+    let base = splitmix64(base as u64);
+    let big_t = p.num_timesteps();
+    let batches = (n + batch_size - 1) / batch_size;
+    let total = batches as usize * big_t;
+    let mut done = 0;
+    let mut per_seq = Vec::with_capacity(n as usize);
+    for start in (0..n).step_by(batch_size as usize) {
+        let b = batch_size.min(n - start);
+        let x0 = data
+            .narrow(0, start, b)
+            .to_kind(Kind::Int64)
+            .to_device(device);
+        let row_keys: Vec<u64> = (start..start + b)
+            .map(|i| splitmix64(base ^ splitmix64(i as u64)))
+            .collect();
+        let mut sum = Tensor::full([b], p.prior_nats(len), (Kind::Double, device));
+        for t in 1..=big_t {
+            let x_t = keyed_noise(p, &x0, &row_keys, t);
+            let cond = Tensor::full([b], t as f64, (Kind::Float, device));
+            let logits = tch::no_grad(|| model.logits(&x_t, &cond)).to_kind(Kind::Double);
+            let term = if t == 1 {
+                // The decoder term -log p~(x_0 | x_1), with SUBS for absorbing transitions:
+                // no mass on [MASK], and an unmasked x_1 is x_0 (log-probability 0).
+                let logits = match p.mask_id() {
+                    Some(m) => logits.index_fill(
+                        -1,
+                        &Tensor::from_slice(&[m]).to_device(device),
+                        f64::NEG_INFINITY,
+                    ),
+                    None => logits,
+                };
+                let nll = -logits
+                    .log_softmax(-1, Kind::Double)
+                    .gather(-1, &x0.unsqueeze(-1), false)
+                    .squeeze_dim(-1);
+                let nll = match p.mask_id() {
+                    Some(m) => nll.where_self(&x_t.eq(m), &nll.zeros_like()),
+                    None => nll,
+                };
+                nll.sum_dim_intlist(-1, false, Kind::Double)
+            } else {
+                let q = p.q_posterior(&x_t, &x0, t, t - 1)?;
+                let p_x0 = p.x0_probs(&logits, &x_t)?;
+                let model_q = p.model_posterior(&x_t, &p_x0, t, t - 1)?;
+                (&q * (q.clamp_min(PROB_FLOOR).log() - model_q.clamp_min(PROB_FLOOR).log()))
+                    .sum_dim_intlist([-1i64, -2].as_slice(), false, Kind::Double)
+            };
+            sum += term;
+            done += 1;
+            on_progress(done, total);
+        }
+        per_seq.extend(Vec::<f64>::try_from(sum / len as f64).map_err(Error::Torch)?);
+    }
+    Ok(NllEstimate::from_per_sequence(&per_seq, (n * len) as usize))
+}
+
 /// Per-token next-token cross-entropy `[B, L - 1]` in nats of a causal model on `x0` `[B, L]`
 /// (the first token of each sequence is context only).
 pub fn autoregressive_nats(net: &TextTransformer, x0: &Tensor, train: bool) -> Tensor {
@@ -271,6 +405,81 @@ pub fn autoregressive_nats(net: &TextTransformer, x0: &Tensor, train: bool) -> T
         .reshape([x0.size()[0], len - 1])
 }
 
+/// What sampling does to the network's logits before diffuse-core's nucleus filtering: forbid
+/// some ids (ids a tokenizer with gaps does not use, and the [MASK] id, which x_0 never is) and
+/// apply the temperature, in f64.
+///
+/// The temperature is applied here rather than by diffuse-core (which gets 1): core divides the
+/// raw logits, which overflows to infinity for a tiny temperature (1e-320 gives inf - inf = NaN
+/// and an all-id-0 sample). Subtracting each row's maximum first makes every tempered logit
+/// <= 0, so the division can only reach -inf, and the limit T -> 0 comes out as the argmax.
+#[derive(Debug)]
+pub struct SamplingLogits {
+    /// `[K]` f64: 0 for allowed ids, -inf for forbidden ones.
+    forbid: Option<Tensor>,
+    temperature: f64,
+}
+
+impl SamplingLogits {
+    /// Forbid `forbidden` among `k` states and divide by `temperature` (finite, > 0).
+    pub fn new(forbidden: &[i64], k: i64, temperature: f64, device: Device) -> Result<Self> {
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "--temperature: must be a finite number > 0, got {temperature}"
+            )));
+        }
+        if let Some(&bad) = forbidden.iter().find(|&&id| !(0..k).contains(&id)) {
+            return Err(Error::InvalidArgument(format!(
+                "forbidden id {bad} is outside the {k} states"
+            )));
+        }
+        if forbidden.len() as i64 >= k {
+            return Err(Error::InvalidArgument(format!(
+                "all {k} ids are forbidden: nothing left to sample"
+            )));
+        }
+        let forbid = (!forbidden.is_empty()).then(|| {
+            Tensor::zeros([k], (Kind::Double, device)).index_fill(
+                0,
+                &Tensor::from_slice(forbidden).to_device(device),
+                f64::NEG_INFINITY,
+            )
+        });
+        Ok(SamplingLogits {
+            forbid,
+            temperature,
+        })
+    }
+
+    /// `logits` `[..., K]` adjusted, in f64.
+    pub fn apply(&self, logits: &Tensor) -> Tensor {
+        // Never in place: `to_kind` may return the caller's tensor (a sampler's cached output).
+        let l = logits.to_kind(Kind::Double);
+        let l = match &self.forbid {
+            Some(f) => &l + f.to_device(l.device()),
+            None => l,
+        };
+        if self.temperature == 1.0 {
+            return l;
+        }
+        // At least one id is allowed, so the row maximum is finite (for finite logits).
+        let max = l.amax([-1i64].as_slice(), true);
+        (l - max) / self.temperature
+    }
+}
+
+/// A denoiser whose logits go through [`SamplingLogits`] (what the samplers call).
+pub struct SamplingDenoiser<'a> {
+    pub inner: TransformerDenoiser<'a>,
+    pub adjust: &'a SamplingLogits,
+}
+
+impl TokenDenoiser for SamplingDenoiser<'_> {
+    fn logits(&self, x_t: &Tensor, cond: &Tensor) -> Tensor {
+        self.adjust.apply(&self.inner.logits(x_t, cond))
+    }
+}
+
 /// Autoregressive sampling: extend `prompt` `[B, P]` (P >= 1) to `len` tokens one at a time,
 /// with temperature and nucleus filtering in f64 as the diffusion samplers do. Past the model's
 /// context the window slides, so any length works.
@@ -279,6 +488,25 @@ pub fn sample_autoregressive(
     prompt: &Tensor,
     len: i64,
     options: &SampleOptions,
+    on_step: impl FnMut(usize, usize),
+) -> Result<Tensor> {
+    let adjust = SamplingLogits::new(
+        &[],
+        net.config().output_vocab_size,
+        options.temperature,
+        net.device(),
+    )?;
+    sample_autoregressive_with(net, prompt, len, options, &adjust, on_step)
+}
+
+/// [`sample_autoregressive`] with the logits adjusted by `adjust` (which applies the
+/// temperature: `options.temperature` is not used).
+pub fn sample_autoregressive_with(
+    net: &TextTransformer,
+    prompt: &Tensor,
+    len: i64,
+    options: &SampleOptions,
+    adjust: &SamplingLogits,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Tensor> {
     options.validate()?;
@@ -299,8 +527,8 @@ pub fn sample_autoregressive(
             let start = (i - context).max(0);
             let window = x.narrow(1, start, i - start);
             let logits = net.forward_t(&window, None, false);
-            let last = logits.select(1, i - start - 1);
-            let probs = filtered_probs(&last, None, options.temperature, options.top_p);
+            let last = adjust.apply(&logits.select(1, i - start - 1));
+            let probs = filtered_probs(&last, None, 1.0, options.top_p);
             let u = Tensor::rand([b], (Kind::Double, device));
             let next = sample_rows(&probs, &u).unsqueeze(1);
             x = Tensor::cat(&[x, next], 1);

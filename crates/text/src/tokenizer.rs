@@ -70,6 +70,9 @@ pub struct TextTokenizer {
     vocab_size: usize,
     /// The id of the model's unknown token, if it has one in its vocabulary.
     unk_id: Option<u32>,
+    /// Ids below `vocab_size` that name no token (a `tokenizer.json` whose ids have gaps):
+    /// samplers must never draw them, since decoding would drop them silently.
+    unused_ids: Vec<i64>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -368,12 +371,20 @@ impl TextTokenizer {
             }
         });
         let unk_id = unknown_token_id(&inner);
+        let mut used = vec![false; vocab_size];
+        for &id in vocab.values() {
+            used[id as usize] = true;
+        }
+        let unused_ids = (0..vocab_size as i64)
+            .filter(|&id| !used[id as usize])
+            .collect();
         TextTokenizer {
             inner,
             kind,
             chars,
             vocab_size,
             unk_id,
+            unused_ids,
         }
     }
 
@@ -391,6 +402,12 @@ impl TextTokenizer {
     /// A process that needs a `[MASK]` token can use this value as its id.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// The ids in `0..vocab_size` that name no token (empty unless the `tokenizer.json` has gaps
+    /// in its ids), in increasing order.
+    pub fn unused_ids(&self) -> &[i64] {
+        &self.unused_ids
     }
 
     /// The text of token `id`, if it is one.

@@ -102,11 +102,29 @@ pub fn make_tokenizer(config: &TextTrainConfig, corpus: &Corpus) -> Result<TextT
     match config.tokenizer.as_str() {
         "char" => corpus.char_tokenizer(),
         "bpe" => corpus.train_bpe(config.bpe_vocab_size),
-        path => TextTokenizer::load(Path::new(path)).map_err(|e| match e {
-            Error::InvalidArgument(m) => Error::InvalidArgument(format!("--tokenizer: {m}")),
-            other => other,
-        }),
+        // Every error, a missing file included, names the flag (the file's own errors name it).
+        path => TextTokenizer::load(Path::new(path))
+            .map_err(|e| Error::InvalidArgument(format!("--tokenizer: {e}"))),
     }
+}
+
+/// D3PM-uniform's transition spreads noise uniformly over every id below the vocabulary size,
+/// and diffuse-core's uniform process has no notion of unused ids: with a tokenizer whose ids
+/// have gaps, most of the noise would go to ids that never occur. Refused rather than trained.
+pub fn check_tokenizer_for_process(
+    process: &ProcessConfig,
+    tokenizer: &TextTokenizer,
+) -> Result<()> {
+    let unused = tokenizer.unused_ids().len();
+    if process.kind == crate::process::ProcessKind::D3pmUniform && unused > 0 {
+        return Err(Error::InvalidArgument(format!(
+            "--tokenizer: {unused} of its ids 0..{} name no token (gaps in the ids), and the \
+             d3pm-uniform process spreads its noise over every id: renumber the tokenizer's ids \
+             without gaps, or use another --process",
+            tokenizer.vocab_size()
+        )));
+    }
+    Ok(())
 }
 
 /// Fill in the network's vocabulary sizes, context and causality from the tokenizer and process.
@@ -227,6 +245,7 @@ pub fn train_text_model(
     } else {
         make_tokenizer(&config, &corpus)?
     };
+    check_tokenizer_for_process(&config.process, &tokenizer)?;
     complete_model_config(&mut config, &tokenizer)?;
     let data = corpus.tokenize(&tokenizer, config.seq_len, config.val_fraction)?;
     if data.train.len() < config.batch_size {

@@ -171,7 +171,7 @@ fn splits_too_short_for_one_sequence_are_errors() {
     let tok = corpus.char_tokenizer().unwrap();
     let err = corpus.tokenize(&tok, 1000, 0.2).unwrap_err().to_string();
     assert!(
-        err.contains("training split has 122 tokens, fewer than seq_len 1000"),
+        err.contains("training split has 122 tokens, fewer than --seq-len 1000"),
         "{err}"
     );
     let err = corpus.tokenize(&tok, 40, 0.2).unwrap_err().to_string();

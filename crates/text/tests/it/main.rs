@@ -4,6 +4,7 @@
 
 mod corpus;
 mod model_dir;
+mod pipeline;
 mod tokenizer;
 mod transformer;
 
