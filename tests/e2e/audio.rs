@@ -907,3 +907,275 @@ fn inpainting_leaves_32_bit_and_float_recordings_bit_exact_outside_the_gap() {
         assert!(got[a..b] != data[a..b], "{name}: the gap was not filled");
     }
 }
+
+/// `eval audio` on models of clips shorter than the usual 64 ms log-mel window (8 ms at 16 kHz)
+/// and of a 100 Hz rate, and the spectrograms of their samples and training previews: results,
+/// never a panic.
+#[test]
+fn short_clips_and_low_rates_evaluate_and_draw_spectrograms() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, rate, seconds) in [("short", "16000", "0.008"), ("slow", "100", "1")] {
+        let run = tmp.path().join(name);
+        run_ok(&train_args(
+            s(&fixture()),
+            s(&run),
+            &[
+                "--sample-rate",
+                rate,
+                "--seconds",
+                seconds,
+                "--residual-layers",
+                "2",
+                "--val-fraction",
+                "0.5",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--sample-every",
+                "1",
+            ],
+        ));
+        assert!(run.join("samples/step-000000001.png").is_file());
+        let model = run.join("model");
+        let out = run_ok(&[
+            "eval",
+            "audio",
+            "--model",
+            s(&model),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+        ]);
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(report["generated"].as_f64().unwrap().is_finite(), "{out}");
+        let wav = tmp.path().join(format!("{name}.wav"));
+        run_ok(&[
+            "sample",
+            "audio",
+            "--model",
+            s(&model),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            s(&wav),
+            "--spectrogram",
+        ]);
+        assert!(wav.with_extension("png").is_file());
+    }
+}
+
+/// With one seed, `sample audio` and `eval audio` give the same clips at any --batch-size, for
+/// stochastic samplers too.
+#[test]
+fn seeded_results_do_not_depend_on_the_batch_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), &[]);
+    for sampler in ["ddpm", "ddim"] {
+        let mut outputs = Vec::new();
+        for batch in [None, Some("1"), Some("2")] {
+            let dir = tmp.path().join(format!("{sampler}-{batch:?}"));
+            let mut args = vec![
+                "sample",
+                "audio",
+                "--model",
+                s(&model),
+                "--sampler",
+                sampler,
+                "--steps",
+                "20",
+                "--num",
+                "3",
+                "--seed",
+                "5",
+                "--format",
+                "float32",
+                "--device",
+                "cpu",
+                "--out-dir",
+                s(&dir),
+            ];
+            if let Some(b) = batch {
+                args.extend_from_slice(&["--batch-size", b]);
+            }
+            run_ok(&args);
+            let clips: Vec<Vec<u8>> = (0..3)
+                .map(|i| std::fs::read(dir.join(format!("sample-{i:05}.wav"))).unwrap())
+                .collect();
+            outputs.push(clips);
+        }
+        assert_eq!(outputs[0], outputs[1], "{sampler}: --batch-size 1 differs");
+        assert_eq!(outputs[0], outputs[2], "{sampler}: --batch-size 2 differs");
+    }
+    let eval = |batch: Option<&str>| {
+        let mut args = vec![
+            "eval",
+            "audio",
+            "--model",
+            s(&model),
+            "--sampler",
+            "ddpm",
+            "--steps",
+            "10",
+            "--device",
+            "cpu",
+            "--json",
+        ];
+        if let Some(b) = batch {
+            args.extend_from_slice(&["--batch-size", b]);
+        }
+        let out: serde_json::Value = serde_json::from_str(&run_ok(&args)).unwrap();
+        out["generated"].as_f64().unwrap()
+    };
+    let all = eval(None);
+    let one = eval(Some("1"));
+    assert!(
+        (all - one).abs() <= 1e-6 * all.abs().max(1.0),
+        "{all} vs {one}"
+    );
+}
+
+/// A folder of the fixture's files `names`, in `dir`.
+fn some_digits(dir: &Path, names: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for n in names {
+        std::fs::copy(fixture().join(n), dir.join(n)).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+#[test]
+fn training_warns_of_held_out_splits_too_small_for_eval_and_of_silent_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let two = some_digits(&tmp.path().join("two"), &["0.wav", "1.wav"]);
+    let r = diffuse(
+        &train_args(
+            s(&two),
+            s(&tmp.path().join("r2")),
+            &["--val-fraction", "0.5", "--steps", "1"],
+        ),
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("WARN") && r.stderr.contains("0 of 2") && r.stderr.contains("at least 7"),
+        "{}",
+        r.stderr
+    );
+    // Enough held-out files: no warning.
+    let r = diffuse(
+        &train_args(
+            s(&fixture()),
+            s(&tmp.path().join("r10")),
+            &["--val-fraction", "0.4", "--steps", "1"],
+        ),
+        None,
+    );
+    assert!(
+        r.success() && !r.stderr.contains("held-out split"),
+        "{}",
+        r.stderr
+    );
+
+    let silent = tmp.path().join("silent");
+    std::fs::create_dir_all(&silent).unwrap();
+    for i in 0..3 {
+        write_wav(&silent.join(format!("{i}.wav")), 8000, 1, &[0; 4000]);
+    }
+    let r = diffuse(
+        &train_args(s(&silent), s(&tmp.path().join("rs")), &["--steps", "1"]),
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    assert_eq!(r.stderr.matches("learn silence").count(), 1, "{}", r.stderr);
+}
+
+#[test]
+fn flags_that_contradict_or_are_missing_are_said_once_and_plainly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), &[]);
+    let config = model.join("config.json");
+    // The config file holds a DiffWave: a typed --network unet1d would be ignored.
+    let r = diffuse(
+        &train_args(
+            s(&fixture()),
+            s(&tmp.path().join("n1")),
+            &["--network-config", s(&config), "--network", "unet1d"],
+        ),
+        None,
+    );
+    assert_user_error(&r, &["--network:", "diffwave", "unet1d", "config.json"]);
+    assert!(!tmp.path().join("n1").exists());
+    // Agreeing with the file is fine.
+    run_ok(&train_args(
+        s(&fixture()),
+        s(&tmp.path().join("n2")),
+        &[
+            "--network-config",
+            s(&config),
+            "--network",
+            "diffwave",
+            "--steps",
+            "1",
+        ],
+    ));
+
+    let r = diffuse(
+        &train_args(
+            s(&fixture()),
+            s(&tmp.path().join("n3")),
+            &["--normalize", "peak:7"],
+        ),
+        None,
+    );
+    assert_user_error(&r, &["--normalize: the peak"]);
+    assert!(!r.stderr.contains("normalize: normalize"), "{}", r.stderr);
+
+    // Six files at --val-fraction 0.5 hold out 3: eval without --data says whose split that was.
+    let six = some_digits(
+        &tmp.path().join("six"),
+        &["0.wav", "1.wav", "2.wav", "3.wav", "4.wav", "5.wav"],
+    );
+    let run = tmp.path().join("six-run");
+    run_ok(&train_args(
+        s(&six),
+        s(&run),
+        &["--val-fraction", "0.5", "--steps", "1"],
+    ));
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "audio",
+            "--model",
+            s(&run),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    let r = eval(&[]);
+    assert_user_error(
+        &r,
+        &[
+            "at least 4 held-out clips",
+            "model's training data",
+            "give --data",
+        ],
+    );
+    assert!(!r.stderr.contains("error: --data"), "{}", r.stderr);
+    let r = eval(&["--data", s(&six)]);
+    assert_user_error(&r, &["--data:", "at least 4 held-out clips"]);
+}

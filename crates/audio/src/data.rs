@@ -88,10 +88,10 @@ impl Normalize {
     fn check(self) -> Result<Self> {
         match self {
             Normalize::Peak(p) if !(p > 0.0 && p <= 1.0) => Err(Error::InvalidArgument(format!(
-                "normalize: the peak must be in (0, 1], got {p}"
+                "the peak must be in (0, 1], got {p}"
             ))),
             Normalize::RmsDb(db) if !(db.is_finite() && db <= 0.0) => Err(Error::InvalidArgument(
-                format!("normalize: the RMS level must be a finite dBFS value <= 0, got {db}"),
+                format!("the RMS level must be a finite dBFS value <= 0, got {db}"),
             )),
             ok => Ok(ok),
         }
@@ -122,9 +122,7 @@ impl FromStr for Normalize {
                 .trim_end_matches("db")
                 .trim()
                 .parse::<f32>()
-                .map_err(|_| {
-                    Error::InvalidArgument(format!("normalize: '{v}' is not a number in '{s}'"))
-                })
+                .map_err(|_| Error::InvalidArgument(format!("'{v}' is not a number in '{s}'")))
         };
         let n = match (kind, value) {
             ("none", None) => Normalize::None,
@@ -152,7 +150,12 @@ impl TryFrom<String> for Normalize {
     type Error = Error;
 
     fn try_from(s: String) -> Result<Self> {
-        s.parse()
+        // Parsing messages name no field, since the flag (--normalize) says it where the text
+        // came from the command line; in a JSON file this is where the field gets named.
+        s.parse().map_err(|e: Error| match e {
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("normalize: {m}")),
+            other => other,
+        })
     }
 }
 
@@ -420,6 +423,34 @@ impl AudioDataset {
         }
         self.clips.index_select(0, &Tensor::from_slice(indices))
     }
+}
+
+/// How many audio files `spec` names (1 for a file), as [`AudioDataset::load`] counts them for
+/// the split: what decides how many are held out.
+pub fn count_files(spec: &str, datasets_dir: &Path) -> Result<usize> {
+    let location = resolve(spec, datasets_dir)?;
+    if location.is_file() {
+        Ok(1)
+    } else {
+        Ok(audio_files(&location)?.len())
+    }
+}
+
+/// The fewest files from which [`split_indices`] holds out at least `held` files at
+/// `validation_fraction` (`None` when the fraction holds none out, or no count reaches `held`).
+pub fn files_for_held_out(validation_fraction: f64, held: usize) -> Option<usize> {
+    if !(validation_fraction > 0.0 && validation_fraction < 1.0) {
+        return None;
+    }
+    // round(n f) >= held from about n = (held - 1/2) / f on; the loop settles the rounding and
+    // the clamps of split_indices exactly.
+    let estimate = ((held as f64 - 0.5) / validation_fraction).floor().max(0.0);
+    if estimate > 1e9 {
+        return None;
+    }
+    let start = (estimate as usize).saturating_sub(2).max(1);
+    (start..start + 8 + MIN_FILES_FOR_VALIDATION)
+        .find(|&n| split_indices(n, validation_fraction, Split::Validation).len() >= held)
 }
 
 /// The folder or file `spec` names (see [`AudioDataset::load`]).

@@ -32,12 +32,17 @@ pub struct LogMelReport {
     pub mel: MelConfig,
 }
 
+/// Held-out clips the log-mel distance needs: 2 per set, since each set's frame statistics
+/// are to stand for a set of clips rather than one.
+pub const MIN_HELD_OUT_CLIPS: usize = 4;
+
 /// Split held-out clips `[N, C, L]` alternately into a reference set and a second set.
 pub fn split_held_out(clips: &Tensor) -> Result<(Tensor, Tensor)> {
     let n = clips.size()[0];
-    if n < 4 {
+    if n < MIN_HELD_OUT_CLIPS as i64 {
         return Err(Error::InvalidArgument(format!(
-            "the log-mel distance needs at least 4 held-out clips (2 per set), the data has {n}"
+            "the log-mel distance needs at least {MIN_HELD_OUT_CLIPS} held-out clips (2 per set), \
+             there are {n}"
         )));
     }
     let even = Tensor::arange_start_step(0, n, 2, (Kind::Int64, Device::Cpu));
@@ -68,7 +73,9 @@ pub fn white_noise_like(
 }
 
 /// Distances of `generated` and of white noise and `second` to `reference` (all `[N, C, L]` at
-/// `sample_rate`).
+/// `sample_rate`). The mel settings are [`MelConfig::for_clip`] of the reference's length, so
+/// clips shorter than the usual 64 ms window (short training clips, low rates) are measured
+/// with a window that fits them; the report records the settings used.
 pub fn log_mel_report(
     generated: &Tensor,
     reference: &Tensor,
@@ -76,8 +83,8 @@ pub fn log_mel_report(
     sample_rate: u32,
     normalize: Option<&Normalize>,
 ) -> Result<LogMelReport> {
-    let mel = MelConfig::for_rate(sample_rate);
     let size = reference.size();
+    let mel = MelConfig::for_clip(sample_rate, size[2].max(1) as usize);
     let noise = white_noise_like(
         generated.size()[0].max(2),
         size[1],

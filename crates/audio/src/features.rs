@@ -53,6 +53,28 @@ impl MelConfig {
         }
     }
 
+    /// [`MelConfig::for_rate`] fitted to clips of `frames` samples, for features of short clips
+    /// (a few milliseconds, or a low sample rate): a window longer than the clip would be mostly
+    /// padding, so when `frames < n_fft` the window shrinks to the largest power of two not above
+    /// `frames` (at least 2), the hop stays a quarter window (at least 1), and the mel bands are
+    /// at most `n_freqs / 2` (at least 1), so each triangle still spans a few FFT bins instead of
+    /// falling between two and reading nothing. Clips of at least `n_fft` samples get
+    /// `for_rate(sample_rate)` unchanged.
+    pub fn for_clip(sample_rate: u32, frames: usize) -> Self {
+        let base = Self::for_rate(sample_rate);
+        if frames >= base.n_fft {
+            return base;
+        }
+        let n_fft = (1usize << (usize::BITS - 1 - frames.max(2).leading_zeros())).max(2);
+        MelConfig {
+            n_fft,
+            hop_length: (n_fft / 4).max(1),
+            // n_freqs / 2 = (n_fft / 2 + 1) / 2, half the FFT bins.
+            n_mels: base.n_mels.min((n_fft / 2).div_ceil(2)).max(1),
+            ..base
+        }
+    }
+
     /// Number of FFT bins, `n_fft / 2 + 1`.
     pub fn n_freqs(&self) -> usize {
         self.n_fft / 2 + 1
@@ -137,8 +159,11 @@ pub fn mel_filterbank(config: &MelConfig) -> Tensor {
 
 /// Log-mel spectrogram in dB `[N, frames, n_mels]` f32 (on the input's device) of samples `[L]`,
 /// `[N, L]` or `[N, C, L]` (channels averaged first). `frames = 1 + L / hop_length` (centred
-/// frames, reflect padding as `torch.stft(center=True)`). Panics on an invalid config, on other
-/// shapes, or when `L <= n_fft / 2` (too short to reflect-pad).
+/// frames, reflect padding as `torch.stft(center=True)`). A clip of `L <= n_fft / 2` samples is
+/// too short to reflect-pad, so it is first zero-padded at the end to `n_fft / 2 + 1` samples
+/// (silence after it; `frames` then counts that length): short clips give features instead of a
+/// failure, though ones much shorter than the window are best measured with
+/// [`MelConfig::for_clip`]. Panics on an invalid config or on other shapes (caller errors).
 pub fn log_mel_spectrogram(samples: &Tensor, config: &MelConfig) -> Tensor {
     if let Err(e) = config.validate() {
         panic!("{e}");
@@ -154,17 +179,19 @@ pub fn log_mel_spectrogram(samples: &Tensor, config: &MelConfig) -> Tensor {
         ),
     };
     let len = x.size()[1];
-    assert!(
-        len > (config.n_fft / 2) as i64,
-        "log_mel_spectrogram: {len} samples are too few for n_fft {} (need more than {})",
-        config.n_fft,
-        config.n_fft / 2
-    );
     let device = x.device();
+    let pad = (config.n_fft / 2) as i64;
+    // Reflect padding needs more than n_fft / 2 samples; silence after a shorter clip keeps its
+    // frames honest (no mirrored copy of the sound) and lets any clip length through.
+    let x = if len <= pad {
+        let silence = Tensor::zeros([x.size()[0], pad + 1 - len], (Kind::Float, device));
+        Tensor::cat(&[x, silence], 1)
+    } else {
+        x
+    };
     let window = Tensor::hann_window_periodic(config.n_fft as i64, true, (Kind::Float, device));
     // Centred frames by reflect padding here and a plain STFT: tch 0.24's `stft_center` always
     // passes `align_to_window`, which libtorch refuses together with `center=true`.
-    let pad = (config.n_fft / 2) as i64;
     let padded = x.unsqueeze(1).reflection_pad1d([pad, pad]).squeeze_dim(1);
     let spec = padded.stft(
         config.n_fft as i64,
@@ -262,22 +289,7 @@ pub fn save_spectrogram_png(samples: &Tensor, sample_rate: u32, path: &Path) -> 
         hop_length: ((sample_rate as f64 / PNG_COLUMNS_PER_SEC).round() as usize).max(1),
         ..base
     };
-    // Reflect padding needs more than n_fft / 2 samples; silence after a very short clip keeps
-    // its picture honest.
-    let x = if len <= config.n_fft / 2 {
-        Tensor::cat(
-            &[
-                x,
-                Tensor::zeros(
-                    [(config.n_fft / 2 + 1 - len) as i64],
-                    (Kind::Float, Device::Cpu),
-                ),
-            ],
-            0,
-        )
-    } else {
-        x
-    };
+    // A clip shorter than half the window is padded with silence by log_mel_spectrogram.
     let db = log_mel_spectrogram(&x, &config).squeeze_dim(0).contiguous(); // [T, M]
     let (frames, mels) = (db.size()[0] as usize, db.size()[1] as usize);
     let mut cells = vec![0f32; frames * mels];

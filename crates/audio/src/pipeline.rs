@@ -124,6 +124,51 @@ impl Denoiser for NetworkDenoiser<'_> {
     }
 }
 
+/// A denoiser that hands its inner one at most `chunk` samples per call and joins the outputs:
+/// the batch size of [`AudioPipeline::sample`], which bounds the network's memory without
+/// splitting the sampler's random draws (see there).
+struct ChunkedDenoiser<D: Denoiser> {
+    inner: D,
+    chunk: i64,
+}
+
+impl<D: Denoiser> ChunkedDenoiser<D> {
+    /// `f(start, len)` over consecutive chunks of `n` samples, joined along the batch.
+    fn in_chunks(&self, n: i64, f: impl Fn(i64, i64) -> Tensor) -> Tensor {
+        if n <= self.chunk {
+            return f(0, n);
+        }
+        let outputs: Vec<Tensor> = (0..n)
+            .step_by(self.chunk as usize)
+            .map(|start| f(start, self.chunk.min(n - start)))
+            .collect();
+        Tensor::cat(&outputs, 0)
+    }
+}
+
+impl<D: Denoiser> Denoiser for ChunkedDenoiser<D> {
+    fn forward(&self, x_t: &Tensor, t: &Tensor) -> Tensor {
+        self.in_chunks(x_t.size()[0], |s, l| {
+            self.inner.forward(&x_t.narrow(0, s, l), &t.narrow(0, s, l))
+        })
+    }
+    fn prediction_type(&self) -> PredictionType {
+        self.inner.prediction_type()
+    }
+    fn self_conditioning(&self) -> bool {
+        self.inner.self_conditioning()
+    }
+    fn forward_self_cond(&self, x_t: &Tensor, t: &Tensor, x0_prev: &Tensor) -> Tensor {
+        self.in_chunks(x_t.size()[0], |s, l| {
+            self.inner.forward_self_cond(
+                &x_t.narrow(0, s, l),
+                &t.narrow(0, s, l),
+                &x0_prev.narrow(0, s, l),
+            )
+        })
+    }
+}
+
 /// A loaded audio model.
 pub struct AudioPipeline {
     pub vs: VarStore,
@@ -281,7 +326,14 @@ impl AudioPipeline {
     }
 
     /// Sample `options.num` clips: `[N, C, L]` in [-1, 1]. `on_step(done, total)` reports
-    /// progress over every step of every batch.
+    /// progress over the sampler's steps.
+    ///
+    /// All `num` clips go through the sampler together and only the network sees them
+    /// `batch_size` at a time: the initial noise and every stochastic step's noise are drawn for
+    /// all clips at once from the seeded generator, so each clip depends on the seed and its
+    /// index alone, never on the batch size (which bounds the network's memory, the part that
+    /// grows with the batch; the samples themselves, `num * C * L` floats, stay whole). With no
+    /// batch size this is diffusers' own order of draws.
     pub fn sample(
         &self,
         options: &AudioSampleOptions,
@@ -290,30 +342,29 @@ impl AudioPipeline {
         Self::check_num(options)?;
         let frames = self.frames_for(options.seconds)? as i64;
         let channels = self.info.channels as i64;
-        let model = self.denoiser(&options.sampler)?;
+        let model = ChunkedDenoiser {
+            inner: self.denoiser(&options.sampler)?,
+            chunk: options.batch_size.unwrap_or(options.num).max(1) as i64,
+        };
         if let Some(seed) = options.seed {
             diffuse_tensor::manual_seed(seed);
         }
-        let batch = options.batch_size.unwrap_or(options.num).min(options.num);
-        let total = self.sampler(&options.sampler)?.timesteps().len() * options.num.div_ceil(batch);
-        let (mut done, mut global) = (0, 0);
-        let mut chunks = Vec::new();
-        while done < options.num {
-            let n = batch.min(options.num - done) as i64;
-            let mut sampler = self.sampler(&options.sampler)?;
-            // The initial noise comes from the CPU generator, as diffusers' pipelines draw it.
-            let noise = Tensor::randn([n, channels, frames], (Kind::Float, Device::Cpu))
-                .to(self.device())
-                * sampler.init_noise_sigma();
-            let x = samplers::sample(sampler.as_mut(), &model, noise, |_: &StepInfo<'_>| {
-                global += 1;
-                on_step(global, total);
-            })?;
-            check_generated(&x)?;
-            chunks.push(x.clamp(-1.0, 1.0).to_device(Device::Cpu));
-            done += n as usize;
-        }
-        Ok(Tensor::cat(&chunks, 0))
+        let mut sampler = self.sampler(&options.sampler)?;
+        let total = sampler.timesteps().len();
+        // The initial noise comes from the CPU generator, as diffusers' pipelines draw it.
+        let noise = Tensor::randn(
+            [options.num as i64, channels, frames],
+            (Kind::Float, Device::Cpu),
+        )
+        .to(self.device())
+            * sampler.init_noise_sigma();
+        let mut done = 0;
+        let x = samplers::sample(sampler.as_mut(), &model, noise, |_: &StepInfo<'_>| {
+            done += 1;
+            on_step(done, total);
+        })?;
+        check_generated(&x)?;
+        Ok(x.clamp(-1.0, 1.0).to_device(Device::Cpu))
     }
 
     /// [`AudioPipeline::sample`] as clips at the model's rate.

@@ -10,8 +10,9 @@
 //! T = 200, betas linear from 1e-4 to 0.02), on which its 6-step fast sampler aligns.
 
 use crate::clip::AudioClip;
-use crate::data::{AudioDataConfig, AudioDataset, Split};
+use crate::data::{files_for_held_out, split_indices, AudioDataConfig, AudioDataset, Split};
 use crate::diffwave::DiffWaveConfig;
+use crate::eval::MIN_HELD_OUT_CLIPS;
 use crate::features::save_spectrogram_png;
 use crate::network::{AudioNetwork, AudioNetworkConfig};
 use crate::pipeline::{AudioModelInfo, AudioPipeline, AudioSampleOptions, NetworkDenoiser};
@@ -101,14 +102,63 @@ pub fn default_sample_rate(data: &str) -> u32 {
     }
 }
 
-/// Load the run's dataset as the config describes.
+/// Load the run's dataset as the config describes. Loading the training split also warns (once
+/// each) about what would only show later: a held-out split too small for `eval audio`, and
+/// data that is all silence.
 pub fn load_dataset(config: &AudioTrainConfig, split: Split) -> Result<AudioDataset> {
-    AudioDataset::load(
-        &config.data,
-        split,
-        &config.audio,
-        &AudioDataset::default_datasets_dir(),
-    )
+    let datasets_dir = AudioDataset::default_datasets_dir();
+    let data = AudioDataset::load(&config.data, split, &config.audio, &datasets_dir)?;
+    if split == Split::Train {
+        let files = crate::data::count_files(&config.data, &datasets_dir)?;
+        if let Some(message) = held_out_warning(files, config.audio.validation_fraction) {
+            tracing::warn!("{message}");
+        }
+        if let Some(message) = silence_warning(&data) {
+            tracing::warn!("{message}");
+        }
+    }
+    Ok(data)
+}
+
+/// Peak below which a training set counts as silent: under half an LSB of 16-bit audio, so
+/// only digital silence and dither-level noise qualify.
+pub const SILENCE_PEAK: f64 = 0.5 / 32768.0;
+
+/// Why the held-out split of `files` files at `validation_fraction` is too small for `eval
+/// audio` (which needs [`MIN_HELD_OUT_CLIPS`] held-out clips), with what would fix it; `None`
+/// when it is large enough. Training goes on either way: a model is worth having without eval.
+pub fn held_out_warning(files: usize, validation_fraction: f64) -> Option<String> {
+    let held = split_indices(files, validation_fraction, Split::Validation).len();
+    if held >= MIN_HELD_OUT_CLIPS {
+        return None;
+    }
+    let fix = match files_for_held_out(validation_fraction, MIN_HELD_OUT_CLIPS) {
+        Some(needed) => format!(
+            "with --val-fraction {validation_fraction} that takes at least {needed} audio files"
+        ),
+        None => "give --val-fraction above 0 and more audio files".to_owned(),
+    };
+    Some(format!(
+        "the held-out split has {held} of {files} audio file(s), but `eval audio` needs at \
+         least {MIN_HELD_OUT_CLIPS} held-out clips ({fix}; or evaluate later with `eval audio \
+         --data` on other audio)"
+    ))
+}
+
+/// A warning when every clip of `data` is silent (peak below [`SILENCE_PEAK`]): the model
+/// would learn silence, which training does not otherwise show until the samples are heard.
+pub fn silence_warning(data: &AudioDataset) -> Option<String> {
+    if data.is_empty() {
+        return None;
+    }
+    let peak = data.clips().abs().max().double_value(&[]);
+    (peak < SILENCE_PEAK).then(|| {
+        format!(
+            "all {} training clips are silent (peak {peak:.1e}): the model will learn silence \
+             (check the files, or --keep-silence / --seconds if the sound lies outside the cut)",
+            data.len()
+        )
+    })
 }
 
 /// Fill the network's channels from the data and the objective (doubled output with a learned

@@ -173,14 +173,29 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
         },
         validation_fraction: args.val_fraction,
     };
+    let chosen = match args.network.as_str() {
+        "diffwave" => AudioNetworkConfig::DiffWave(DiffWaveConfig::default()),
+        "unet1d" => AudioNetworkConfig::Unet1d(UNet1dConfig::default()),
+        other => bail!("--network: expected diffwave or unet1d, got '{other}'"),
+    };
     let mut network = match &args.network_config {
-        Some(path) => AudioNetworkConfig::from_json_file(path)
-            .map_err(|e| anyhow!("--network-config: {e}"))?,
-        None => match args.network.as_str() {
-            "diffwave" => AudioNetworkConfig::DiffWave(DiffWaveConfig::default()),
-            "unet1d" => AudioNetworkConfig::Unet1d(UNet1dConfig::default()),
-            other => bail!("--network: expected diffwave or unet1d, got '{other}'"),
-        },
+        Some(path) => {
+            let file = AudioNetworkConfig::from_json_file(path)
+                .map_err(|e| anyhow!("--network-config: {e}"))?;
+            // The file decides the network; a typed --network naming another one would be
+            // silently ignored, so it is refused (the default, not typed, is no choice at all).
+            if crate::given::given("network") && file.name() != chosen.name() {
+                bail!(
+                    "--network: {} is a {} network config, not {}; drop --network (the file decides) or give a {} config file",
+                    path.display(),
+                    file.name(),
+                    chosen.name(),
+                    chosen.name()
+                );
+            }
+            file
+        }
+        None => chosen,
     };
     let diffwave_flags = args.residual_channels.is_some()
         || args.residual_layers.is_some()
@@ -437,7 +452,7 @@ pub struct SampleAudioArgs {
     /// WAV sample format: int16, int24, int32, float32 or int8.
     #[arg(long, default_value = "int16")]
     pub format: String,
-    /// Clips per model call (default: all at once).
+    /// Clips per network call (default: all at once). Only memory depends on it: with the same --seed, every clip comes out the same at any batch size.
     #[arg(long)]
     pub batch_size: Option<usize>,
 }
@@ -801,7 +816,7 @@ pub struct EvalAudioArgs {
     /// Generated clips (default: as many as the second held-out set has).
     #[arg(long)]
     pub num: Option<usize>,
-    /// Clips per model call (default: all at once).
+    /// Clips per network call (default: all at once). Only memory depends on it: with the same --seed, the generated clips and the distance are the same at any batch size.
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Print the result as JSON.
@@ -832,8 +847,13 @@ pub fn eval(args: EvalAudioArgs) -> Result<()> {
             "{e} (the model's training data, named in its diffuse.json; --data evaluates on other audio)"
         ),
     })?;
-    let (reference, second) =
-        split_held_out(held_out.clips()).map_err(|e| anyhow!("--data: {data}: {e}"))?;
+    let (reference, second) = split_held_out(held_out.clips()).map_err(|e| match &args.data {
+        Some(_) => anyhow!("--data: {data}: {e} in its held-out split"),
+        // Nothing was typed: say which clips these were and how to evaluate on others.
+        None => anyhow!(
+            "{e} in the held-out split of the model's training data {data} (named in its diffuse.json); give --data with other audio (speech, drums, a folder or a file) to evaluate on that"
+        ),
+    })?;
     options.num = args.num.unwrap_or(second.size()[0] as usize);
     options.batch_size = args.batch_size;
     let started = Instant::now();

@@ -306,3 +306,67 @@ fn in_memory_datasets_check_their_shape() {
     let out_of_range = std::panic::catch_unwind(|| data.batch(&[3]));
     assert!(out_of_range.is_err());
 }
+
+#[test]
+fn held_out_warnings_say_how_many_files_eval_needs() {
+    use diffuse_audio::data::{files_for_held_out, split_indices};
+    use diffuse_audio::eval::MIN_HELD_OUT_CLIPS;
+    use diffuse_audio::train::held_out_warning;
+    for fraction in [0.05, 0.1, 0.2, 0.4, 0.5, 0.9, 0.99] {
+        let needed = files_for_held_out(fraction, MIN_HELD_OUT_CLIPS).unwrap();
+        let held = |n| split_indices(n, fraction, Split::Validation).len();
+        assert!(held(needed) >= MIN_HELD_OUT_CLIPS, "{fraction}: {needed}");
+        assert!(
+            held(needed - 1) < MIN_HELD_OUT_CLIPS,
+            "{fraction}: {needed} is not the least"
+        );
+        assert!(held_out_warning(needed, fraction).is_none());
+        let w = held_out_warning(needed - 1, fraction).unwrap();
+        assert!(w.contains(&format!("at least {needed} audio files")), "{w}");
+    }
+    assert_eq!(files_for_held_out(0.5, MIN_HELD_OUT_CLIPS), Some(7));
+    let two = held_out_warning(2, 0.5).unwrap();
+    assert!(
+        two.contains("0 of 2") && two.contains("at least 7"),
+        "{two}"
+    );
+    let none = held_out_warning(100, 0.0).unwrap();
+    assert!(none.contains("--val-fraction above 0"), "{none}");
+}
+
+#[test]
+fn an_all_silent_training_set_is_warned_about_once() {
+    use diffuse_audio::train::silence_warning;
+    let names = |n: usize| (0..n).map(|i| format!("{i}.wav")).collect::<Vec<_>>();
+    let silent = AudioDataset::from_clips(
+        Tensor::zeros([3, 1, 100], (Kind::Float, tch::Device::Cpu)),
+        8000,
+        names(3),
+    );
+    let w = silence_warning(&silent).unwrap();
+    assert!(
+        w.contains("all 3 training clips are silent") && w.contains("learn silence"),
+        "{w}"
+    );
+    let mut samples = vec![0f32; 300];
+    samples[250] = 0.1;
+    let one_sound = AudioDataset::from_clips(
+        Tensor::from_slice(&samples).view([3, 1, 100]),
+        8000,
+        names(3),
+    );
+    assert!(silence_warning(&one_sound).is_none());
+}
+
+#[test]
+fn normalisation_errors_name_the_field_only_in_json() {
+    let e = "peak:7".parse::<Normalize>().unwrap_err().to_string();
+    assert!(!e.starts_with("normalize"), "{e}");
+    assert!(e.contains("(0, 1]"), "{e}");
+    let e = "rms:loud".parse::<Normalize>().unwrap_err().to_string();
+    assert!(!e.starts_with("normalize") && e.contains("'loud'"), "{e}");
+    let e = serde_json::from_str::<Normalize>("\"peak:7\"")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("normalize: "), "{e}");
+}

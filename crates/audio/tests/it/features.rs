@@ -251,3 +251,65 @@ fn spectrogram_png_is_a_readable_picture() {
         .to_string();
     assert!(e.contains("no samples"), "{e}");
 }
+
+#[test]
+fn short_clips_and_low_rates_have_features() {
+    // Shorter than half the usual window (8 ms at 16 kHz; 1 s at 100 Hz): padded with silence
+    // instead of a panic.
+    for (rate, len) in [(16000u32, 128i64), (100, 100), (16000, 1)] {
+        let config = MelConfig::for_rate(rate);
+        let x = Tensor::randn([2, len], (Kind::Float, Device::Cpu)) * 0.3;
+        let db = log_mel_spectrogram(&x, &config);
+        let padded = len.max(config.n_fft as i64 / 2 + 1);
+        assert_eq!(
+            db.size(),
+            [
+                2,
+                1 + padded / config.hop_length as i64,
+                config.n_mels as i64
+            ]
+        );
+        assert!(db.isfinite().all().int64_value(&[]) == 1);
+    }
+    // What is long enough is measured as before: for_clip changes nothing there.
+    for rate in [100, 8000, 16000, 44100] {
+        let base = MelConfig::for_rate(rate);
+        assert_eq!(MelConfig::for_clip(rate, base.n_fft), base);
+        assert_eq!(MelConfig::for_clip(rate, 10 * base.n_fft), base);
+    }
+    // Shorter clips get a window that fits them, and bands that each read some FFT bins.
+    for (rate, frames, n_fft) in [
+        (16000, 128, 128),
+        (100, 100, 64),
+        (16000, 200, 128),
+        (8000, 1, 2),
+    ] {
+        let c = MelConfig::for_clip(rate, frames);
+        assert!(c.validate().is_ok(), "{c:?}");
+        assert_eq!(c.n_fft, n_fft, "{rate} Hz, {frames} frames");
+        assert!(c.n_fft <= frames.max(2) && c.hop_length >= 1);
+        let fb = mel_filterbank(&c);
+        let per_band = fb.sum_dim_intlist(1, false, Kind::Float);
+        if frames >= 64 {
+            assert!(
+                per_band.gt(0.0).all().int64_value(&[]) == 1,
+                "{c:?}: an empty mel band"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_log_mel_report_measures_short_clips() {
+    use diffuse_audio::eval::{log_mel_report, split_held_out};
+    for (rate, frames) in [(16000u32, 128i64), (100, 100)] {
+        let held = Tensor::randn([6, 1, frames], (Kind::Float, Device::Cpu)) * 0.2;
+        let (reference, second) = split_held_out(&held).unwrap();
+        let generated = Tensor::randn([1, 1, frames], (Kind::Float, Device::Cpu)) * 0.2;
+        let report = log_mel_report(&generated, &reference, &second, rate, None).unwrap();
+        assert_eq!(report.mel, MelConfig::for_clip(rate, frames as usize));
+        for d in [report.generated, report.white_noise, report.held_out] {
+            assert!(d.is_finite() && d >= 0.0, "{rate} Hz: {report:?}");
+        }
+    }
+}

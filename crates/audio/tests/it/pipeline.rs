@@ -114,16 +114,47 @@ fn any_length_seeded_and_batched_sampling() {
         let y = pipeline
             .sample(&batched, |done, total| {
                 calls += 1;
-                assert!(done <= total && total == 12);
+                assert!(done <= total && total == 6);
             })
             .unwrap();
         assert_eq!(y.size(), [3, 1, 987]);
-        assert_eq!(calls, 12, "two batches of 6 steps");
+        // The batch size splits the network's calls, not the sampler's steps.
+        assert_eq!(calls, 6, "6 steps, for all clips together");
         let clips = pipeline
             .sample_clips(&fast(1, Some(0.05)), |_, _| {})
             .unwrap();
         assert_eq!(clips[0].frames(), 400);
         assert_eq!(clips[0].sample_rate, 8000);
+    }
+}
+
+#[test]
+fn seeded_clips_do_not_depend_on_the_batch_size() {
+    let _guard = rng_lock();
+    let pipeline = tiny("diffwave");
+    // Stochastic per-step noise (ddpm, ddim with eta 1) as well as the initial noise.
+    for (name, eta) in [("ddpm", None), ("ddim", None), ("ddim", Some(1.0))] {
+        let options = |batch_size| AudioSampleOptions {
+            num: 3,
+            seconds: Some(0.02),
+            sampler: SamplerChoice {
+                name: Some(name.into()),
+                steps: Some(5),
+                eta,
+                ..SamplerChoice::default()
+            },
+            seed: Some(5),
+            batch_size,
+        };
+        let all = pipeline.sample(&options(None), |_, _| {}).unwrap();
+        for batch in [1, 2, 3, 7] {
+            let x = pipeline.sample(&options(Some(batch)), |_, _| {}).unwrap();
+            assert!(
+                x.allclose(&all, 1e-5, 1e-6, false),
+                "{name} eta {eta:?}: batch size {batch} changed the clips by {}",
+                (&x - &all).abs().max().double_value(&[])
+            );
+        }
     }
 }
 
