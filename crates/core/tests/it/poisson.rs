@@ -241,12 +241,12 @@ fn binomial_to_poisson_kl_equals_the_direct_sum() {
 
 #[test]
 fn binomial_to_poisson_kl_of_large_counts_matches_the_full_sum() {
-    // Windowed sums (sd ~ 65) and the moment expansion (sd ~ 490 and ~ 3e5) against the sum
+    // Windowed sums (sd ~ 65) and the moment expansion (sd ~ 490 and ~ 2200) against the sum
     // over the whole support, computed here in one vectorised pass.
     for (n, r, mu) in [
         (20_000i64, 0.3f64, 6_000.0f64),
         (1_000_000, 0.4, 4.1e5),
-        (400_000_000, 0.5, 2.0e8),
+        (20_000_000, 0.5, 1.0e7),
     ] {
         let k = Tensor::arange(n + 1, (Kind::Double, tch::Device::Cpu));
         let nf = n as f64;
