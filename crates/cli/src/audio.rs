@@ -3,7 +3,10 @@
 //! between bounds), thin over `diffuse-audio`.
 
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
-use crate::run_dir::{device, step_bar, LoopArgs, LoopFlags, TrainingCommand};
+use crate::run_dir::{
+    check_dir_target, check_file_target, device, parent_folder, step_bar, LoopArgs, LoopFlags,
+    TrainingCommand,
+};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use diffuse_audio::clip::MAX_SAMPLE_RATE;
@@ -466,54 +469,6 @@ fn check_wav_path(path: &Path, flag: &str) -> Result<()> {
         bail!("{flag}: {}: expected a .wav file name", path.display());
     }
     Ok(())
-}
-
-/// The folder a file `path` goes in (`.` for a bare name).
-fn parent_folder(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-/// The nearest part of `dir` (itself or a folder above it) that exists, which must be a folder
-/// for `dir` to be made.
-fn check_folder_can_exist(dir: &Path, flag: &str, target: &Path) -> Result<()> {
-    if let Some(existing) = dir
-        .ancestors()
-        .filter(|a| !a.as_os_str().is_empty())
-        .find(|a| a.exists())
-    {
-        if !existing.is_dir() {
-            bail!(
-                "{flag}: {}: {} is a file, not a folder",
-                target.display(),
-                existing.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `path` can become a file: it is not a folder, and its folder exists or can be made.
-fn check_file_target(path: &Path, flag: &str) -> Result<()> {
-    if path.is_dir() {
-        bail!(
-            "{flag}: {} is a folder; expected the name of a file to write",
-            path.display()
-        );
-    }
-    check_folder_can_exist(parent_folder(path), flag, path)
-}
-
-/// `dir` can be the folder files are written in: not a file, and it exists or can be made.
-fn check_dir_target(dir: &Path, flag: &str) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        bail!(
-            "{flag}: {} is a file; expected a folder to write into",
-            dir.display()
-        );
-    }
-    check_folder_can_exist(dir, flag, dir)
 }
 
 /// Whether `a` and `b` are the same existing file.

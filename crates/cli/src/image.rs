@@ -3,7 +3,7 @@
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
 use crate::poisson::JumpArgs;
 use crate::run_dir::{
-    check_output_dir, device, prepare_output_file, step_bar, LoopArgs, LoopFlags, TrainingCommand,
+    check_dir_target, device, prepare_output_file, step_bar, LoopArgs, LoopFlags, TrainingCommand,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -158,7 +158,7 @@ pub fn sample(args: SampleImageArgs) -> Result<()> {
         prepare_output_file(raw, "--raw")?;
     }
     if let Some(dir) = &args.out_dir {
-        check_output_dir(dir, "--out-dir")?;
+        check_dir_target(dir, "--out-dir")?;
     }
     if args.nrow == Some(0) {
         bail!("--nrow: must be at least 1");

@@ -9,40 +9,66 @@ use diffuse_tensor::train::{TrainConfig, TrainOutcome};
 use diffuse_tensor::{parse_device, DeviceSpec, Precision};
 use std::path::Path;
 
-/// Check an output-file flag before any work is done: not an existing folder, and its folder
-/// there (created when missing), so a long run never ends in a write that cannot happen.
-pub fn prepare_output_file(path: &Path, flag: &str) -> Result<()> {
-    if path.is_dir() {
-        bail!(
-            "{flag}: {} is a folder; expected a file name",
-            path.display()
-        );
-    }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            anyhow!(
-                "{flag}: cannot make the folder {} for {}: {e}",
-                parent.display(),
-                path.display()
-            )
-        })?;
+/// The folder a file `path` goes in (`.` for a bare name).
+pub fn parent_folder(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// The nearest part of `dir` (itself or a folder above it) that exists, which must be a folder
+/// for `dir` to be made.
+fn check_folder_can_exist(dir: &Path, flag: &str, target: &Path) -> Result<()> {
+    if let Some(existing) = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| a.exists())
+    {
+        if !existing.is_dir() {
+            bail!(
+                "{flag}: {}: {} is a file, not a folder",
+                target.display(),
+                existing.display()
+            );
+        }
     }
     Ok(())
 }
 
-/// Check an output-folder flag before any work is done: a folder or nothing yet, not a file.
-pub fn check_output_dir(path: &Path, flag: &str) -> Result<()> {
-    if path.exists() && !path.is_dir() {
-        bail!("{flag}: {} is a file; expected a folder", path.display());
-    }
-    if let Some(file) = path.ancestors().skip(1).find(|a| a.is_file()) {
+/// `path` can become a file: it is not a folder, and its folder exists or can be made.
+pub fn check_file_target(path: &Path, flag: &str) -> Result<()> {
+    if path.is_dir() {
         bail!(
-            "{flag}: {} is a file, so {} cannot be made",
-            file.display(),
+            "{flag}: {} is a folder; expected the name of a file to write",
             path.display()
         );
     }
-    Ok(())
+    check_folder_can_exist(parent_folder(path), flag, path)
+}
+
+/// `dir` can be the folder files are written in: not a file, and it exists or can be made.
+pub fn check_dir_target(dir: &Path, flag: &str) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{flag}: {} is a file; expected a folder to write into",
+            dir.display()
+        );
+    }
+    check_folder_can_exist(dir, flag, dir)
+}
+
+/// Check an output-file flag before any work is done: not an existing folder, and its folder
+/// there (created when missing), so a long run never ends in a write that cannot happen.
+pub fn prepare_output_file(path: &Path, flag: &str) -> Result<()> {
+    check_file_target(path, flag)?;
+    let parent = parent_folder(path);
+    std::fs::create_dir_all(parent).map_err(|e| {
+        anyhow!(
+            "{flag}: cannot make the folder {} for {}: {e}",
+            parent.display(),
+            path.display()
+        )
+    })
 }
 
 /// Parse `--device` (auto, cpu, cuda, cuda:N).
