@@ -1,6 +1,7 @@
 //! The audio commands end to end on the committed speech fixture (ten spoken digits, 8 kHz):
 //! train a DiffWave and a UNet1d a few steps, resume exactly, sample WAV files (with
-//! spectrograms), fill a gap in a recording, evaluate the log-mel distance; one-line errors for
+//! spectrograms), fill a gap in a recording (at the recording's level, rate and channels, with the
+//! bundled drum model), evaluate the log-mel distance; one-line errors for
 //! bad input. WAV files are read and written by hand here, so these tests do not depend on the
 //! library they test.
 
@@ -1178,4 +1179,87 @@ fn flags_that_contradict_or_are_missing_are_said_once_and_plainly() {
     assert!(!r.stderr.contains("error: --data"), "{}", r.stderr);
     let r = eval(&["--data", s(&six)]);
     assert_user_error(&r, &["--data:", "at least 4 held-out clips"]);
+}
+
+/// Drum-like hits (noise bursts over a falling low tone) every quarter second at `rate`, as
+/// 16-bit codes at `rms_dbfs`; `seed` varies the noise.
+fn quiet_drums(rate: u32, seconds: f64, rms_dbfs: f64, seed: u64) -> Vec<i16> {
+    let n = (rate as f64 * seconds).round() as usize;
+    let mut state = seed;
+    let mut noise = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f64 / (1u64 << 23) as f64 - 1.0
+    };
+    let x: Vec<f64> = (0..n)
+        .map(|i| {
+            let t = (i as f64 / rate as f64) % 0.25;
+            let body = (2.0 * std::f64::consts::PI * 70.0 * t).sin() * (-t / 0.08).exp();
+            body + 0.6 * noise() * (-t / 0.02).exp()
+        })
+        .collect();
+    let rms = (x.iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
+    let gain = 10f64.powf(rms_dbfs / 20.0) / rms * 32768.0;
+    x.iter().map(|v| (v * gain).round() as i16).collect()
+}
+
+/// RMS of 16-bit codes, in dBFS.
+fn rms_dbfs(codes: &[i32]) -> f64 {
+    let mean = codes
+        .iter()
+        .map(|&q| (q as f64 / 32768.0).powi(2))
+        .sum::<f64>()
+        / codes.len() as f64;
+    10.0 * mean.log10()
+}
+
+#[test]
+fn inpainting_a_quiet_stereo_48_khz_recording_keeps_its_level_rate_and_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One second of quiet (-40 dBFS) stereo drums at 48 kHz, the channels different; the
+    // bundled drum model works in mono at 16 kHz, peak-normalised.
+    let (left, right) = (
+        quiet_drums(48000, 1.0, -40.0, 1),
+        quiet_drums(48000, 1.0, -43.0, 2),
+    );
+    let interleaved: Vec<i16> = left
+        .iter()
+        .zip(&right)
+        .flat_map(|(&l, &r)| [l, r])
+        .collect();
+    let input = tmp.path().join("quiet.wav");
+    write_wav(&input, 48000, 2, &interleaved);
+    let out = tmp.path().join("filled.wav");
+    let stdout = run_ok(&[
+        "inpaint",
+        "audio",
+        "--model",
+        s(&repo_root().join("data/models/drums")),
+        "--input",
+        s(&input),
+        "--gap",
+        "0.4:0.6",
+        "--out",
+        s(&out),
+        "--sampler",
+        "diffwave-fast",
+        "--device",
+        "cpu",
+    ]);
+    let (rate, channels, bits, result) = read_wav(&out);
+    assert_eq!((rate, channels, bits), (48000, 2, 16), "{stdout}");
+    let (_, _, _, original) = read_wav(&input);
+    assert_eq!(result.len(), original.len());
+    // 0.4:0.6 s is frames 19200..28800, two samples a frame.
+    let (a, b) = (19200 * 2, 28800 * 2);
+    assert!(result[..a] == original[..a], "changed before the gap");
+    assert!(result[b..] == original[b..], "changed after the gap");
+    assert!(result[a..b] != original[a..b], "the gap was not filled");
+    let surroundings = rms_dbfs(&[&result[..a], &result[b..]].concat());
+    let gap = rms_dbfs(&result[a..b]);
+    assert!(
+        (gap - surroundings).abs() < 10.0,
+        "the gap is at {gap:.1} dBFS, its surroundings at {surroundings:.1} dBFS"
+    );
 }

@@ -75,3 +75,33 @@ fn cuda_on_a_machine_without_it_is_one_clear_error() {
     let run = diffuse(&["doctor", "--device", "cuda"], None);
     assert_user_error(&run, &["--device", "no CUDA device"]);
 }
+
+#[test]
+fn doctor_says_why_libtorch_has_its_threads() {
+    // OMP_NUM_THREADS is the user's choice and is kept; without it diffuse counts the cores other
+    // processes keep busy at start (BENCHMARKS.md, threads), which tests cannot pin down here.
+    let out = std::process::Command::new(diffuse_e2e::diffuse_bin())
+        .args(["doctor", "--device", "cpu"])
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("threads      1 (libtorch intra-op; OMP_NUM_THREADS set)"),
+        "{stdout}"
+    );
+    let run = diffuse(&["doctor", "--json", "--device", "cpu"], None);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let reason = report["threads_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("cores free")
+            || reason.contains("busy with other work")
+            || reason.contains("OMP_NUM_THREADS"),
+        "{reason}"
+    );
+}

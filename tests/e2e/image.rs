@@ -73,6 +73,19 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
     let run = tmp.path().join("run");
     let r = diffuse(&train_args(s(&data), s(&run), &[]), None);
     assert!(r.success(), "train failed: {}", r.stderr);
+    // The closing line's hint runs as shown, with the fast default sampler.
+    let hint = r
+        .stdout
+        .split("sample it with `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no sampling hint in: {}", r.stdout));
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    assert_eq!(words[..3], ["diffuse", "sample", "image"], "{hint}");
+    let h = diffuse(&words[1..], Some(tmp.path()));
+    assert!(h.success(), "`{hint}`: {}", h.stderr);
+    assert!(h.stdout.contains("dpm++2m, 20 steps"), "{}", h.stdout);
+    assert!(tmp.path().join("grid.png").is_file());
     for file in [
         "run.json",
         "metrics.jsonl",
@@ -322,6 +335,33 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
     ] {
         assert!(classifier.join(file).is_file(), "classifier lacks {file}");
     }
+    // A second `train classifier` into the same --out is refused and leaves the classifier
+    // as it was (it once replaced the bundled one).
+    let weights = std::fs::read(classifier.join("model.safetensors")).unwrap();
+    let r = diffuse(
+        &[
+            "train",
+            "classifier",
+            "--data",
+            s(&data),
+            "--out",
+            s(&classifier),
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(
+        &r,
+        &["--out", "holds a classifier", "refusing to overwrite"],
+    );
+    assert_eq!(
+        std::fs::read(classifier.join("model.safetensors")).unwrap(),
+        weights,
+        "a refused run changed the classifier"
+    );
     let fid = || {
         let r = diffuse(
             &[
@@ -761,4 +801,310 @@ fn flags_of_the_other_process_and_class_embeddings_without_labels_are_refused() 
     );
     assert_user_error(&r, &["--unet-config", "JSON object"]);
     assert!(!run.exists());
+}
+
+/// Sample `model` with `extra` flags into `dir`, returning the run and the raw samples' values.
+fn sample_raw(
+    model: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> (diffuse_e2e::Run, Vec<f32>) {
+    let grid = dir.join(format!("{name}.png"));
+    let raw = dir.join(format!("{name}.safetensors"));
+    let mut args = vec![
+        "sample",
+        "image",
+        "--model",
+        s(model),
+        "--num",
+        "2",
+        "--seed",
+        "7",
+        "--out",
+        s(&grid),
+        "--raw",
+        s(&raw),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    let r = diffuse(&args, None);
+    assert!(r.success(), "{name}: {}", r.stderr);
+    let values = read_f32(&raw, "samples").1;
+    (r, values)
+}
+
+/// The default is fast (DPM-Solver++ 2M in 20 steps), says so, and is exactly what naming it
+/// gives; `--sampler model` is the model's own saved scheduler, as diffusers' DDPMPipeline
+/// samples it (the old default), step for step.
+#[test]
+fn the_default_sampler_is_dpm_solver_in_20_steps_and_model_is_the_saved_scheduler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("ddpm-tiny");
+    let (r, default) = sample_raw(&model, tmp.path(), "default", &[]);
+    assert!(r.stdout.contains("dpm++2m, 20 steps"), "{}", r.stdout);
+    let (_, named) = sample_raw(
+        &model,
+        tmp.path(),
+        "named",
+        &["--sampler", "dpm++2m", "--steps", "20"],
+    );
+    assert_eq!(default, named, "the default is not dpm++2m in 20 steps");
+    // Named without --steps, the DPM-Solver++ samplers take 20 steps too.
+    let (r, _) = sample_raw(&model, tmp.path(), "dpm3", &["--sampler", "dpm++3m"]);
+    assert!(r.stdout.contains("dpm++3m, 20 steps"), "{}", r.stdout);
+
+    // The saved DDPMScheduler reproduces diffusers' DDPMPipeline (25 steps, seed 7).
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("ddpm-tiny-golden.json")).unwrap())
+            .unwrap();
+    let case = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ddpm")
+        .unwrap();
+    assert_eq!(
+        (case["seed"].as_u64(), case["num"].as_u64()),
+        (Some(7), Some(2))
+    );
+    let (r, saved) = sample_raw(
+        &model,
+        tmp.path(),
+        "model",
+        &["--sampler", "model", "--steps", "25"],
+    );
+    assert!(
+        r.stdout.contains("model (DDPMScheduler), 25 steps"),
+        "{}",
+        r.stdout
+    );
+    let worst = saved
+        .iter()
+        .zip(case["values"].as_array().unwrap())
+        .map(|(g, w)| ((*g as f64 / 2.0 + 0.5).clamp(0.0, 1.0) - w.as_f64().unwrap()).abs())
+        .fold(0.0, f64::max);
+    assert!(worst <= 1e-3, "max |diffuse - diffusers| = {worst}");
+    // On a DDPM model, `model` and `ddpm` are the same sampler, bit for bit.
+    let (_, ddpm) = sample_raw(
+        &model,
+        tmp.path(),
+        "ddpm",
+        &["--sampler", "ddpm", "--steps", "25"],
+    );
+    assert_eq!(saved, ddpm);
+}
+
+/// Samplers of other kinds of model are refused by name, before anything is written, and each
+/// command's help lists only its own samplers.
+#[test]
+fn samplers_that_do_not_fit_the_model_are_refused_and_not_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("ddpm-tiny");
+    let out = tmp.path().join("out.png");
+    let picture = tmp.path().join("picture.png");
+    image::GrayImage::new(16, 16).save(&picture).unwrap();
+    let data = fixture("mnist-subset");
+    for (sampler, needles) in [
+        ("diffwave-fast", &["audio", "dpm++2m"][..]),
+        ("jump", &["count", "dpm++2m"][..]),
+        ("blackout", &["count", "dpm++2m"][..]),
+    ] {
+        let commands: [Vec<&str>; 3] = [
+            vec!["sample", "image", "--out", s(&out)],
+            vec![
+                "inpaint",
+                "image",
+                "--from",
+                s(&picture),
+                "--strength",
+                "0.5",
+                "--out",
+                s(&out),
+            ],
+            vec![
+                "eval",
+                "image",
+                "--metric",
+                "fid",
+                "--data",
+                s(&data),
+                "--num",
+                "2",
+            ],
+        ];
+        for mut args in commands {
+            args.extend_from_slice(&[
+                "--model",
+                s(&model),
+                "--sampler",
+                sampler,
+                "--device",
+                "cpu",
+            ]);
+            let r = diffuse(&args, None);
+            let mut want = vec!["--sampler", sampler];
+            want.extend_from_slice(needles);
+            assert_user_error(&r, &want);
+            assert!(!out.exists(), "{args:?} wrote its output");
+        }
+    }
+    // The help of --sampler: from the flag to the next one.
+    let help = |args: &[&str]| {
+        let r = diffuse(args, None);
+        assert!(r.success(), "{}", r.stderr);
+        let from = r
+            .stdout
+            .find("--sampler <SAMPLER>")
+            .expect("a --sampler flag");
+        let text = &r.stdout[from..];
+        let to = text.find("--steps <STEPS>").expect("a --steps flag");
+        text[..to].to_owned()
+    };
+    for verb in ["sample", "inpaint", "eval"] {
+        let text = help(&[verb, "image", "--help"]);
+        assert!(
+            !text.contains("diffwave-fast"),
+            "{verb} image --help: {text}"
+        );
+        for name in ["dpm++2m", "ddpm", "model", "jump", "blackout"] {
+            assert!(
+                text.contains(name),
+                "{verb} image --help lacks {name}: {text}"
+            );
+        }
+        let text = help(&[verb, "audio", "--help"]);
+        assert!(
+            !text.contains("jump") && !text.contains("blackout"),
+            "{verb} audio --help: {text}"
+        );
+        assert!(
+            text.contains("diffwave-fast"),
+            "{verb} audio --help: {text}"
+        );
+    }
+    // Audio refuses the count samplers by name too.
+    let r = diffuse(
+        &[
+            "sample",
+            "audio",
+            "--model",
+            s(&repo_root().join("data/models/drums")),
+            "--sampler",
+            "jump",
+            "--out",
+            s(&tmp.path().join("clip.wav")),
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--sampler", "jump", "count", "audio"]);
+    assert!(!tmp.path().join("clip.wav").exists());
+}
+
+/// A model of another modality given to a command is named as such, with the command for it.
+#[test]
+fn a_model_of_another_kind_is_named_with_the_command_that_fits_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = repo_root().join("data/models");
+    let (mnist, drums, text) = (
+        models.join("mnist"),
+        models.join("drums"),
+        models.join("shakespeare"),
+    );
+    let classifier = models.join("mnist-classifier");
+    // A count model directory, as `train counts` lays it out.
+    let counts = tmp.path().join("counts");
+    std::fs::create_dir(&counts).unwrap();
+    std::fs::write(counts.join("config.json"), r#"{"dim": 2}"#).unwrap();
+    std::fs::write(counts.join("diffuse.json"), r#"{"columns": ["a", "b"]}"#).unwrap();
+    let out = tmp.path().join("out.png");
+    let picture = tmp.path().join("picture.png");
+    image::GrayImage::new(28, 28).save(&picture).unwrap();
+    let wav = tmp.path().join("out.wav");
+    let table = tmp.path().join("rows.csv");
+    let cases: Vec<(Vec<&str>, &Path, [&str; 2])> = vec![
+        (
+            vec!["sample", "image", "--out", s(&out)],
+            &text,
+            ["a text model", "`diffuse sample text`"],
+        ),
+        (
+            vec!["sample", "image", "--out", s(&out)],
+            &drums,
+            ["an audio model", "`diffuse sample audio`"],
+        ),
+        (
+            vec!["sample", "image", "--out", s(&out)],
+            &counts,
+            ["a count model", "`diffuse sample counts`"],
+        ),
+        (
+            vec!["sample", "image", "--out", s(&out)],
+            &classifier,
+            ["image classifier", "--classifier"],
+        ),
+        (
+            vec![
+                "inpaint",
+                "image",
+                "--from",
+                s(&picture),
+                "--strength",
+                "0.5",
+                "--out",
+                s(&out),
+            ],
+            &text,
+            ["a text model", "`diffuse sample text --infill`"],
+        ),
+        (
+            vec!["eval", "image", "--metric", "bpd"],
+            &drums,
+            ["an audio model", "`diffuse eval audio`"],
+        ),
+        (
+            vec!["sample", "audio", "--out", s(&wav)],
+            &mnist,
+            ["an image model", "`diffuse sample image`"],
+        ),
+        (
+            vec!["eval", "audio"],
+            &text,
+            ["a text model", "`diffuse eval text`"],
+        ),
+        (
+            vec!["sample", "text"],
+            &mnist,
+            ["an image model", "`diffuse sample image`"],
+        ),
+        (
+            vec!["eval", "text"],
+            &counts,
+            ["a count model", "`diffuse eval counts`"],
+        ),
+        (
+            vec!["sample", "counts", "--out", s(&table)],
+            &drums,
+            ["an audio model", "`diffuse sample audio`"],
+        ),
+        (
+            vec!["eval", "counts"],
+            &mnist,
+            ["an image model", "`diffuse eval image`"],
+        ),
+    ];
+    for (mut args, model, needles) in cases {
+        args.extend_from_slice(&["--model", s(model), "--device", "cpu"]);
+        let r = diffuse(&args, None);
+        assert_user_error(
+            &r,
+            &["--model", s(model), "this is", needles[0], needles[1]],
+        );
+        for file in [&out, &wav, &table] {
+            assert!(!file.exists(), "{args:?} wrote {}", file.display());
+        }
+    }
 }

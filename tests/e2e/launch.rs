@@ -101,9 +101,36 @@ fn launch_trains_on_two_ranks_and_resumes_on_three() {
     assert!(run.join("model/model.safetensors").is_file());
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 8, "{metrics}");
+    // The resumed command trained steps 5 to 8, and said that the global batch changed.
     assert_eq!(
-        r.stdout.matches("trained 8 steps").count(),
+        r.stdout.matches("trained 4 steps (steps 5 to 8)").count(),
         1,
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("trained on 2 processes and resumes on 3")
+            && r.stderr.contains("global batch"),
+        "{}",
+        r.stderr
+    );
+    // Resuming a finished run trains nothing and says so.
+    let r = diffuse(
+        &[
+            "train",
+            "counts",
+            "--out",
+            s(&run),
+            "--resume",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("nothing to train: the run already has its 8 steps"),
         "{}",
         r.stdout
     );
@@ -374,4 +401,49 @@ fn stopping_launch_stops_its_ranks() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_mistake_every_rank_makes_is_reported_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    // Every rank would fail on the same missing file: one line, not one per rank plus launch's.
+    let r = diffuse(
+        &[
+            "launch",
+            "--nproc",
+            "2",
+            "--",
+            "train",
+            "counts",
+            "--data",
+            "no-such.csv",
+            "--out",
+            s(&out),
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["no-such.csv"]);
+    // A mistyped flag is refused by launch itself, before any rank starts, with clap's message.
+    let r = diffuse(
+        &[
+            "launch",
+            "--nproc",
+            "2",
+            "--",
+            "train",
+            "counts",
+            "--out",
+            s(&out),
+            "--lr",
+            "x",
+        ],
+        None,
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(r.stderr.matches("error:").count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("--lr"), "{}", r.stderr);
+    assert!(!out.exists(), "a refused launch made {}", out.display());
 }

@@ -7,4 +7,5 @@ mod doctor;
 mod image;
 mod inspect;
 mod launch;
+mod readme;
 mod text;

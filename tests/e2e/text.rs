@@ -1,6 +1,7 @@
 //! The text commands end to end on the committed corpus fixture (a few sonnets and a Hamlet
 //! scene): train every process a few steps, resume exactly, sample, continue a prompt, fill
-//! gaps, evaluate bits/char, train a BPE tokenizer; one-line errors for bad input.
+//! gaps, evaluate bits/char, train a BPE tokenizer, preview D3PM's bound from a share of its
+//! terms; one-line errors for bad input.
 
 use diffuse_e2e::{assert_user_error, diffuse, path_str as s, read_safetensors, repo_root};
 use std::path::{Path, PathBuf};
@@ -509,6 +510,44 @@ fn validation_records_after_the_resumed_step_are_dropped() {
     assert_eq!(logged_steps(&run.join("validation.jsonl")), [2]);
     resume(&run);
     assert_eq!(logged_steps(&run.join("validation.jsonl")), [2, 4, 6]);
+}
+
+#[test]
+fn a_d3pm_preview_scores_a_stratified_share_of_the_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus();
+    let run = tmp.path().join("d3pm");
+    // The default T = 1000 (the full bound would be 1000 model calls per batch) and 5 steps:
+    // one preview, at the end.
+    let mut args = train_args(s(&data), s(&run), "d3pm-absorbing", &[]);
+    set_flag(&mut args, "--d3pm-timesteps", "1000");
+    set_flag(&mut args, "--steps", "5");
+    let r = diffuse(&args, None);
+    assert!(r.success(), "{}", r.stderr);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("validation.jsonl"))
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let record = &lines[0];
+    assert_eq!(record["step"], 5, "{record}");
+    // 8 of the 1000 terms per sequence (the decoder and one of each of 7 strata), on at most
+    // 16 held-out sequences.
+    assert_eq!(record["terms"], 8, "{record}");
+    assert_eq!(record["timesteps"], 1000, "{record}");
+    let (n, all) = (
+        record["sequences"].as_u64().unwrap(),
+        record["held_out_sequences"].as_u64().unwrap(),
+    );
+    assert!((1..=16).contains(&n) && n <= all, "{record}");
+    let estimate = record["estimate"].as_str().unwrap();
+    assert!(
+        estimate.contains("stratified") && estimate.contains("eval text"),
+        "{estimate}"
+    );
+    let bpc = record["bits_per_char"].as_f64().unwrap();
+    assert!(bpc.is_finite() && bpc > 0.0, "{record}");
 }
 
 #[test]

@@ -63,6 +63,10 @@ pub const BENCHES: &[Bench] = &[
         description: "data-parallel scaling: the bundled MNIST UNet's training step (32 images per rank) as 1 process and as 2 processes (c10d Gloo on CPU, NCCL on CUDA), one thread each, with the gradient all-reduce time per step; PyTorch DDP beside it",
     },
     Bench {
+        name: "threads",
+        description: "what a busy neighbour costs: 20-step DPM-Solver++ 2M sampling of 4 MNIST-UNet images in a fresh process with libgomp's default spin-wait, diffuse's default (threads for the cores other processes leave free), a passive wait, a short spin and 1 thread, on an idle machine and beside one busy process",
+    },
+    Bench {
         name: "poisson",
         description: "MNIST pixel counts: count diffusion vs Gaussian diffusion on the bundled MNIST UNet after the same training time (DIFFUSE_BENCH_SECONDS per process, default 300): classifier-Fréchet of 500 samples in 50 steps, bits/dim, sampling time",
     },

@@ -398,6 +398,36 @@ fn check_kept(ds: &Dataset, dir: &Path, kept: &[Extracted]) -> Result<()> {
     Ok(())
 }
 
+/// What `data verify` found for one dataset.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Every file re-hashed to its pinned digest (how many).
+    Verified(usize),
+    /// Never fetched: nothing to check, and not a failure.
+    NotFetched,
+    /// A file changed or went missing (it was deleted), or the stamp is stale: the one-line reason.
+    Failed(String),
+}
+
+/// Verify each selected dataset that was fetched; the ones never fetched are reported as such, not as
+/// failures, so `data verify all` on a machine with only some datasets succeeds.
+pub fn verify_selected(root: &Path, selected: &[&Dataset]) -> Vec<(String, Verification)> {
+    selected
+        .iter()
+        .map(|ds| {
+            let outcome = if state(root, ds) == State::NotFetched {
+                Verification::NotFetched
+            } else {
+                match verify(root, ds) {
+                    Ok(n) => Verification::Verified(n),
+                    Err(e) => Verification::Failed(format!("{e:#}")),
+                }
+            };
+            (ds.name.clone(), outcome)
+        })
+        .collect()
+}
+
 /// Re-hash every file of a fetched dataset against its stamp and the manifest. A file that fails is deleted
 /// and the stamp removed. Returns the number of files checked.
 pub fn verify(root: &Path, ds: &Dataset) -> Result<usize> {
@@ -836,6 +866,31 @@ mod tests {
             "a verified stamp must prevent a second fetch"
         );
         assert_eq!(verify(root.path(), &ds).unwrap(), 2);
+    }
+
+    #[test]
+    fn verify_reports_unfetched_datasets_without_failing() {
+        let root = tempfile::tempdir().unwrap();
+        let (ds, mut fetch) = toy();
+        let mut other = ds.clone();
+        other.name = "other".into();
+        ensure(root.path(), &ds, &mut fetch).unwrap();
+        let report = verify_selected(root.path(), &[&ds, &other]);
+        assert_eq!(
+            report,
+            [
+                ("toy".to_owned(), Verification::Verified(2)),
+                ("other".to_owned(), Verification::NotFetched)
+            ]
+        );
+        // A fetched dataset whose file changed is still a failure.
+        std::fs::write(root.path().join("toy/a.bin"), b"changed").unwrap();
+        let report = verify_selected(root.path(), &[&ds, &other]);
+        assert!(
+            matches!(&report[0].1, Verification::Failed(why) if why.contains("a.bin")),
+            "{report:?}"
+        );
+        assert_eq!(report[1].1, Verification::NotFetched);
     }
 
     #[test]

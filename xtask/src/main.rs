@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
-use xtask::datasets::{self, Clients, State};
+use xtask::datasets::{self, Clients, State, Verification};
 use xtask::libtorch::{self, Env};
 use xtask::manifest::Manifest;
 use xtask::{bench, tasks, util};
@@ -37,9 +37,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
-    /// Provide libtorch, build the diffuse binary, then run `cargo test --workspace [ARGS...]`
+    /// Provide libtorch, build the diffuse binary, then run `cargo test [ARGS...]` (over the whole
+    /// workspace unless ARGS select packages with -p/--package)
     Test {
-        /// Passed to `cargo test --workspace`, e.g. `cargo xtask test -- -p diffuse-core -- --nocapture`
+        /// Passed to `cargo test`, e.g. `cargo xtask test -- -p diffuse-core -- --nocapture`
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -181,12 +182,15 @@ fn data(repo: &std::path::Path, cmd: DataCmd) -> Result<ExitCode> {
                 println!("no dataset is fetched; `cargo xtask setup --data all` fetches them");
             }
             let mut failed = Vec::new();
-            for ds in selected {
-                match datasets::verify(&root, ds) {
-                    Ok(n) => println!("{}: {n} files verified", ds.name),
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        failed.push(ds.name.as_str());
+            for (name, outcome) in datasets::verify_selected(&root, &selected) {
+                match outcome {
+                    Verification::Verified(n) => println!("{name}: {n} files verified"),
+                    Verification::NotFetched => println!(
+                        "{name}: not fetched (`cargo xtask setup --data {name}` fetches it)"
+                    ),
+                    Verification::Failed(why) => {
+                        eprintln!("error: {why}");
+                        failed.push(name);
                     }
                 }
             }

@@ -33,9 +33,28 @@ pub fn test(repo: &Path, extra: &[String]) -> Result<i32> {
     if code != 0 {
         return Ok(code);
     }
-    let mut cmd = cargo_in(repo, &["test", "--workspace"]);
-    cmd.args(extra);
+    let mut cmd = cargo_in(repo, &test_args(extra));
     status_code(&mut cmd)
+}
+
+/// `cargo test` with the user's arguments: the whole workspace unless they select packages themselves
+/// (`-p`, `--package`, `--workspace`), since cargo lets `--workspace` win over `-p`. `--exclude` alone still
+/// needs `--workspace`, so it keeps it.
+fn test_args(extra: &[String]) -> Vec<&str> {
+    let cargo_part = extra.iter().take_while(|a| *a != "--");
+    let selects = cargo_part.into_iter().any(|a| {
+        a == "-p"
+            || a == "--workspace"
+            || a == "--all"
+            || (a.starts_with("-p") && !a.starts_with("--"))
+            || a.starts_with("--package")
+    });
+    let mut args = vec!["test"];
+    if !selects {
+        args.push("--workspace");
+    }
+    args.extend(extra.iter().map(String::as_str));
+    args
 }
 
 /// What demo steps share.
@@ -180,4 +199,39 @@ fn text_sample(ctx: &Demo) -> Result<()> {
     )?;
     println!("demo: wrote {out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_args;
+
+    fn args(extra: &[&str]) -> Vec<String> {
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        test_args(&extra).into_iter().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn package_selection_replaces_the_workspace() {
+        assert_eq!(args(&[]), ["test", "--workspace"]);
+        assert_eq!(args(&["--release"]), ["test", "--workspace", "--release"]);
+        assert_eq!(
+            args(&["-p", "diffuse-tensor"]),
+            ["test", "-p", "diffuse-tensor"]
+        );
+        assert_eq!(args(&["-pdiffuse-core"]), ["test", "-pdiffuse-core"]);
+        assert_eq!(
+            args(&["--package=diffuse-core", "--", "--nocapture"]),
+            ["test", "--package=diffuse-core", "--", "--nocapture"]
+        );
+        assert_eq!(
+            args(&["--workspace", "--exclude", "diffuse-e2e"]),
+            ["test", "--workspace", "--exclude", "diffuse-e2e"]
+        );
+        assert_eq!(
+            args(&["--exclude", "diffuse-e2e"]),
+            ["test", "--workspace", "--exclude", "diffuse-e2e"]
+        );
+        // After `--` the arguments belong to the test binaries: a test filter named "-p" selects nothing.
+        assert_eq!(args(&["--", "-p"]), ["test", "--workspace", "--", "-p"]);
+    }
 }

@@ -288,13 +288,30 @@ impl AudioClip {
         (sum / n as f64).sqrt() as f32
     }
 
+    /// The gain [`AudioClip::normalize_peak`] applies; `None` for a silent clip (or one with
+    /// non-finite samples), which it leaves as it is.
+    pub fn peak_gain(&self, peak: f32) -> Option<f32> {
+        let current = self.peak();
+        (current != 0.0 && current.is_finite()).then(|| peak / current)
+    }
+
     /// The clip scaled so that its largest absolute sample is `peak`; a silent clip stays silent.
     pub fn normalize_peak(&self, peak: f32) -> Self {
-        let current = self.peak();
-        if current == 0.0 || !current.is_finite() {
-            return self.clone();
+        match self.peak_gain(peak) {
+            Some(gain) => self.scaled(gain),
+            None => self.clone(),
         }
-        self.scaled(peak / current)
+    }
+
+    /// The gain [`AudioClip::normalize_rms_db`] applies; `None` for a silent clip (or one with
+    /// non-finite samples), which it leaves as it is.
+    pub fn rms_db_gain(&self, dbfs: f32) -> Option<f32> {
+        let (rms, peak) = (self.rms(), self.peak());
+        if rms == 0.0 || !rms.is_finite() || !peak.is_finite() {
+            return None;
+        }
+        let target = 10f32.powf(dbfs / 20.0);
+        Some((target / rms).min(1.0 / peak))
     }
 
     /// The clip scaled to an RMS loudness of `dbfs` (dB relative to a full-scale square wave,
@@ -303,15 +320,13 @@ impl AudioClip {
     /// distortion), so peaky sounds such as drum hits may come out quieter than asked. A silent
     /// clip stays silent.
     pub fn normalize_rms_db(&self, dbfs: f32) -> Self {
-        let (rms, peak) = (self.rms(), self.peak());
-        if rms == 0.0 || !rms.is_finite() || !peak.is_finite() {
-            return self.clone();
+        match self.rms_db_gain(dbfs) {
+            Some(gain) => self.scaled(gain),
+            None => self.clone(),
         }
-        let target = 10f32.powf(dbfs / 20.0);
-        let gain = (target / rms).min(1.0 / peak);
-        self.scaled(gain)
     }
 
+    /// Every sample multiplied by `gain`.
     fn scaled(&self, gain: f32) -> Self {
         AudioClip {
             sample_rate: self.sample_rate,

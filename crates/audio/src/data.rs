@@ -85,6 +85,16 @@ impl Normalize {
         }
     }
 
+    /// The factor [`Normalize::apply`] scales `clip` by (1 for `None`); `None` for a silent clip,
+    /// which it leaves as it is.
+    pub fn gain(&self, clip: &AudioClip) -> Option<f32> {
+        match *self {
+            Normalize::None => Some(1.0),
+            Normalize::Peak(p) => clip.peak_gain(p),
+            Normalize::RmsDb(db) => clip.rms_db_gain(db),
+        }
+    }
+
     fn check(self) -> Result<Self> {
         match self {
             Normalize::Peak(p) if !(p > 0.0 && p <= 1.0) => Err(Error::InvalidArgument(format!(
@@ -355,17 +365,10 @@ impl AudioDataset {
         })
     }
 
-    /// Where named datasets live: `$DIFFUSE_DATA_DIR`, else `./data/datasets` if it exists, else
-    /// the workspace's `data/datasets` (found from this crate's source folder).
+    /// Where named datasets live ([`diffuse_tensor::data::default_datasets_dir`], one rule for
+    /// every modality).
     pub fn default_datasets_dir() -> PathBuf {
-        if let Some(dir) = std::env::var_os("DIFFUSE_DATA_DIR").filter(|d| !d.is_empty()) {
-            return PathBuf::from(dir);
-        }
-        let local = PathBuf::from("data/datasets");
-        if local.is_dir() {
-            return local;
-        }
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/datasets")
+        diffuse_tensor::data::default_datasets_dir()
     }
 
     /// Number of clips.

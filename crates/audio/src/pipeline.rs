@@ -7,11 +7,13 @@
 //! [`AudioPipeline`] samples clips of any length with every sampler in `diffuse-core` (the
 //! networks are fully convolutional, so a model trained on 1-second clips makes 3-second ones),
 //! fills gaps in a recording (inpainting along time: the known audio is noised to each step's level
-//! and replaces the sample outside the gap, optionally with RePaint's resampling; with
-//! [`AudioPipeline::fill_gap_exact`] the recording outside the gap stays bit for bit as stored,
-//! whatever its sample format) and writes WAV files. Saving writes a sibling temporary directory
-//! and renames it into place. Loading checks every field of `diffuse.json` it relies on, and a
-//! network that makes NaN is an error rather than silent output.
+//! and replaces the sample outside the gap, optionally with RePaint's resampling; the recording is
+//! brought to the model's level, rate and channels for that and the gap back to the recording's,
+//! so the gap is as loud as its surroundings and the output has the input's rate and channels;
+//! with [`AudioPipeline::fill_gap_exact`] the recording outside the gap stays bit for bit as
+//! stored, whatever its sample format) and writes WAV files. Saving writes a sibling temporary
+//! directory and renames it into place. Loading checks every field of `diffuse.json` it relies
+//! on, and a network that makes NaN is an error rather than silent output.
 
 use crate::clip::AudioClip;
 use crate::data::AudioDataConfig;
@@ -386,10 +388,22 @@ impl AudioPipeline {
     }
 
     /// Fill the part of `clip` between `start` and `end` seconds with generated audio that fits
-    /// what surrounds it; the rest of the clip comes back unchanged (after conversion to the
-    /// model's rate and channels). `options.num` versions are made (`options.seconds` is
-    /// ignored: the length is the clip's). With `resampling`, RePaint's jumps, which blend the
-    /// boundaries better at the price of more model calls.
+    /// what surrounds it; `options.num` versions are made (`options.seconds` is ignored: the
+    /// length is the clip's). With `resampling`, RePaint's jumps, which blend the boundaries
+    /// better at the price of more model calls.
+    ///
+    /// Each version has the clip's own rate, channels and length, and outside the gap its
+    /// samples unchanged. The model works at its level, rate and channels: the clip is mixed and
+    /// resampled to them ([`AudioPipeline::conform`]) and scaled the way its training data was
+    /// normalised (`diffuse.json`'s `data.normalize`; the level is measured on the kept audio
+    /// within a training clip's length of the gap, see [`AudioPipeline::level_gain`]), the gap is
+    /// filled, and the filled audio scaled back, so the gap is as loud as its surroundings, not
+    /// as loud as the training data. When the clip had to be resampled or mixed, the gap is
+    /// resampled back and spread to (or mixed down to) the clip's channels, and its first and
+    /// last 5 ms (at most a quarter of the gap each) fade linearly from the recording into the
+    /// generated audio: the model's audio is band-limited to its rate and has its channel
+    /// count, so without a fade the full-band (or stereo) recording would step into it with a
+    /// click.
     pub fn fill_gap(
         &self,
         clip: &AudioClip,
@@ -399,31 +413,25 @@ impl AudioPipeline {
         mut on_step: impl FnMut(usize),
     ) -> Result<Vec<AudioClip>> {
         Self::check_num(options)?;
-        let clip = self.conform(clip)?;
-        let frames = clip.frames();
-        let Range {
-            start: first,
-            end: last,
-        } = self.gap_frames(frames, gap)?;
+        let conformed = self.conform(clip)?;
+        let (range, model_range) = self.gap_frames_of(clip, conformed.frames(), gap)?;
+        let gain = self.level_gain(&conformed, &model_range);
         let model = self.denoiser(&options.sampler)?;
         if let Some(seed) = options.seed {
             diffuse_tensor::manual_seed(seed);
         }
         let n = options.num as i64;
         let c = self.info.channels as i64;
-        let l = frames as i64;
+        let l = conformed.frames() as i64;
+        let (first, len) = (model_range.start as i64, model_range.len() as i64);
         let device = self.device();
-        let known = clip
-            .to_tensor()
-            .to(device)
-            .unsqueeze(0)
+        let recording = conformed.to_tensor().to(device).unsqueeze(0);
+        let known = (&recording * gain as f64)
             .expand([n, c, l], false)
             .contiguous();
         // 1 = keep the recording, 0 = generate.
         let mask = Tensor::ones([1, 1, l], (Kind::Float, device));
-        let _ = mask
-            .narrow(2, first as i64, (last - first) as i64)
-            .fill_(0.0);
+        let _ = mask.narrow(2, first, len).fill_(0.0);
         let mut sampler = self.sampler(&options.sampler)?;
         let noise = Tensor::randn([n, c, l], (Kind::Float, Device::Cpu)).to(device)
             * sampler.init_noise_sigma();
@@ -436,51 +444,102 @@ impl AudioPipeline {
             resampling,
             |i, _| on_step(i),
         )?;
-        let generated = x.narrow(2, first as i64, (last - first) as i64);
-        check_generated(&generated)?;
-        // The recording outside the gap is exact, not a re-noised copy; a choice rather than
-        // `known * mask + x * (1 - mask)`, in which one NaN would spread over the whole clip.
-        let x = known
-            .where_self(&mask.gt(0.5), &x.clamp(-1.0, 1.0))
+        check_generated(&x.narrow(2, first, len))?;
+        // Clamped where the model's audio lives, then brought back to the recording's level
+        // (and clamped again: a recording quieter than the data never needs it, a louder one
+        // may). The recording outside the gap is exact, not a re-noised copy, nor scaled there
+        // and back; a choice rather than `known * mask + x * (1 - mask)`, in which one NaN would
+        // spread over the whole clip.
+        let generated = (x.clamp(-1.0, 1.0) / gain as f64).clamp(-1.0, 1.0);
+        let x = recording
+            .where_self(&mask.gt(0.5), &generated)
             .to_device(Device::Cpu);
+        let converted =
+            clip.sample_rate != self.info.sample_rate || clip.num_channels() != self.info.channels;
         (0..n)
-            .map(|i| AudioClip::from_tensor(&x.get(i), self.info.sample_rate))
+            .map(|i| {
+                let filled = AudioClip::from_tensor(&x.get(i), self.info.sample_rate)?;
+                if !converted {
+                    // `conform` returned the clip itself: outside the gap `filled` is `clip`.
+                    return Ok(filled);
+                }
+                // The whole clip is resampled, not the gap alone, so the filter sees the audio
+                // on both sides of the gap's edges as the forward conversion did.
+                let back = filled
+                    .resample(clip.sample_rate)?
+                    .to_channels(clip.num_channels())?
+                    .fit_length(clip.frames());
+                Ok(splice_with_fades(clip, &back, range.clone()))
+            })
             .collect()
+    }
+
+    /// The gain that brings `conformed` (a recording at the model's rate and channels) to the
+    /// level the model was trained at, measured as training measured it (`diffuse.json`'s
+    /// `data.normalize`: peak, RMS or none) on the recording outside `gap` and within a training
+    /// clip's length of it, the context the model was trained to see. 1 where nothing says how
+    /// the data was normalised, where it was not, and where the gap is the whole recording (no
+    /// surroundings to match). At most [`MAX_LEVEL_GAIN`]: surroundings that are silent, or
+    /// nearly, would ask for an unbounded gain, and at this one the gap over them comes back
+    /// 100 dB below the model's level, silent too.
+    pub fn level_gain(&self, conformed: &AudioClip, gap: &Range<usize>) -> f32 {
+        let Some(normalize) = self.info.data.as_ref().map(|d| d.normalize) else {
+            return 1.0;
+        };
+        let frames = conformed.frames();
+        let before = gap.start.saturating_sub(self.info.clip_frames)..gap.start.min(frames);
+        let after = gap.end.min(frames)..gap.end.saturating_add(self.info.clip_frames).min(frames);
+        let kept = AudioClip {
+            sample_rate: conformed.sample_rate,
+            channels: conformed
+                .channels
+                .iter()
+                .map(|ch| [&ch[before.clone()], &ch[after.clone()]].concat())
+                .collect(),
+        };
+        if kept.frames() == 0 {
+            return 1.0;
+        }
+        normalize
+            .gain(&kept)
+            .map_or(MAX_LEVEL_GAIN, |g| g.min(MAX_LEVEL_GAIN))
     }
 
     /// The frames `[first, last)` of a clip of `frames` frames at the model's rate that the gap
     /// `(start, end)` (seconds) covers; errors name `--gap`.
     pub fn gap_frames(&self, frames: usize, gap: (f64, f64)) -> Result<Range<usize>> {
-        let rate = self.info.sample_rate as f64;
-        let duration = frames as f64 / rate;
-        let (start, end) = gap;
-        if !(start.is_finite() && end.is_finite() && 0.0 <= start && start < end) {
+        gap_range(self.info.sample_rate, frames, gap)
+    }
+
+    /// The frames the gap `(start, end)` (seconds) covers in `recording` and in the same
+    /// recording at the model's rate, `conformed_frames` long ([`AudioPipeline::conform`]); the
+    /// gap must cover at least one frame at both rates. Errors name `--gap`.
+    pub fn gap_frames_of(
+        &self,
+        recording: &AudioClip,
+        conformed_frames: usize,
+        gap: (f64, f64),
+    ) -> Result<(Range<usize>, Range<usize>)> {
+        let at_input = gap_range(recording.sample_rate, recording.frames(), gap)?;
+        // The bounds were checked against the recording; rounding may make the converted
+        // recording a fraction of a frame shorter, so here the frames are only clamped.
+        let rate = self.info.sample_rate;
+        let frame = |t: f64| ((t * rate as f64).round() as usize).min(conformed_frames);
+        let at_model = frame(gap.0)..frame(gap.1);
+        if at_model.is_empty() {
             return Err(Error::InvalidArgument(format!(
-                "--gap: expected START:END in seconds with 0 <= START < END, got {start}:{end}"
+                "--gap: {}:{} s is shorter than one sample at {rate} Hz, the model's rate",
+                gap.0, gap.1
             )));
         }
-        if end > duration + 0.5 / rate {
-            return Err(Error::InvalidArgument(format!(
-                "--gap: {start}:{end} s runs past the end of the clip, which lasts {duration:.3} s"
-            )));
-        }
-        let first = ((start * rate).round() as usize).min(frames);
-        let last = ((end * rate).round() as usize).min(frames);
-        if last <= first {
-            return Err(Error::InvalidArgument(format!(
-                "--gap: {start}:{end} s is shorter than one sample at {} Hz",
-                self.info.sample_rate
-            )));
-        }
-        Ok(first..last)
+        Ok((at_input, at_model))
     }
 
     /// [`AudioPipeline::fill_gap`] on a recording as read by [`crate::wav::read_audio_exact`]:
-    /// when it is at the model's rate and channel count, every sample outside the gap comes back
-    /// exactly as stored, so written in the file's own format it is bit for bit the input, for
+    /// every sample outside the gap comes back exactly as stored, at the recording's own rate
+    /// and channel count, so written in the file's own format it is bit for bit the input, for
     /// every format (32-bit integers and 64-bit floats included, which the model's f32 cannot
-    /// hold). A recording that had to be resampled or mixed comes back converted, as from
-    /// `fill_gap`.
+    /// hold), whether or not the recording had to be resampled or mixed for the model.
     pub fn fill_gap_exact(
         &self,
         recording: &ExactAudio,
@@ -489,13 +548,9 @@ impl AudioPipeline {
         options: &AudioSampleOptions,
         on_step: impl FnMut(usize),
     ) -> Result<Vec<ExactAudio>> {
-        let filled = self.fill_gap(&recording.to_clip(), gap, resampling, options, on_step)?;
-        let converted = recording.sample_rate != self.info.sample_rate
-            || recording.num_channels() != self.info.channels;
-        if converted {
-            return Ok(filled.iter().map(ExactAudio::from_clip).collect());
-        }
-        let range = self.gap_frames(recording.frames(), gap)?;
+        let clip = recording.to_clip();
+        let filled = self.fill_gap(&clip, gap, resampling, options, on_step)?;
+        let range = gap_range(clip.sample_rate, clip.frames(), gap)?;
         filled
             .iter()
             .map(|clip| {
@@ -505,6 +560,72 @@ impl AudioPipeline {
             })
             .collect()
     }
+}
+
+/// The most [`AudioPipeline::level_gain`] amplifies a recording (100 dB).
+pub const MAX_LEVEL_GAIN: f32 = 1e5;
+
+/// The longest fade at each edge of a gap filled in a resampled or mixed recording (5 ms): long
+/// enough to hide the step from the full-band recording to the model's band-limited audio,
+/// short enough to leave the gap the model's.
+const GAP_FADE_SECS: f64 = 0.005;
+
+/// The frames `[first, last)` of a clip of `frames` frames at `rate` Hz that the gap `(start,
+/// end)` (seconds) covers; errors name `--gap`.
+fn gap_range(rate: u32, frames: usize, gap: (f64, f64)) -> Result<Range<usize>> {
+    let duration = frames as f64 / rate as f64;
+    let (start, end) = gap;
+    if !(start.is_finite() && end.is_finite() && 0.0 <= start && start < end) {
+        return Err(Error::InvalidArgument(format!(
+            "--gap: expected START:END in seconds with 0 <= START < END, got {start}:{end}"
+        )));
+    }
+    if end > duration + 0.5 / rate as f64 {
+        return Err(Error::InvalidArgument(format!(
+            "--gap: {start}:{end} s runs past the end of the clip, which lasts {duration:.3} s"
+        )));
+    }
+    let first = ((start * rate as f64).round() as usize).min(frames);
+    let last = ((end * rate as f64).round() as usize).min(frames);
+    if last <= first {
+        return Err(Error::InvalidArgument(format!(
+            "--gap: {start}:{end} s is shorter than one sample at {rate} Hz"
+        )));
+    }
+    Ok(first..last)
+}
+
+/// `clip` with the frames of `range` taken from `filled` (the same rate, channels and length),
+/// faded in from `clip` over the gap's first frames and out over its last (see
+/// [`GAP_FADE_SECS`]) where the gap does not start or end the clip.
+fn splice_with_fades(clip: &AudioClip, filled: &AudioClip, range: Range<usize>) -> AudioClip {
+    let fade = ((GAP_FADE_SECS * clip.sample_rate as f64).round() as usize).min(range.len() / 4);
+    let (first, last) = (range.start, range.end);
+    // The share of the generated audio at frame i of the gap: rising over the first `fade`
+    // frames after a kept start, falling over the last `fade` before a kept end.
+    let weight = |i: usize| {
+        let ramp = |k: usize| (k + 1) as f32 / (fade + 1) as f32;
+        let mut w = 1.0f32;
+        if first > 0 && i - first < fade {
+            w = w.min(ramp(i - first));
+        }
+        if last < clip.frames() && last - 1 - i < fade {
+            w = w.min(ramp(last - 1 - i));
+        }
+        w
+    };
+    let mut out = clip.clone();
+    for (mine, theirs) in out.channels.iter_mut().zip(&filled.channels) {
+        for i in range.clone() {
+            let w = weight(i);
+            mine[i] = if w == 1.0 {
+                theirs[i]
+            } else {
+                mine[i] * (1.0 - w) + theirs[i] * w
+            };
+        }
+    }
+    out
 }
 
 /// A network whose weights hold NaN (or that meets audio far outside [-1, 1]) makes NaN, which

@@ -3,6 +3,7 @@
 //! between bounds), thin over `diffuse-audio`.
 
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
+use crate::model_kind::{check_model_kind, ModelKind};
 use crate::run_dir::{
     check_dir_target, check_file_target, device, parent_folder, step_bar, LoopArgs, LoopFlags,
     TrainingCommand,
@@ -631,6 +632,7 @@ pub fn sample(args: SampleAudioArgs) -> Result<()> {
         bail!("--batch-size: must be at least 1");
     }
     let format: SampleFormat = args.format.parse().map_err(|e| anyhow!("--format: {e}"))?;
+    check_model_kind(&args.model.model, ModelKind::Audio, "sample")?;
     let (pipeline, mut options) = args.model.load(args.num, args.seconds)?;
     options.batch_size = args.batch_size;
     let mut outputs = Outputs::prepare(&output_targets(&wavs, args.spectrogram), None)?;
@@ -660,8 +662,8 @@ pub fn sample(args: SampleAudioArgs) -> Result<()> {
     tracing::info!(
         seconds,
         real_time_factor = audio / seconds,
-        "sampled {} clips",
-        args.num
+        "sampled {}",
+        crate::count_of(args.num as u64, "clip")
     );
     Ok(())
 }
@@ -671,7 +673,7 @@ pub fn sample(args: SampleAudioArgs) -> Result<()> {
 pub struct InpaintAudioArgs {
     #[command(flatten)]
     pub model: AudioModelArgs,
-    /// The recording (WAV, FLAC or AIFF; resampled and mixed to the model's rate and channels).
+    /// The recording (WAV, FLAC or AIFF, any rate and channels: the output keeps them, and the gap is filled as loud as its surroundings).
     #[arg(long)]
     pub input: PathBuf,
     /// The part to regenerate, START:END in seconds (e.g. 0.5:0.8).
@@ -719,12 +721,14 @@ pub fn inpaint(args: InpaintAudioArgs) -> Result<()> {
     }
     // Exact samples (f64), so the recording outside the gap is written back bit for bit.
     let recording = read_audio_exact(&args.input).map_err(|e| anyhow!("--input: {e}"))?;
+    check_model_kind(&args.model.model, ModelKind::Audio, "inpaint")?;
     let (pipeline, options) = args.model.load(1, None)?;
     // Converting to the model's rate and channels, and the gap, are checked before sampling.
+    let clip = recording.to_clip();
     let conformed = pipeline
-        .conform(&recording.to_clip())
+        .conform(&clip)
         .map_err(|e| anyhow!("--input: {}: {e}", args.input.display()))?;
-    pipeline.gap_frames(conformed.frames(), gap)?;
+    pipeline.gap_frames_of(&clip, conformed.frames(), gap)?;
     let format = format.unwrap_or_else(|| {
         recording
             .stored
@@ -780,6 +784,7 @@ pub struct EvalAudioArgs {
 }
 
 pub fn eval(args: EvalAudioArgs) -> Result<()> {
+    check_model_kind(&args.model.model, ModelKind::Audio, "eval")?;
     let (pipeline, mut options) = args.model.load(1, None)?;
     let info = pipeline.info.clone();
     let data = match args.data.clone().or(info.dataset.clone()) {

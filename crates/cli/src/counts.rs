@@ -1,5 +1,6 @@
 //! `diffuse train|sample|eval counts`: count-vector models, thin over `diffuse-counts`.
 
+use crate::model_kind::{check_model_kind, ModelKind};
 use crate::poisson::JumpArgs;
 use crate::run_dir::{device, prepare_output_file, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Result};
@@ -173,7 +174,9 @@ fn check_png_path(path: &Path, flag: &str) -> Result<()> {
     Ok(())
 }
 
-fn load_model(model: &Path, device: tch::Device) -> Result<CountModel> {
+/// Load `--model` for `verb` (sample, eval); another modality's model is named as such.
+fn load_model(model: &Path, device: tch::Device, verb: &str) -> Result<CountModel> {
+    check_model_kind(model, ModelKind::Counts, verb)?;
     CountModel::load(model, device).map_err(|e| anyhow!("--model: {e}"))
 }
 
@@ -258,7 +261,7 @@ pub fn sample(args: SampleCountsArgs) -> Result<()> {
         prepare_output_file(h, "--histogram")?;
     }
     let device = device(&args.device)?;
-    let model = load_model(&args.model, device)?;
+    let model = load_model(&args.model, device, "sample")?;
     // What the histogram compares with is found before the sampling, not after.
     let held_out = match &args.histogram {
         Some(_) => Some(held_out_rows(&model, args.data.as_deref())?.0),
@@ -302,7 +305,11 @@ pub fn sample(args: SampleCountsArgs) -> Result<()> {
         println!("wrote {} ({})", path.display(), report.summary());
     }
     save_counts(&args.out, &table)?;
-    println!("wrote {} ({} rows)", args.out.display(), args.num);
+    println!(
+        "wrote {} ({})",
+        args.out.display(),
+        crate::count_of(args.num as u64, "row")
+    );
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         "sampled {} rows",
@@ -372,7 +379,7 @@ pub fn eval(args: EvalCountsArgs) -> Result<()> {
         check_png_path(h, "--histogram")?;
     }
     let device = device(&args.device)?;
-    let model = load_model(&args.model, device)?;
+    let model = load_model(&args.model, device, "eval")?;
     let (held_out, train) = held_out_rows(&model, args.data.as_deref())?;
     let mut report = serde_json::Map::new();
     report.insert("model".into(), args.model.display().to_string().into());

@@ -32,6 +32,8 @@ struct Report {
     libtorch_dir: Option<PathBuf>,
     libtorch_cuda_loaded: bool,
     threads: i32,
+    /// Why libtorch has this many threads (see diffuse_tensor::runtime::adapt_threads).
+    threads_reason: String,
     cpu: String,
     logical_cores: usize,
     cuda_available: bool,
@@ -189,6 +191,8 @@ pub fn run(device: Option<&str>, json: bool) -> Result<()> {
         libtorch_dir,
         libtorch_cuda_loaded,
         threads: tch::get_num_threads(),
+        threads_reason: diffuse_tensor::runtime::threads_choice()
+            .map_or_else(|| "libtorch's default".to_owned(), ToString::to_string),
         cpu: cpu_model(),
         logical_cores: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -221,7 +225,10 @@ fn print_human(r: &Report) {
                 .unwrap_or_else(|| "path unknown".into())
         ),
     );
-    row("threads", format!("{} (libtorch intra-op)", r.threads));
+    row(
+        "threads",
+        format!("{} (libtorch intra-op; {})", r.threads, r.threads_reason),
+    );
     row(
         "cpu",
         format!("{} ({} logical cores)", r.cpu, r.logical_cores),

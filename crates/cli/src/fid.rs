@@ -14,18 +14,9 @@ use diffuse_image::pipeline::ImagePipeline;
 use diffuse_tensor::parse_device;
 use std::path::{Path, PathBuf};
 
-/// Where bundled models live: `./data/models` when run from the repository, else the
-/// repository this binary was built from.
+/// Where bundled models live (see [`diffuse_tensor::data::default_models_dir`]).
 pub fn default_models_dir() -> PathBuf {
-    let local = Path::new("data").join("models");
-    if local.is_dir() {
-        return local;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("..")
-        .join("data")
-        .join("models")
+    diffuse_tensor::data::default_models_dir()
 }
 
 /// A dataset's short name: `mnist` stays `mnist`, a path gives its last component.
@@ -104,16 +95,8 @@ pub fn eval_fid(
         (&reference_data.0, &reference_data.1),
     );
     let sampling = format!(
-        "sampler {}, {} steps, seed {}",
-        options
-            .sampler
-            .as_deref()
-            .unwrap_or(if pipeline.info.process.is_some() {
-                "jump"
-            } else {
-                pipeline.scheduler.class_name()
-            }),
-        pipeline.sampling_steps(&options)?,
+        "sampler {}, seed {}",
+        pipeline.sampler_description(&options)?,
         args.sampler.seed
     );
     let mut json = serde_json::to_value(&report)?;
@@ -155,15 +138,22 @@ pub fn train(args: TrainClassifierArgs) -> Result<()> {
         );
     }
     let device = parse_device(&args.device).map_err(|e| anyhow!("--device: {e}"))?;
-    if args.out.exists() && !args.out.join(INFO_FILE).is_file() {
+    // Like every other `train`, never write over what a directory holds: a classifier there
+    // (the bundled one included) would be replaced by a possibly far worse one.
+    if args.out.exists() {
         let empty = args
             .out
             .read_dir()
             .map(|mut d| d.next().is_none())
             .unwrap_or(false);
         if !empty {
+            let what = if args.out.join(INFO_FILE).is_file() {
+                "holds a classifier"
+            } else {
+                "is not an empty folder"
+            };
             bail!(
-                "--out: {} exists and is not a classifier directory; refusing to write into it",
+                "--out: {} {what}; refusing to overwrite it (pick a new or empty --out)",
                 args.out.display()
             );
         }

@@ -1,5 +1,6 @@
 //! Flags of the Gaussian-diffusion commands that images and audio share: choosing a sampler
-//! (`--sampler --steps --eta --karras`) and the training objective and noise schedule
+//! (`--sampler --steps --eta --karras`, with each modality's own list of samplers in its help
+//! and checks) and the training objective and noise schedule
 //! (`--prediction-type --objective --weighting ... --num-train-timesteps`). Each modality keeps
 //! its own defaults for the schedule, so those flags are optional here and only override.
 
@@ -8,18 +9,80 @@ use clap::Args;
 use diffuse_core::losses::{LearnedVariance, ObjectiveConfig, TimestepSampling, Weighting};
 use diffuse_core::poisson::JumpSampler;
 use diffuse_core::prediction::PredictionType;
-use diffuse_core::sampler_choice::{SamplerChoice, SAMPLER_NAMES};
+use diffuse_core::sampler_choice::{
+    SamplerChoice, DIFFWAVE_FAST, MODEL_SCHEDULER, SAMPLER_NAMES, SCHEDULER_SAMPLERS,
+};
 use diffuse_core::samplers::ddpm::DdpmConfig;
 use diffuse_core::schedule::BetaSchedule;
 
-/// Which sampler, how many steps.
+/// The samplers one modality's commands take, and the help that lists them, so each command's
+/// `--help` names only what fits its models.
+pub trait SamplerSet: Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// Whose models, for messages: "image", "audio".
+    const MODELS: &'static str;
+    /// `--sampler`'s help.
+    const SAMPLER_HELP: &'static str;
+    /// `--steps`' help.
+    const STEPS_HELP: &'static str;
+    /// The samplers in one phrase, for messages.
+    const SUMMARY: &'static str;
+    /// The names `--sampler` takes (which of them fits a given model is the model's to say).
+    fn names() -> Vec<&'static str>;
+}
+
+/// The samplers of the image commands: the Gaussian ones and the count ones.
+#[derive(Clone, Debug)]
+pub struct ImageSamplers;
+
+impl SamplerSet for ImageSamplers {
+    const MODELS: &'static str = "image";
+    const SAMPLER_HELP: &'static str =
+        "Sampler. Gaussian models: dpm++2m (the default, DPM-Solver++ \
+        2M), dpm++3m, sde-dpm++2m, ddim, ddpm, euler, euler-ancestral, heun, or model (the model's \
+        own scheduler/scheduler_config.json as saved, e.g. DDPM in 1000 steps: what diffusers' \
+        pipelines sample). Count models (trained with --process poisson): jump (the default) or \
+        blackout";
+    const STEPS_HELP: &'static str = "Inference steps (default: 20 for the dpm++ samplers, every \
+        training step (at most 1000) for ddpm and for a model whose own scheduler is DDPM, 50 for \
+        the other Gaussian samplers and for count models)";
+    const SUMMARY: &'static str = "Gaussian models take dpm++2m (the default), dpm++3m, \
+        sde-dpm++2m, ddim, ddpm, euler, euler-ancestral, heun or model; count models jump (the \
+        default) or blackout";
+    fn names() -> Vec<&'static str> {
+        let mut names = SCHEDULER_SAMPLERS.to_vec();
+        names.push(MODEL_SCHEDULER);
+        names.extend(JumpSampler::NAMES);
+        names
+    }
+}
+
+/// The samplers of the audio commands: the Gaussian ones and DiffWave's short chain.
+#[derive(Clone, Debug)]
+pub struct AudioSamplers;
+
+impl SamplerSet for AudioSamplers {
+    const MODELS: &'static str = "audio";
+    const SAMPLER_HELP: &'static str = "Sampler: ddpm, ddim, euler, euler-ancestral, heun, \
+        dpm++2m, dpm++3m, sde-dpm++2m, diffwave-fast (DiffWave's 6-step schedule) or model (the \
+        default: the model's own scheduler_config.json as saved)";
+    const STEPS_HELP: &'static str = "Inference steps (default: every training step (at most \
+        1000) for ddpm and for a model whose own scheduler is DDPM, 6 for diffwave-fast, 20 for \
+        the dpm++ samplers, 50 otherwise)";
+    const SUMMARY: &'static str = "they take ddpm, ddim, euler, euler-ancestral, heun, dpm++2m, \
+        dpm++3m, sde-dpm++2m, diffwave-fast or model (the default)";
+    fn names() -> Vec<&'static str> {
+        let mut names = SAMPLER_NAMES.to_vec();
+        names.push(MODEL_SCHEDULER);
+        names
+    }
+}
+
+/// Which sampler, how many steps, for the commands of one modality (`S`).
 #[derive(Args, Clone, Debug)]
-pub struct SamplerChoiceArgs {
-    /// Sampler: ddpm, ddim, euler, euler-ancestral, heun, dpm++2m, dpm++3m, sde-dpm++2m or diffwave-fast (default: the model's scheduler); count models (--process poisson): jump (default) or blackout.
-    #[arg(long)]
+pub struct SamplerFlags<S: SamplerSet> {
+    #[arg(long, help = S::SAMPLER_HELP)]
     pub sampler: Option<String>,
-    /// Inference steps (default: every training step for ddpm (at most 1000), 6 for diffwave-fast, 50 otherwise).
-    #[arg(long)]
+    #[arg(long, help = S::STEPS_HELP)]
     pub steps: Option<usize>,
     /// DDIM's eta: 0 deterministic, 1 ancestral.
     #[arg(long)]
@@ -27,20 +90,29 @@ pub struct SamplerChoiceArgs {
     /// Karras sigma spacing (euler, heun, dpm++ samplers).
     #[arg(long)]
     pub karras: bool,
+    #[arg(skip)]
+    pub samplers: std::marker::PhantomData<S>,
 }
 
-impl SamplerChoiceArgs {
-    /// The choice, with an unknown sampler name refused before any model is loaded.
+/// The sampler flags of the audio commands.
+pub type SamplerChoiceArgs = SamplerFlags<AudioSamplers>;
+
+impl<S: SamplerSet> SamplerFlags<S> {
+    /// The choice, with a sampler name these commands do not take refused before any model is
+    /// loaded.
     pub fn choice(&self) -> Result<SamplerChoice> {
         if let Some(name) = &self.sampler {
-            if !SAMPLER_NAMES.contains(&name.as_str())
-                && !JumpSampler::NAMES.contains(&name.as_str())
-            {
-                bail!(
-                    "--sampler: unknown sampler '{name}' (expected one of {}; for count models {})",
-                    SAMPLER_NAMES.join(", "),
-                    JumpSampler::NAMES.join(" or ")
-                );
+            let names = S::names();
+            if !names.contains(&name.as_str()) {
+                // A sampler of another kind of model is named as such, not as unknown.
+                let what = if JumpSampler::NAMES.contains(&name.as_str()) {
+                    format!("{name} is a count-diffusion sampler, which does not fit")
+                } else if name == DIFFWAVE_FAST {
+                    format!("{name} is DiffWave's short audio schedule, which does not fit")
+                } else {
+                    format!("unknown sampler '{name}' for")
+                };
+                bail!("--sampler: {what} {} models ({})", S::MODELS, S::SUMMARY);
             }
         }
         Ok(SamplerChoice {
@@ -154,5 +226,52 @@ impl ObjectiveArgs {
             other => bail!("--objective: unknown objective '{other}' (expected simple or hybrid)"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each modality's help and messages name every sampler it takes, and none it does not.
+    fn check<S: SamplerSet>(foreign: &[&str]) {
+        for name in S::names() {
+            assert!(
+                S::SAMPLER_HELP.contains(name),
+                "{} help lacks {name}",
+                S::MODELS
+            );
+            assert!(
+                S::SUMMARY.contains(name),
+                "{} summary lacks {name}",
+                S::MODELS
+            );
+        }
+        for name in foreign {
+            assert!(!S::names().contains(name), "{} takes {name}", S::MODELS);
+            assert!(
+                !S::SAMPLER_HELP.contains(name),
+                "{} help names {name}",
+                S::MODELS
+            );
+            let flags = SamplerFlags::<S> {
+                sampler: Some((*name).to_owned()),
+                steps: None,
+                eta: None,
+                karras: false,
+                samplers: std::marker::PhantomData,
+            };
+            let err = flags.choice().unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("--sampler: {name} is ")) && err.contains(S::MODELS),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn image_and_audio_commands_list_only_their_samplers() {
+        check::<ImageSamplers>(&[DIFFWAVE_FAST]);
+        check::<AudioSamplers>(&JumpSampler::NAMES);
     }
 }

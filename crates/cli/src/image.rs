@@ -1,6 +1,7 @@
 //! `diffuse train|sample|inpaint|eval image`: the image commands, thin over `diffuse-image`.
 
-use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
+use crate::gaussian::{ImageSamplers, ObjectiveArgs, SamplerFlags};
+use crate::model_kind::{check_model_kind, ModelKind};
 use crate::poisson::JumpArgs;
 use crate::run_dir::{
     check_dir_target, device, prepare_output_file, step_bar, LoopArgs, LoopFlags, TrainingCommand,
@@ -23,7 +24,7 @@ use tch::Tensor;
 #[derive(Args, Clone, Debug)]
 pub struct SamplerArgs {
     #[command(flatten)]
-    pub choice: SamplerChoiceArgs,
+    pub choice: SamplerFlags<ImageSamplers>,
     /// Seed of the random generator.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -133,7 +134,9 @@ fn read_model_image(path: &Path, channels: i64, flag: &str) -> Result<Tensor> {
     read_image(path, channels).map_err(|e| anyhow!("{flag}: {e}"))
 }
 
-fn load_pipeline(model: &Path, device: tch::Device) -> Result<ImagePipeline> {
+/// Load `--model` for `verb` (sample, inpaint, eval); another modality's model is named as such.
+fn load_pipeline(model: &Path, device: tch::Device, verb: &str) -> Result<ImagePipeline> {
+    check_model_kind(model, ModelKind::Image, verb)?;
     ImagePipeline::load(model, device).map_err(|e| anyhow!("--model: {e}"))
 }
 
@@ -165,9 +168,10 @@ pub fn sample(args: SampleImageArgs) -> Result<()> {
     }
     let options = args.sampler.options(args.num, args.batch_size)?;
     let device = device(&args.sampler.device)?;
-    let pipeline = load_pipeline(&args.model, device)?;
+    let pipeline = load_pipeline(&args.model, device, "sample")?;
     // Fail on bad sampler settings before the long part.
     pipeline.check_sample_options(&options)?;
+    let sampling = pipeline.sampler_description(&options)?;
     let started = Instant::now();
     let (bar, on_step) = step_bar("sample");
     let images = pipeline.sample(&options, on_step)?;
@@ -179,11 +183,15 @@ pub fn sample(args: SampleImageArgs) -> Result<()> {
     }
     if let Some(out) = &args.out {
         save_grid(&images, out, args.nrow)?;
-        println!("wrote {} ({} images)", out.display(), args.num);
+        println!("wrote {} ({} images; {sampling})", out.display(), args.num);
     }
     if let Some(dir) = &args.out_dir {
         let files = save_images(&images, dir, "sample-")?;
-        println!("wrote {} images to {}", files.len(), dir.display());
+        println!(
+            "wrote {} images to {} ({sampling})",
+            files.len(),
+            dir.display()
+        );
     }
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
@@ -256,9 +264,10 @@ pub fn inpaint(args: InpaintImageArgs) -> Result<()> {
     }
     let options = args.sampler.options(args.num, None)?;
     let device = device(&args.sampler.device)?;
-    let pipeline = load_pipeline(&args.model, device)?;
+    let pipeline = load_pipeline(&args.model, device, "inpaint")?;
     let (channels, _, _) = pipeline.image_shape()?;
     pipeline.check_sample_options(&options)?;
+    let sampling = pipeline.sampler_description(&options)?;
     let bar = progress_bar(0, "inpaint", "step");
     let result = match (&args.image, &args.mask, &args.from, args.strength) {
         (Some(image), Some(mask), None, _) => {
@@ -292,7 +301,7 @@ pub fn inpaint(args: InpaintImageArgs) -> Result<()> {
     } else {
         save_grid(&result, &args.out, None)?;
     }
-    println!("wrote {}", args.out.display());
+    println!("wrote {} ({sampling})", args.out.display());
     Ok(())
 }
 
@@ -636,7 +645,11 @@ pub fn eval(args: EvalImageArgs) -> Result<()> {
         bail!("--batch-size: must be at least 1");
     }
     let device = device(&args.sampler.device)?;
-    let pipeline = load_pipeline(&args.model, device)?;
+    let pipeline = load_pipeline(&args.model, device, "eval")?;
+    if args.metric.iter().any(|m| m == "fid") {
+        // A sampler that does not fit is refused before the bound's long computation.
+        pipeline.check_sample_options(&args.sampler.options(args.num, Some(args.batch_size))?)?;
+    }
     let data_name = args
         .data
         .clone()

@@ -3,6 +3,10 @@
 //! setting the variables torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
 //! MASTER_ADDR, MASTER_PORT), for machines without Python. If any rank fails, the others are
 //! stopped and the launch fails with that rank's exit status.
+//!
+//! A mistyped training command is refused once, before any rank starts; a rank's error line is
+//! handed to launch (through the file named by [`ERROR_FILE_VAR`]) rather than printed, so a
+//! mistake every rank makes is printed once, not once per rank.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -31,6 +35,9 @@ pub struct LaunchArgs {
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
+
+/// The variable naming the file a rank writes its one-line error to, for launch to print.
+pub const ERROR_FILE_VAR: &str = "DIFFUSE_ERROR_FILE";
 
 /// A port nobody listens on now (the OS picks it), for single-machine runs.
 fn free_port() -> Result<u16> {
@@ -67,7 +74,12 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-pub fn launch(args: LaunchArgs) -> Result<()> {
+/// Run the ranks. `check_command` parses the training command as the ranks will, so a mistyped
+/// one is refused here, once, with clap's usual message.
+pub fn launch(
+    args: LaunchArgs,
+    check_command: impl FnOnce(&[String]) -> Result<(), clap::Error>,
+) -> Result<()> {
     if args.nproc == 0 {
         bail!("--nproc: must be at least 1");
     }
@@ -91,6 +103,9 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     if std::env::var_os("RANK").is_some() || std::env::var_os("WORLD_SIZE").is_some() {
         bail!("launch: RANK/WORLD_SIZE are already set; launch is not nested inside torchrun or another launch");
     }
+    if let Err(e) = check_command(&args.command) {
+        e.exit();
+    }
     let port = match args.master_port {
         Some(0) => bail!("--master-port: expected a port 1-65535"),
         Some(p) => p,
@@ -99,12 +114,14 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     };
     let world = args.nproc * args.nnodes;
     let exe = std::env::current_exe().context("finding the diffuse binary")?;
+    let errors = ErrorFiles::new()?;
     forward_stop_signals();
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(args.nproc);
     for local in 0..args.nproc {
         let rank = args.node_rank * args.nproc + local;
         let child = Command::new(&exe)
             .args(&args.command)
+            .env(ERROR_FILE_VAR, errors.path(rank))
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", local.to_string())
             .env("WORLD_SIZE", world.to_string())
@@ -160,10 +177,64 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         );
     }
     if let Some((rank, status)) = failure {
-        bail!(
-            "rank {rank} of {world} failed ({}); the other ranks on this machine were stopped",
-            describe(status)
-        );
+        // The first rank to fail holds the cause (the others' errors, if any, are mostly its
+        // echo: a closed connection); its own line is the launch's error. Different errors of
+        // other ranks are listed too, each once.
+        let first = errors.read(rank);
+        let others: Vec<(usize, String)> = (0..args.nproc)
+            .map(|local| args.node_rank * args.nproc + local)
+            .filter(|&r| r != rank)
+            .filter_map(|r| errors.read(r).map(|e| (r, e)))
+            .collect();
+        let mut shown: Vec<&str> = first.iter().map(String::as_str).collect();
+        for (r, error) in &others {
+            if !shown.contains(&error.as_str()) {
+                shown.push(error);
+                eprintln!("rank {r}: {error}");
+            }
+        }
+        match first {
+            Some(error) => bail!(
+                "{}",
+                error.strip_prefix("error: ").unwrap_or(&error).to_owned()
+            ),
+            None => bail!(
+                "rank {rank} of {world} failed ({}); the other ranks on this machine were stopped",
+                describe(status)
+            ),
+        }
     }
     Ok(())
+}
+
+/// A private folder of per-rank error files, removed when launch ends.
+struct ErrorFiles {
+    dir: std::path::PathBuf,
+}
+
+impl ErrorFiles {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("diffuse-launch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("making {} for the ranks' errors", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, rank: usize) -> std::path::PathBuf {
+        self.dir.join(format!("rank-{rank}.err"))
+    }
+
+    /// The error line rank `rank` left, if any.
+    fn read(&self, rank: usize) -> Option<String> {
+        std::fs::read_to_string(self.path(rank))
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+impl Drop for ErrorFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

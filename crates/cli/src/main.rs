@@ -122,7 +122,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(EvalCommand::Text(args)) => text::eval(args),
         Command::Eval(EvalCommand::Audio(args)) => audio::eval(args),
         Command::Eval(EvalCommand::Counts(args)) => counts::eval(args),
-        Command::Launch(args) => launch::launch(args),
+        Command::Launch(args) => launch::launch(args, |command| {
+            Cli::try_parse_from(
+                std::iter::once("diffuse").chain(command.iter().map(String::as_str)),
+            )
+            .map(|_| ())
+        }),
     }
 }
 
@@ -167,5 +172,9 @@ fn main() -> std::process::ExitCode {
         Err(e) => e.exit(),
     };
     init_logging(cli.verbose);
+    // Before any tensor work: OpenMP threads spinning beside a busy process make a command many
+    // times slower, so take only the cores nobody else is using (see diffuse_tensor::runtime).
+    let threads = diffuse_tensor::runtime::adapt_threads();
+    tracing::info!("libtorch threads: {} ({threads})", tch::get_num_threads());
     report(run(cli))
 }

@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Result};
 use diffuse_tensor::dist::{self, DistBackend, DistEnv};
 use diffuse_tensor::ema::EmaConfig;
 use diffuse_tensor::progress::progress_bar;
-use diffuse_tensor::train::{TrainConfig, TrainOutcome};
+use diffuse_tensor::train::{TrainConfig, TrainOutcome, TrainSummary};
 use diffuse_tensor::{parse_device, DeviceSpec, Precision};
 use std::path::Path;
 
@@ -147,7 +147,7 @@ fn start_or_resume_here<C>(
     if resume {
         if !run_dir.join(run_config).is_file() {
             bail!(
-                "--resume: {} holds no run ({run_config} is missing)",
+                "--resume: {} holds no run ({run_config} is missing); to start a new run there, drop --resume",
                 run_dir.display()
             );
         }
@@ -201,6 +201,21 @@ impl<C: serde::Serialize + serde::de::DeserializeOwned> TrainingCommand<'_, C> {
             None
         };
         let train_config = self.train_config;
+        let mut config = start_or_resume(
+            self.out,
+            self.resume,
+            self.run_config,
+            || {
+                let mut config = read(self.out).map_err(Into::into)?;
+                if let Some(steps) = self.steps {
+                    train_config(&mut config).steps = steps;
+                }
+                Ok(config)
+            },
+            build,
+        )?;
+        // Warned only once the run is known to exist: with no run there, the error says to
+        // drop --resume, and the flags are not ignored but wanted.
         if self.resume && dist::is_main() {
             // A run carries on with its run.json settings; only these flags change it.
             let ignored = crate::given::given_except(&[
@@ -221,19 +236,6 @@ impl<C: serde::Serialize + serde::de::DeserializeOwned> TrainingCommand<'_, C> {
                 );
             }
         }
-        let mut config = start_or_resume(
-            self.out,
-            self.resume,
-            self.run_config,
-            || {
-                let mut config = read(self.out).map_err(Into::into)?;
-                if let Some(steps) = self.steps {
-                    train_config(&mut config).steps = steps;
-                }
-                Ok(config)
-            },
-            build,
-        )?;
         if !self.resume {
             prepare(&mut config)?;
         }
@@ -245,7 +247,7 @@ impl<C: serde::Serialize + serde::de::DeserializeOwned> TrainingCommand<'_, C> {
         let outcome =
             train(&config, device, self.resume, self.shared.stop_after).map_err(Into::into)?;
         print_training_outcome(
-            outcome.summary.steps_done,
+            &outcome.summary,
             train_config(&mut config).steps,
             outcome.model_dir.as_deref(),
             started.elapsed().as_secs_f64(),
@@ -341,7 +343,7 @@ impl Drop for RunDirLock {
 
 /// The last line of a training command.
 pub fn print_training_outcome(
-    steps_done: u64,
+    summary: &TrainSummary,
     total_steps: u64,
     model_dir: Option<&Path>,
     seconds: f64,
@@ -350,16 +352,61 @@ pub fn print_training_outcome(
     if !dist::is_main() {
         return;
     }
+    println!(
+        "{}",
+        training_outcome_line(summary, total_steps, model_dir, seconds, modality)
+    );
+}
+
+/// The closing line of a `train` command: what this command trained (a resumed run counts only
+/// its new steps), where the model is and how to sample it.
+fn training_outcome_line(
+    summary: &TrainSummary,
+    total_steps: u64,
+    model_dir: Option<&Path>,
+    seconds: f64,
+    modality: &str,
+) -> String {
+    let (start, done) = (summary.steps_at_start, summary.steps_done);
+    let trained = done.saturating_sub(start);
+    let plural = if trained == 1 { "" } else { "s" };
     match model_dir {
-        Some(dir) => println!(
-            "trained {steps_done} steps in {seconds:.0} s; model in {} (sample it with `diffuse sample {modality} --model {}`)",
+        Some(dir) if trained == 0 => format!(
+            "nothing to train: the run already has its {done} steps (pass a larger --steps with --resume \
+             to train longer); model in {} (sample it with `{}`)",
             dir.display(),
-            dir.display()
+            sample_hint(modality, dir)
         ),
-        None => println!(
-            "stopped at step {steps_done} of {total_steps} after {seconds:.0} s; continue with --resume"
+        Some(dir) => {
+            let span = if start > 0 {
+                format!(" (steps {} to {done})", start + 1)
+            } else {
+                String::new()
+            };
+            format!(
+                "trained {trained} step{plural}{span} in {seconds:.0} s; model in {} (sample it with `{}`)",
+                dir.display(),
+                sample_hint(modality, dir)
+            )
+        }
+        None => format!(
+            "stopped at step {done} of {total_steps} after {seconds:.0} s ({trained} step{plural} this time); \
+             continue with --resume"
         ),
     }
+}
+
+/// The command that samples a freshly trained model: images and audio with their fast default
+/// samplers, so the first thing a user runs takes seconds.
+fn sample_hint(modality: &str, dir: &Path) -> String {
+    // The commands that write files need to be told where, or the hint would not run as shown.
+    let out = match modality {
+        "image" => " --out grid.png",
+        "audio" => " --out clip.wav",
+        "counts" => " --out samples.csv",
+        _ => "",
+    };
+    format!("diffuse sample {modality} --model {}{out}", dir.display())
 }
 
 /// The training-loop flags every `train` command shares, with the same defaults everywhere

@@ -2,6 +2,7 @@
 //! `--infill`) and `eval text` (bits per character on held-out text).
 
 use crate::given::{flag_name, given};
+use crate::model_kind::{check_model_kind, ModelKind};
 use crate::run_dir::{device, prepare_output_file, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -378,6 +379,7 @@ pub struct SampleTextArgs {
 
 pub fn sample(args: SampleTextArgs) -> Result<()> {
     let device = device(&args.device)?;
+    check_model_kind(&args.model, ModelKind::Text, "sample")?;
     let pipeline = TextPipeline::load(&args.model, device).map_err(|e| anyhow!("--model: {e}"))?;
     let options = TextSampleOptions {
         num: args.num,
@@ -486,6 +488,7 @@ pub struct EvalTextArgs {
 
 pub fn eval(args: EvalTextArgs) -> Result<()> {
     let device = device(&args.device)?;
+    check_model_kind(&args.model, ModelKind::Text, "eval")?;
     let pipeline = TextPipeline::load(&args.model, device).map_err(|e| anyhow!("--model: {e}"))?;
     let data = args
         .data

@@ -1,8 +1,10 @@
 //! Choosing a sampler by name, the way the command line and the model pipelines of every
 //! modality do: a name from [`SAMPLER_NAMES`] re-reads the model's saved scheduler config as the
 //! named diffusers scheduler (diffusers' `Scheduler.from_config`), sets its options (solver order,
-//! Karras sigmas, DDIM's eta) and its number of steps. `diffwave-fast` is DiffWave's aligned
-//! short chain on the model's DDPM training schedule ([`crate::samplers::diffwave`]).
+//! Karras sigmas, DDIM's eta) and its number of steps; [`MODEL_SCHEDULER`] (or no name) keeps the
+//! saved scheduler as it is, as diffusers' pipelines sample. `diffwave-fast` is DiffWave's aligned
+//! short chain on the model's DDPM training schedule ([`crate::samplers::diffwave`]), calibrated on
+//! DiffWave's own short audio schedules, so only audio models offer it.
 
 use crate::prediction::PredictionType;
 use crate::samplers::ddim::DdimSampler;
@@ -14,7 +16,32 @@ use crate::scheduler_config::SchedulerConfig;
 use crate::{Error, Result};
 use serde_json::Value;
 
-/// Sampler names the command line accepts, with what they build.
+/// The samplers that re-read any Gaussian model's schedule as a diffusers scheduler, so they
+/// fit every modality's Gaussian models.
+pub const SCHEDULER_SAMPLERS: &[&str] = &[
+    "ddpm",
+    "ddim",
+    "euler",
+    "euler-ancestral",
+    "heun",
+    "dpm++2m",
+    "dpm++3m",
+    "sde-dpm++2m",
+];
+
+/// DiffWave's fast sampler (audio models only).
+pub const DIFFWAVE_FAST: &str = "diffwave-fast";
+
+/// The name that asks for the model's own saved scheduler (`scheduler_config.json`) unchanged:
+/// what diffusers' `DDPMPipeline`/`DDIMPipeline` sample with.
+pub const MODEL_SCHEDULER: &str = "model";
+
+/// The steps the DPM-Solver++ samplers take by default: second-order multistep solvers give
+/// good samples in about 20 model calls (Lu et al. 2022b), where DDPM needs hundreds.
+pub const DPM_SOLVER_DEFAULT_STEPS: usize = 20;
+
+/// Every sampler name [`SamplerChoice`] builds besides [`MODEL_SCHEDULER`]:
+/// [`SCHEDULER_SAMPLERS`] and [`DIFFWAVE_FAST`].
 pub const SAMPLER_NAMES: &[&str] = &[
     "ddpm",
     "ddim",
@@ -78,7 +105,7 @@ pub fn scheduler_for(base: &SchedulerConfig, name: &str, karras: bool) -> Result
         "heun" => "HeunDiscreteScheduler",
         "dpm++2m" | "dpm++3m" | "sde-dpm++2m" => "DPMSolverMultistepScheduler",
         // DiffWave's fast sampler runs on the DDPM training schedule.
-        "diffwave-fast" => "DDPMScheduler",
+        DIFFWAVE_FAST => "DDPMScheduler",
         other => {
             return Err(Error::InvalidArgument(format!(
                 "--sampler: unknown sampler '{other}' (expected one of {})",
@@ -117,10 +144,11 @@ pub fn scheduler_for(base: &SchedulerConfig, name: &str, karras: bool) -> Result
 /// How to build a sampler from a model's scheduler config.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SamplerChoice {
-    /// A name from [`SAMPLER_NAMES`]; `None` = the model's own scheduler.
+    /// A name from [`SAMPLER_NAMES`]; `None` or [`MODEL_SCHEDULER`] = the model's own scheduler.
     pub name: Option<String>,
     /// Inference steps; `None` = 1000 for DDPM (diffusers' DDPMPipeline; capped at the training
-    /// schedule's length), the inference schedule's length for diffwave-fast, 50 otherwise.
+    /// schedule's length), the inference schedule's length for diffwave-fast,
+    /// [`DPM_SOLVER_DEFAULT_STEPS`] for DPM-Solver (capped likewise), 50 otherwise.
     pub steps: Option<usize>,
     /// DDIM's eta (0 deterministic, 1 ancestral).
     pub eta: Option<f64>,
@@ -129,9 +157,14 @@ pub struct SamplerChoice {
 }
 
 impl SamplerChoice {
+    /// The sampler this choice names; `None` for the model's own scheduler.
+    pub fn named(&self) -> Option<&str> {
+        self.name.as_deref().filter(|n| *n != MODEL_SCHEDULER)
+    }
+
     /// The scheduler config this choice resolves to (diffwave-fast: the DDPM training schedule).
     pub fn scheduler_config(&self, base: &SchedulerConfig) -> Result<SchedulerConfig> {
-        Ok(match &self.name {
+        Ok(match self.named() {
             Some(name) => scheduler_for(base, name, self.karras)?,
             None if self.karras => {
                 let name = match base.class_name() {
@@ -152,7 +185,7 @@ impl SamplerChoice {
 
     /// Whether the sampler reads a learned variance (only DDPM and DPM-Solver do).
     pub fn uses_learned_variance(&self, base: &SchedulerConfig) -> Result<bool> {
-        if self.name.as_deref() == Some("diffwave-fast") {
+        if self.named() == Some(DIFFWAVE_FAST) {
             return Ok(false);
         }
         let config = self.scheduler_config(base)?;
@@ -168,11 +201,11 @@ impl SamplerChoice {
         if self.eta.is_some() && !matches!(config, SchedulerConfig::Ddim(_)) {
             return Err(Error::InvalidArgument(format!(
                 "--eta: only the ddim sampler takes eta (this is {})",
-                self.name.as_deref().unwrap_or(config.class_name())
+                self.named().unwrap_or(config.class_name())
             )));
         }
         let mut sampler: Box<dyn Sampler> = match &config {
-            SchedulerConfig::Ddpm(c) if self.name.as_deref() == Some("diffwave-fast") => {
+            SchedulerConfig::Ddpm(c) if self.named() == Some(DIFFWAVE_FAST) => {
                 let schedule = NoiseSchedule::new(&c.schedule)?;
                 let fast =
                     DiffWaveFastSampler::new(&schedule, &DIFFWAVE_FAST_BETAS, c.prediction_type)?;
@@ -198,9 +231,12 @@ impl SamplerChoice {
         };
         let steps = match self.steps {
             Some(steps) => steps,
-            None if self.name.as_deref() == Some("diffwave-fast") => DIFFWAVE_FAST_BETAS.len(),
+            None if self.named() == Some(DIFFWAVE_FAST) => DIFFWAVE_FAST_BETAS.len(),
             None => match &config {
                 SchedulerConfig::Ddpm(c) => c.schedule.num_train_timesteps.min(1000),
+                SchedulerConfig::DpmSolver(c) => {
+                    DPM_SOLVER_DEFAULT_STEPS.min(c.schedule.num_train_timesteps)
+                }
                 _ => 50,
             },
         };

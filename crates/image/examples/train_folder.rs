@@ -1,8 +1,8 @@
 //! Train a diffusion model on a folder of PNG/JPEG images, then sample a grid from it:
 //! `cargo run --release -p diffuse-image --example train_folder -- [FOLDER] [RUN_DIR] [STEPS]`.
 //!
-//! The defaults train 32x32 RGB on the Twemoji icons `cargo xtask setup` fetches
-//! (data/datasets/twemoji) for 300 steps, which is minutes on a laptop CPU: long enough to see
+//! The defaults train 32x32 RGB on the Twemoji icons `cargo xtask setup --data twemoji` fetches
+//! (the dataset name `twemoji`; an unfetched one is named in the error with that command) for 300 steps, which is minutes on a laptop CPU: long enough to see
 //! blobs of emoji colour, far from converged (give it 20k+ steps, ideally on a GPU). The run
 //! directory gets the usual metrics.jsonl, loss.png, preview grids, checkpoints and model/; running
 //! the example again with more steps on the same RUN_DIR resumes it.
@@ -12,11 +12,21 @@ use diffuse_image::pipeline::{ImagePipeline, SampleOptions};
 use diffuse_image::train::{train_image_model, ImageTrainConfig};
 use diffuse_tensor::train::TrainConfig;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    // One `error: ...` line, as the `diffuse` binary reports, rather than a Debug dump.
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let folder = args
-        .next()
-        .unwrap_or_else(|| "data/datasets/twemoji".into());
+    // A dataset name (looked up where setup puts it) or any folder.
+    let folder = args.next().unwrap_or_else(|| "twemoji".into());
     let run_dir = args
         .next()
         .unwrap_or_else(|| "target/runs/example-folder".into());

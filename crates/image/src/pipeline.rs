@@ -5,23 +5,26 @@
 //! objective it was trained with), which diffusers ignores.
 //!
 //! [`ImagePipeline`] samples (every sampler, guidance), inpaints (replacement or RePaint), edits
-//! (SDEdit) and measures bits/dim. Sampling draws the initial noise and every later draw from
-//! libtorch's generator in diffusers' order, so a seeded CPU run reproduces `DDPMPipeline` /
-//! `DDIMPipeline` called with `generator=torch.manual_seed(seed)`.
+//! (SDEdit) and measures bits/dim. Unless told otherwise a Gaussian model samples with
+//! DPM-Solver++ 2M in 20 steps, which gives good images in seconds where the DDPM scheduler
+//! diffusers saves takes 1000 model calls; [`MODEL_SCHEDULER`] asks for that saved scheduler. Sampling
+//! draws the initial noise and every later draw from libtorch's generator in diffusers' order, so a
+//! seeded CPU run with the model's scheduler (or `ddpm`/`ddim` on a DDPM model) reproduces
+//! `DDPMPipeline` / `DDIMPipeline` called with `generator=torch.manual_seed(seed)`.
 
-use crate::poisson::{count_sampler, from_counts, to_counts, UNetCounts};
+use crate::poisson::{count_sampler, from_counts, to_counts, UNetCounts, COUNT_DEFAULT_STEPS};
 use crate::unet::{load_unet_weights, save_unet_weights, UNet2d, UNet2dConfig};
 use diffuse_core::denoiser::Denoiser;
 use diffuse_core::editing::{self, Resampling};
 use diffuse_core::guidance::ClassifierFreeGuidance;
 use diffuse_core::losses::ObjectiveConfig;
-use diffuse_core::poisson::{self, JumpConfig, JumpProcess};
+use diffuse_core::poisson::{self, JumpConfig, JumpProcess, JumpSampler};
 use diffuse_core::prediction::PredictionType;
-use diffuse_core::sampler_choice::SamplerChoice;
 pub use diffuse_core::sampler_choice::{
     convert_scheduler, scheduler_for, scheduler_prediction_type, scheduler_variance_type,
-    SAMPLER_NAMES,
+    DPM_SOLVER_DEFAULT_STEPS, MODEL_SCHEDULER, SCHEDULER_SAMPLERS,
 };
+use diffuse_core::sampler_choice::{SamplerChoice, DIFFWAVE_FAST};
 use diffuse_core::samplers::{self, Sampler, StepInfo};
 use diffuse_core::scheduler_config::{SchedulerConfig, DIFFUSERS_VERSION};
 use diffuse_core::vlb::{dataset_bits_per_dim, VlbTables};
@@ -41,6 +44,24 @@ pub const UNET_WEIGHTS: &str = "unet/diffusion_pytorch_model.safetensors";
 pub const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
 /// diffuse's own notes about the model (diffusers ignores the file).
 pub const DIFFUSE_INFO: &str = "diffuse.json";
+
+/// The sampler of a Gaussian model when none is named (at [`DPM_SOLVER_DEFAULT_STEPS`] steps).
+pub const DEFAULT_SAMPLER: &str = "dpm++2m";
+
+/// The samplers of a Gaussian image model, as one readable list for messages.
+fn gaussian_sampler_list() -> String {
+    let names: Vec<String> = SCHEDULER_SAMPLERS
+        .iter()
+        .map(|n| match *n {
+            DEFAULT_SAMPLER => format!("{n} (the default)"),
+            n => n.to_string(),
+        })
+        .collect();
+    format!(
+        "{} and {MODEL_SCHEDULER} (its own saved scheduler)",
+        names.join(", ")
+    )
+}
 
 /// What diffuse knows about a model beyond diffusers' files.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -67,9 +88,14 @@ pub struct ImageModelInfo {
 pub struct SampleOptions {
     /// Number of images.
     pub num: usize,
-    /// A name from [`SAMPLER_NAMES`]; `None` = the directory's own scheduler.
+    /// For a Gaussian model a name from [`SCHEDULER_SAMPLERS`] or [`MODEL_SCHEDULER`] (the
+    /// directory's own scheduler); for a count model (`--process poisson`) `jump` or `blackout`.
+    /// `None` = [`DEFAULT_SAMPLER`] for a Gaussian model, `jump` for a count model.
     pub sampler: Option<String>,
-    /// Inference steps; `None` = 1000 for DDPM (diffusers' DDPMPipeline), 50 otherwise.
+    /// Inference steps; `None` = [`DPM_SOLVER_DEFAULT_STEPS`] for the DPM-Solver++ samplers,
+    /// every training step (at most 1000, as diffusers' DDPMPipeline) for DDPM, 50 for the other
+    /// Gaussian samplers, [`COUNT_DEFAULT_STEPS`] for a count model (each at most the training
+    /// schedule's length).
     pub steps: Option<usize>,
     /// DDIM's eta (0 deterministic, 1 ancestral).
     pub eta: Option<f64>,
@@ -105,10 +131,14 @@ impl Default for SampleOptions {
 }
 
 impl SampleOptions {
-    /// The sampler part of the options.
+    /// The sampler part of the options for a Gaussian model ([`DEFAULT_SAMPLER`] when none is named).
     pub fn sampler_choice(&self) -> SamplerChoice {
         SamplerChoice {
-            name: self.sampler.clone(),
+            name: Some(
+                self.sampler
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_SAMPLER.to_string()),
+            ),
             steps: self.steps,
             eta: self.eta,
             karras: self.karras,
@@ -266,13 +296,52 @@ impl ImagePipeline {
     /// The sampler for `options` with its timesteps set (Gaussian models only; see
     /// [`Self::check_sample_options`] for a check that covers both kinds).
     pub fn sampler(&self, options: &SampleOptions) -> Result<Box<dyn Sampler>> {
+        self.gaussian_choice(options)?.build(&self.scheduler)
+    }
+
+    /// The sampler choice of `options` for this Gaussian model, refusing the samplers that do
+    /// not fit it: count samplers, and DiffWave's short chain (calibrated on audio schedules, it
+    /// leaves image models' samples as blobs).
+    fn gaussian_choice(&self, options: &SampleOptions) -> Result<SamplerChoice> {
         if self.info.process.is_some() {
             return Err(Error::InvalidArgument(
                 "this model diffuses pixel counts (--process poisson); it has no Gaussian sampler"
                     .into(),
             ));
         }
-        options.sampler_choice().build(&self.scheduler)
+        if let Some(name) = options.sampler.as_deref() {
+            let why = if JumpSampler::parse(name).is_ok() {
+                "is a sampler for count models (trained with --process poisson), but this model is Gaussian"
+            } else if name == DIFFWAVE_FAST {
+                "is DiffWave's short audio schedule, which does not fit image models"
+            } else if name != MODEL_SCHEDULER && !SCHEDULER_SAMPLERS.contains(&name) {
+                "is not a sampler"
+            } else {
+                ""
+            };
+            if !why.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "--sampler: {name} {why}; this model's samplers are {}",
+                    gaussian_sampler_list()
+                )));
+            }
+        }
+        Ok(options.sampler_choice())
+    }
+
+    /// What `options` sample this model with, for reports: the sampler's name (the scheduler's
+    /// class for [`MODEL_SCHEDULER`]) and its number of steps, e.g. "dpm++2m, 20 steps".
+    pub fn sampler_description(&self, options: &SampleOptions) -> Result<String> {
+        let name = match self.jump_process()? {
+            Some(_) => count_sampler(options.sampler.as_deref())?
+                .name()
+                .to_string(),
+            None => match self.gaussian_choice(options)?.named() {
+                Some(name) => name.to_string(),
+                None => format!("{MODEL_SCHEDULER} ({})", self.scheduler.class_name()),
+            },
+        };
+        Ok(format!("{name}, {} steps", self.sampling_steps(options)?))
     }
 
     /// The count process of a `--process poisson` model (`None` for a Gaussian model).
@@ -307,9 +376,12 @@ impl ImagePipeline {
         }
     }
 
-    /// Count models sample with every training step unless told otherwise.
+    /// Count models sample in [`COUNT_DEFAULT_STEPS`] steps (at most every training step) unless
+    /// told otherwise.
     fn count_steps(&self, process: &JumpProcess, options: &SampleOptions) -> Result<usize> {
-        let steps = options.steps.unwrap_or(process.timesteps());
+        let steps = options
+            .steps
+            .unwrap_or(COUNT_DEFAULT_STEPS.min(process.timesteps()));
         poisson::schedule::sampling_timesteps(process.timesteps(), steps)?;
         Ok(steps)
     }
@@ -474,8 +546,7 @@ impl ImagePipeline {
     }
 
     fn learned_sampler(&self, options: &SampleOptions) -> Result<bool> {
-        options
-            .sampler_choice()
+        self.gaussian_choice(options)?
             .uses_learned_variance(&self.scheduler)
     }
 

@@ -111,6 +111,18 @@ mod tests {
     }
 
     #[test]
+    fn the_repository_data_dir_is_a_plain_path() {
+        let dir = super::repository_data_dir();
+        assert!(
+            dir.components()
+                .all(|c| c != std::path::Component::ParentDir),
+            "{}",
+            dir.display()
+        );
+        assert!(dir.join("datasets.toml").is_file(), "{}", dir.display());
+    }
+
+    #[test]
     fn batches_depend_only_on_seed_and_step() {
         let s = EpochSampler::new(7, 4, 1);
         assert_eq!(s.batch(5), EpochSampler::new(7, 4, 1).batch(5));
@@ -155,4 +167,37 @@ mod recorded_data_path_tests {
         let rel = recorded_data_path("Cargo.toml", &[]);
         assert_eq!(rel, here.join("Cargo.toml").to_string_lossy());
     }
+}
+
+/// The repository's `data/` folder, found from this crate's source folder (`crates/tensor`) and
+/// written without `..` so messages show a plain path.
+pub fn repository_data_dir() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap_or(manifest)
+        .join("data")
+}
+
+/// Where named datasets live, for every modality: `$DIFFUSE_DATA_DIR`, else `./data/datasets` if
+/// it exists (running from a checkout), else the repository's `data/datasets`.
+pub fn default_datasets_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("DIFFUSE_DATA_DIR").filter(|d| !d.is_empty()) {
+        return std::path::PathBuf::from(dir);
+    }
+    let local = std::path::PathBuf::from("data/datasets");
+    if local.is_dir() {
+        return local;
+    }
+    repository_data_dir().join("datasets")
+}
+
+/// Where bundled models live: `./data/models` when run from a checkout, else the repository's.
+pub fn default_models_dir() -> std::path::PathBuf {
+    let local = std::path::PathBuf::from("data/models");
+    if local.is_dir() {
+        return local;
+    }
+    repository_data_dir().join("models")
 }

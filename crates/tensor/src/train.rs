@@ -140,6 +140,8 @@ pub struct StepReport {
 /// How a call to [`Trainer::run`] ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainSummary {
+    /// The step this call started from (0, or the resumed checkpoint's).
+    pub steps_at_start: u64,
     pub steps_done: u64,
     pub last_loss: Option<f64>,
     pub last_checkpoint: Option<PathBuf>,
@@ -183,6 +185,15 @@ const METRICS_FILE: &str = "metrics.jsonl";
 struct TrainerState {
     step: u64,
     config: TrainConfig,
+    /// Processes that trained the run up to this checkpoint (the global batch is the per-process
+    /// batch times this); absent in checkpoints written before it was recorded, which were
+    /// single-process or are treated as such.
+    #[serde(default = "one_process")]
+    world_size: u64,
+}
+
+fn one_process() -> u64 {
+    1
 }
 
 impl<'a> Trainer<'a> {
@@ -315,6 +326,11 @@ impl<'a> Trainer<'a> {
         Ok(found)
     }
 
+    /// Processes training together (1 without a process group).
+    fn world_size(&self) -> u64 {
+        self.dist.map_or(1, |g| g.world_size() as u64)
+    }
+
     /// Continue from a checkpoint: `from` is a checkpoint directory, or `None` for the latest
     /// one of this run. Restores weights, optimiser, EMA and step, and drops metrics logged
     /// after that checkpoint. Returns the step resumed at.
@@ -362,6 +378,20 @@ impl<'a> Trainer<'a> {
                 );
                 *ema = Ema::new(self.vs, ema.config().clone())?;
             }
+        }
+        let world = self.world_size();
+        if state.world_size != world {
+            // Each process reads its own --batch-size share, so the optimiser's batch changes
+            // with the number of processes; say so rather than let the dynamics shift silently.
+            tracing::warn!(
+                "{} was trained on {} process{} and resumes on {world}: the global batch is the \
+                 per-process batch times {world} from here on (it was times {}); start the same \
+                 number of processes to keep it",
+                self.run_dir.display(),
+                state.world_size,
+                if state.world_size == 1 { "" } else { "es" },
+                state.world_size
+            );
         }
         if state.config != self.config {
             tracing::info!("resuming with settings that differ from the checkpoint's; the new ones apply from here on");
@@ -598,6 +628,7 @@ impl<'a> Trainer<'a> {
             bar.abandon();
         }
         Ok(TrainSummary {
+            steps_at_start: first_step,
             steps_done: self.step,
             last_loss,
             last_checkpoint: self.last_checkpoint.clone(),
@@ -648,6 +679,7 @@ impl<'a> Trainer<'a> {
             &TrainerState {
                 step: self.step,
                 config: self.config.clone(),
+                world_size: self.world_size(),
             },
         )?;
         if dir.exists() {

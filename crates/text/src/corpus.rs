@@ -61,18 +61,10 @@ pub struct CorpusSource {
     pub options: CorpusOptions,
 }
 
-/// Where named datasets live: `$DIFFUSE_DATA_DIR`, else `./data/datasets` if it exists, else
-/// the workspace's `data/datasets` (found from this crate's source folder). Same rule as the
-/// image crate's.
+/// Where named datasets live ([`diffuse_tensor::data::default_datasets_dir`], one rule for every
+/// modality).
 pub fn default_datasets_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DIFFUSE_DATA_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let local = PathBuf::from("data/datasets");
-    if local.is_dir() {
-        return local;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/datasets")
+    diffuse_tensor::data::default_datasets_dir()
 }
 
 /// The names [`resolve_corpus`] knows (for `diffuse_tensor::data::recorded_data_path`, which

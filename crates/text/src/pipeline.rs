@@ -5,8 +5,8 @@
 use crate::corpus::TokenSequences;
 use crate::model_dir::TextModel;
 use crate::process::{
-    sample_autoregressive_with, ProcessConfig, ProcessKind, SamplingDenoiser, SamplingLogits,
-    TextProcess, TransformerDenoiser,
+    sample_autoregressive_with, EstimateShare, ProcessConfig, ProcessKind, SamplingDenoiser,
+    SamplingLogits, TextProcess, TransformerDenoiser,
 };
 use diffuse_core::categorical::{NllEstimate, SampleOptions};
 use diffuse_tensor::{Error, Result};
@@ -89,6 +89,25 @@ pub struct TextEval {
     /// "upper bound" (diffusion ELBO) or "exact" (autoregressive).
     pub kind: String,
     pub protocol: String,
+}
+
+/// A quick estimate of [`TextEval`]'s bits per character from a share of the bound (see
+/// [`TextPipeline::estimate`]): what training writes to `validation.jsonl`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TextEstimate {
+    pub bits_per_char: f64,
+    pub bits_per_token: f64,
+    /// Held-out sequences scored, of `held_out_sequences`.
+    pub sequences: usize,
+    pub held_out_sequences: usize,
+    /// D3PM: bound terms evaluated per sequence (the decoder term included; the prior term is in
+    /// closed form), of the `timesteps` terms of the full bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terms: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timesteps: Option<usize>,
+    /// How it was computed, in words.
+    pub estimate: String,
 }
 
 /// The placeholder of a gap in an `--infill` template: each `_` stands for one token.
@@ -556,6 +575,64 @@ impl TextPipeline {
                 data.len(),
                 data.seq_len()
             ),
+        })
+    }
+
+    /// An unbiased estimate of [`TextPipeline::evaluate`]'s bits per character from a share of
+    /// the bound ([`TextProcess::nll_estimate`]): a few seconds where the full D3PM bound takes
+    /// T model calls per batch. Bits per character use the characters per token of all of
+    /// `data`, as `evaluate` does.
+    pub fn estimate(
+        &self,
+        data: &TokenSequences,
+        share: &EstimateShare,
+        batch_size: usize,
+        on_progress: impl FnMut(usize, usize),
+    ) -> Result<TextEstimate> {
+        if data.is_empty() {
+            return Err(Error::InvalidArgument(
+                "eval: no held-out sequences to score".into(),
+            ));
+        }
+        let est = self.process.nll_estimate(
+            &self.model.model,
+            self.info.process.time_conditioning,
+            data.tokens(),
+            share,
+            batch_size as i64,
+            on_progress,
+        )?;
+        let (n, all) = (est.sequences, data.len());
+        let estimate = match (est.terms, est.timesteps) {
+            (Some(terms), Some(big_t)) if terms < big_t => format!(
+                "stratified estimate of the D3PM bound: the prior and decoder terms, and one step \
+                 of each of {} strata of the other {} terms (weighted by the stratum's size), on \
+                 {n} of {all} held-out sequences; the full bound is `eval text`",
+                terms - 1,
+                big_t - 1
+            ),
+            (Some(_), Some(big_t)) => format!(
+                "D3PM bound, all {big_t} terms plus the prior, on {n} of {all} held-out sequences"
+            ),
+            _ => match self.kind() {
+                ProcessKind::Autoregressive => {
+                    format!("next-token cross-entropy on {n} of {all} held-out sequences")
+                }
+                _ => format!(
+                    "MDLM continuous-time ELBO, one time per sequence, on {n} of {all} held-out \
+                     sequences; the full estimate is `eval text`"
+                ),
+            },
+        };
+        let chars_per_token = data.stats().chars_per_token();
+        Ok(TextEstimate {
+            bits_per_char: est.nll.bits_per_char(chars_per_token)?,
+            bits_per_token: est.nll.bits_per_token,
+            sequences: n,
+            held_out_sequences: all,
+            terms: est.terms,
+            timesteps: est.timesteps,
+            estimate,
         })
     }
 }

@@ -251,10 +251,86 @@ impl TextProcess {
             }
         })
     }
-}
 
-/// The floor diffuse-core's D3PM bound puts under probabilities before taking logs.
-const PROB_FLOOR: f64 = 1e-30;
+    /// An unbiased estimate of [`TextProcess::nll`]'s bound on `data` `[N, L]` from a share of
+    /// it, for previews during training (the full bound is `eval text`): `share.sequences`
+    /// sequences by systematic sampling, and for D3PM, per sequence, the prior term, the decoder
+    /// term t = 1 and one step from each of `share.terms - 1` strata of 2..=T, weighted by its
+    /// stratum's size (`share.terms` model calls per batch instead of T). MDLM scores one
+    /// time per sequence, the autoregressive model its exact NLL. Which sequences and steps
+    /// depends on `share.seed` alone, the noise on libtorch's generator as in `nll`; neither
+    /// depends on `batch_size`.
+    pub fn nll_estimate(
+        &self,
+        net: &TextTransformer,
+        time_conditioning: bool,
+        data: &Tensor,
+        share: &EstimateShare,
+        batch_size: i64,
+        on_progress: impl FnMut(usize, usize),
+    ) -> Result<NllShareEstimate> {
+        if share.sequences == 0 {
+            return Err(Error::InvalidArgument(
+                "an estimate needs at least 1 sequence".into(),
+            ));
+        }
+        let n = data.size().first().copied().unwrap_or(0).max(0) as usize;
+        let picks = systematic_sample(n, share.sequences, share.seed);
+        let sequences = picks.len();
+        match self {
+            TextProcess::D3pm(p) => {
+                if share.terms < 2 && p.num_timesteps() > 1 {
+                    return Err(Error::InvalidArgument(format!(
+                        "an estimate of D3PM's bound needs at least 2 terms per sequence (the \
+                         decoder and one of the other {}), got {}",
+                        p.num_timesteps() - 1,
+                        share.terms
+                    )));
+                }
+                if batch_size < 1 {
+                    return Err(Error::InvalidArgument(
+                        "--batch-size: must be at least 1".into(),
+                    ));
+                }
+                let (_, len) = check_data(data, p.config().vocab_size)?;
+                let model = TransformerDenoiser {
+                    net,
+                    time_conditioning,
+                    train: false,
+                };
+                let (per_seq, terms) = tch::no_grad(|| {
+                    d3pm_share_bound(
+                        p,
+                        &model,
+                        data,
+                        &picks,
+                        share.terms.max(1),
+                        share.seed,
+                        batch_size,
+                        net.device(),
+                        on_progress,
+                    )
+                })?;
+                Ok(NllShareEstimate {
+                    nll: NllEstimate::from_per_sequence(&per_seq, sequences * len as usize),
+                    sequences,
+                    terms: Some(terms),
+                    timesteps: Some(p.num_timesteps()),
+                })
+            }
+            _ => {
+                let subset = rows_of(data, &picks);
+                let nll = self.nll(net, time_conditioning, &subset, batch_size, 1, on_progress)?;
+                Ok(NllShareEstimate {
+                    nll,
+                    sequences,
+                    terms: None,
+                    timesteps: None,
+                })
+            }
+        }
+    }
+}
 
 /// splitmix64: a counter-based mix, so any draw can be computed from its key alone.
 fn splitmix64(x: u64) -> u64 {
@@ -264,22 +340,33 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A uniform in [0, 1) from a key.
+fn unit_uniform(key: u64) -> f64 {
+    (splitmix64(key) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 /// A uniform in [0, 1) for (sequence key, step, position, stream).
 fn keyed_uniform(row_key: u64, t: usize, j: i64, stream: u64) -> f64 {
     let h = splitmix64(row_key ^ ((t as u64) << 32 | (j as u64) << 1 | stream));
     (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
-/// x_t ~ q(x_t | x_0) for `x0` `[B, L]` at step `t`, each row's draws keyed by its sequence
-/// (`row_keys`): keep a token with probability abar_t, else [MASK] (absorbing) or a uniform
-/// state (uniform), as diffuse-core's noise does.
-fn keyed_noise(p: &D3pm, x0: &Tensor, row_keys: &[u64], t: usize) -> Tensor {
+/// The key of sequence `index`'s noise under `base`: a function of the two alone, so a sequence
+/// gets the same x_t whatever batch (or subset) it is scored in.
+fn row_key(base: u64, index: usize) -> u64 {
+    splitmix64(base ^ splitmix64(index as u64))
+}
+
+/// x_t ~ q(x_t | x_0) for `x0` `[B, L]`, row b at step `t[b]`, each row's draws keyed by its
+/// sequence (`row_keys`): keep a token with probability abar_t, else [MASK] (absorbing) or a
+/// uniform state (uniform), as diffuse-core's noise does.
+fn keyed_noise(p: &D3pm, x0: &Tensor, row_keys: &[u64], t: &[usize]) -> Tensor {
     let len = x0.size()[1];
-    let abar = p.alpha_bars()[t];
     let k = p.num_states();
     let mut keep = Vec::with_capacity(row_keys.len() * len as usize);
     let mut other = Vec::with_capacity(keep.capacity());
-    for &key in row_keys {
+    for (&key, &t) in row_keys.iter().zip(t) {
+        let abar = p.alpha_bars()[t];
         for j in 0..len {
             keep.push(keyed_uniform(key, t, j, 0) < abar);
             let replacement = match p.mask_id() {
@@ -296,6 +383,146 @@ fn keyed_noise(p: &D3pm, x0: &Tensor, row_keys: &[u64], t: usize) -> Tensor {
     x0.where_self(&keep, &other)
 }
 
+/// How much of a bound [`TextProcess::nll_estimate`] computes, and the seed of its choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EstimateShare {
+    /// Held-out sequences scored (all when there are fewer).
+    pub sequences: usize,
+    /// D3PM: bound terms evaluated per sequence, the decoder term t = 1 included (at least 2;
+    /// all T when T is smaller). The other processes ignore it.
+    pub terms: usize,
+    /// Seed of which sequences and which terms (the noise comes from libtorch's generator, as
+    /// in [`TextProcess::nll`]).
+    pub seed: u64,
+}
+
+/// What [`TextProcess::nll_estimate`] computed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NllShareEstimate {
+    /// The estimate (its `std_error` treats the scored sequences as independent draws).
+    pub nll: NllEstimate,
+    /// Sequences scored.
+    pub sequences: usize,
+    /// D3PM: terms evaluated per sequence, and T.
+    pub terms: Option<usize>,
+    pub timesteps: Option<usize>,
+}
+
+/// `n` of the indices `0..total` by systematic sampling: a seeded offset u in [0, s), then
+/// floor(u + i s) for i < n with s = total / n. Every index is drawn with probability n / total
+/// and at most once (the points are s >= 1 apart), so the plain mean over the draws is an
+/// unbiased estimate of the mean over all `total`, and the draws spread over the whole range.
+pub fn systematic_sample(total: usize, n: usize, seed: u64) -> Vec<usize> {
+    if n >= total {
+        return (0..total).collect();
+    }
+    let s = total as f64 / n as f64;
+    let u = unit_uniform(seed ^ 0x5E0_5E0) * s;
+    (0..n)
+        .map(|i| ((u + i as f64 * s).floor() as usize).min(total - 1))
+        .collect()
+}
+
+/// One step from each of `strata` near-equal contiguous strata of `lo..=hi` (all of them when
+/// there are fewer steps), drawn with `key`, each weighted by its stratum's size: sum weight L_t
+/// is an unbiased estimate of sum_{t = lo..=hi} L_t (stratified sampling).
+pub fn stratified_steps(lo: usize, hi: usize, strata: usize, key: u64) -> Vec<(usize, f64)> {
+    if hi < lo || strata == 0 {
+        return Vec::new();
+    }
+    let n = hi - lo + 1;
+    let k = strata.min(n);
+    (0..k)
+        .map(|i| {
+            let (a, b) = (i * n / k, (i + 1) * n / k);
+            let size = b - a;
+            let pick =
+                ((unit_uniform(key ^ splitmix64(i as u64)) * size as f64) as usize).min(size - 1);
+            (lo + a + pick, size as f64)
+        })
+        .collect()
+}
+
+/// D3PM's bound on `data` `[N, L]`: the prior term (closed form) plus, for each sequence, the
+/// weighted terms `terms_of(row)` gives (`slots` of them for every row; all T with weight 1 for
+/// the full bound), one Monte Carlo draw of x_t per term, keyed by `keys[row]`. Per-sequence
+/// nats per token.
+#[allow(clippy::too_many_arguments)]
+fn d3pm_bound(
+    p: &D3pm,
+    model: &dyn TokenDenoiser,
+    data: &Tensor,
+    keys: &[u64],
+    slots: usize,
+    terms_of: &dyn Fn(usize) -> Vec<(usize, f64)>,
+    batch_size: i64,
+    device: Device,
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<Vec<f64>> {
+    let (n, len) = (data.size()[0], data.size()[1]);
+    // The network's [rows, L, K] logits are the largest tensor outside the bound's own (sliced)
+    // work: at most 2^25 of them (128 MiB in f32) per call. Each sequence's draws are keyed, so
+    // scoring fewer rows per call changes nothing but the memory.
+    let rows = batch_size.min(((1i64 << 25) / (len * p.num_states()).max(1)).max(1));
+    let batches = (n + rows - 1) / rows;
+    let total = batches as usize * slots;
+    let mut done = 0;
+    let mut per_seq = Vec::with_capacity(n as usize);
+    for start in (0..n).step_by(rows as usize) {
+        let b = rows.min(n - start);
+        let x0 = data
+            .narrow(0, start, b)
+            .to_kind(Kind::Int64)
+            .to_device(device);
+        let row_keys = &keys[start as usize..(start + b) as usize];
+        let plans: Vec<Vec<(usize, f64)>> =
+            (start..start + b).map(|i| terms_of(i as usize)).collect();
+        let mut sum = Tensor::full([b], p.prior_nats(len), (Kind::Double, device));
+        for slot in 0..slots {
+            let ts: Vec<usize> = plans.iter().map(|plan| plan[slot].0).collect();
+            let weights: Vec<f64> = plans.iter().map(|plan| plan[slot].1).collect();
+            let x_t = keyed_noise(p, &x0, row_keys, &ts);
+            let cond: Vec<f32> = ts.iter().map(|&t| t as f32).collect();
+            let cond = Tensor::from_slice(&cond).to_device(device);
+            let logits = tch::no_grad(|| model.logits(&x_t, &cond));
+            let term = p.bound_terms(&logits, &x0, &x_t, &ts)?;
+            sum += term * Tensor::from_slice(&weights).to_device(device);
+            done += 1;
+            on_progress(done, total);
+        }
+        per_seq.extend(Vec::<f64>::try_from(sum / len as f64).map_err(Error::Torch)?);
+    }
+    Ok(per_seq)
+}
+
+/// The base of the keyed noise: one draw from libtorch's generator, so `--seed` still sets it.
+fn noise_base() -> u64 {
+    let base = Tensor::randint(1i64 << 62, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+    splitmix64(base as u64)
+}
+
+/// Rows `picks` of `data`.
+fn rows_of(data: &Tensor, picks: &[usize]) -> Tensor {
+    let index: Vec<i64> = picks.iter().map(|&i| i as i64).collect();
+    data.index_select(0, &Tensor::from_slice(&index).to_device(data.device()))
+}
+
+/// The data must be `[N, L]` ids of the tokenizer's vocabulary.
+fn check_data(data: &Tensor, v: i64) -> Result<(i64, i64)> {
+    let (n, len) = data
+        .size2()
+        .map_err(|_| Error::InvalidArgument("the data must be [N, L] token ids".into()))?;
+    if n > 0 {
+        let (lo, hi) = (data.min().int64_value(&[]), data.max().int64_value(&[]));
+        if lo < 0 || hi >= v {
+            return Err(Error::InvalidArgument(format!(
+                "the data must lie in 0..{v} (the vocabulary), found values in {lo}..={hi}"
+            )));
+        }
+    }
+    Ok((n, len))
+}
+
 /// D3PM's full bound on `data` `[N, L]` (the prior term plus all T terms, one Monte Carlo draw
 /// of x_t per term), as diffuse-core's `D3pm::nll_bound` computes it, except for where the noise
 /// comes from. Core draws a whole batch's noise from libtorch's global stream at every step, so
@@ -309,80 +536,76 @@ fn d3pm_nll_bound(
     data: &Tensor,
     batch_size: i64,
     device: Device,
-    mut on_progress: impl FnMut(usize, usize),
+    on_progress: impl FnMut(usize, usize),
 ) -> Result<NllEstimate> {
     if batch_size < 1 {
         return Err(Error::InvalidArgument(
             "--batch-size: must be at least 1".into(),
         ));
     }
-    let (n, len) = data
-        .size2()
-        .map_err(|_| Error::InvalidArgument("the data must be [N, L] token ids".into()))?;
-    let v = p.config().vocab_size;
-    if n > 0 {
-        let (lo, hi) = (data.min().int64_value(&[]), data.max().int64_value(&[]));
-        if lo < 0 || hi >= v {
-            return Err(Error::InvalidArgument(format!(
-                "the data must lie in 0..{v} (the vocabulary), found values in {lo}..={hi}"
-            )));
-        }
-    }
-    let base = Tensor::randint(1i64 << 62, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
-    let base = splitmix64(base as u64);
+    let (n, len) = check_data(data, p.config().vocab_size)?;
+    let base = noise_base();
+    let keys: Vec<u64> = (0..n as usize).map(|i| row_key(base, i)).collect();
     let big_t = p.num_timesteps();
-    let batches = (n + batch_size - 1) / batch_size;
-    let total = batches as usize * big_t;
-    let mut done = 0;
-    let mut per_seq = Vec::with_capacity(n as usize);
-    for start in (0..n).step_by(batch_size as usize) {
-        let b = batch_size.min(n - start);
-        let x0 = data
-            .narrow(0, start, b)
-            .to_kind(Kind::Int64)
-            .to_device(device);
-        let row_keys: Vec<u64> = (start..start + b)
-            .map(|i| splitmix64(base ^ splitmix64(i as u64)))
-            .collect();
-        let mut sum = Tensor::full([b], p.prior_nats(len), (Kind::Double, device));
-        for t in 1..=big_t {
-            let x_t = keyed_noise(p, &x0, &row_keys, t);
-            let cond = Tensor::full([b], t as f64, (Kind::Float, device));
-            let logits = tch::no_grad(|| model.logits(&x_t, &cond)).to_kind(Kind::Double);
-            let term = if t == 1 {
-                // The decoder term -log p~(x_0 | x_1), with SUBS for absorbing transitions:
-                // no mass on [MASK], and an unmasked x_1 is x_0 (log-probability 0).
-                let logits = match p.mask_id() {
-                    Some(m) => logits.index_fill(
-                        -1,
-                        &Tensor::from_slice(&[m]).to_device(device),
-                        f64::NEG_INFINITY,
-                    ),
-                    None => logits,
-                };
-                let nll = -logits
-                    .log_softmax(-1, Kind::Double)
-                    .gather(-1, &x0.unsqueeze(-1), false)
-                    .squeeze_dim(-1);
-                let nll = match p.mask_id() {
-                    Some(m) => nll.where_self(&x_t.eq(m), &nll.zeros_like()),
-                    None => nll,
-                };
-                nll.sum_dim_intlist(-1, false, Kind::Double)
-            } else {
-                let q = p.q_posterior(&x_t, &x0, t, t - 1)?;
-                let p_x0 = p.x0_probs(&logits, &x_t)?;
-                let model_q = p.model_posterior(&x_t, &p_x0, t, t - 1)?;
-                (&q * (q.clamp_min(PROB_FLOOR).log() - model_q.clamp_min(PROB_FLOOR).log()))
-                    .sum_dim_intlist([-1i64, -2].as_slice(), false, Kind::Double)
-            };
-            sum += term;
-            done += 1;
-            on_progress(done, total);
-        }
-        per_seq.extend(Vec::<f64>::try_from(sum / len as f64).map_err(Error::Torch)?);
-    }
+    let all: Vec<(usize, f64)> = (1..=big_t).map(|t| (t, 1.0)).collect();
+    let per_seq = d3pm_bound(
+        p,
+        model,
+        data,
+        &keys,
+        big_t,
+        &|_| all.clone(),
+        batch_size,
+        device,
+        on_progress,
+    )?;
     Ok(NllEstimate::from_per_sequence(&per_seq, (n * len) as usize))
+}
+
+/// [`d3pm_nll_bound`] from a share of it: the sequences `picks` (indices into `data`), each with
+/// the decoder term t = 1 and one step from each of `terms - 1` strata of 2..=T, weighted by its
+/// stratum's size. With the same generator state each sequence sees the same x_t at each step as
+/// in the full bound, so over `seed` the mean is exactly what [`d3pm_nll_bound`] computes.
+#[allow(clippy::too_many_arguments)]
+fn d3pm_share_bound(
+    p: &D3pm,
+    model: &dyn TokenDenoiser,
+    data: &Tensor,
+    picks: &[usize],
+    terms: usize,
+    seed: u64,
+    batch_size: i64,
+    device: Device,
+    on_progress: impl FnMut(usize, usize),
+) -> Result<(Vec<f64>, usize)> {
+    let base = noise_base();
+    let keys: Vec<u64> = picks.iter().map(|&i| row_key(base, i)).collect();
+    let subset = rows_of(data, picks);
+    let big_t = p.num_timesteps();
+    let strata = (terms - 1).min(big_t - 1);
+    let term_seed = splitmix64(seed ^ 0x7E_5EED);
+    let plan = |row: usize| {
+        let mut plan = vec![(1, 1.0)];
+        plan.extend(stratified_steps(
+            2,
+            big_t,
+            strata,
+            splitmix64(term_seed ^ splitmix64(picks[row] as u64)),
+        ));
+        plan
+    };
+    let per_seq = d3pm_bound(
+        p,
+        model,
+        &subset,
+        &keys,
+        1 + strata,
+        &plan,
+        batch_size,
+        device,
+        on_progress,
+    )?;
+    Ok((per_seq, 1 + strata))
 }
 
 /// Per-token next-token cross-entropy `[B, L - 1]` in nats of a causal model on `x0` `[B, L]`

@@ -10,7 +10,7 @@
 use crate::corpus::{default_datasets_dir, Corpus, TokenizedCorpus};
 use crate::model_dir::TextModel;
 use crate::pipeline::{TextModelInfo, TextPipeline, TextSampleOptions};
-use crate::process::{ProcessConfig, TextProcess};
+use crate::process::{EstimateShare, ProcessConfig, TextProcess};
 use crate::tokenizer::TextTokenizer;
 use crate::transformer::{TextTransformer, TransformerConfig};
 use diffuse_tensor::data::EpochSampler;
@@ -50,8 +50,12 @@ pub struct TextTrainConfig {
     pub sample_every: u64,
     /// Sequences in each sample file.
     pub sample_num: usize,
-    /// Validation batches in each periodic estimate (the final evaluation is `diffuse eval text`).
-    pub eval_batches: usize,
+    /// Held-out sequences in each preview's validation estimate (systematically sampled; the
+    /// full evaluation is `diffuse eval text`).
+    pub eval_sequences: usize,
+    /// D3PM: bound terms each preview evaluates per sequence, of T (the decoder term and one
+    /// step of each of `eval_terms - 1` strata of the others; at least 2).
+    pub eval_terms: usize,
 }
 
 /// The default network: 6 layers of width 256, 4 heads, rotary positions (about 4.8 M
@@ -86,7 +90,8 @@ impl Default for TextTrainConfig {
             train: TrainConfig::default(),
             sample_every: 500,
             sample_num: 4,
-            eval_batches: 4,
+            eval_sequences: 16,
+            eval_terms: 8,
         }
     }
 }
@@ -172,27 +177,46 @@ impl TextTask<'_> {
         diffuse_tensor::atomic::write_atomic(&dir.join(format!("step-{step:09}.txt")), |w| {
             w.write_all(text.as_bytes())
         })?;
-        // A quick validation estimate on the first batches (the full one is `eval text`).
-        let n = (self.config.eval_batches * self.config.batch_size).min(self.data.validation.len());
-        if n > 0 {
-            let subset = self.data.validation.take(n);
-            let eval = self
-                .preview
-                .evaluate(&subset, self.config.batch_size, 1, |_, _| {})?;
-            tracing::info!(step, bits_per_char = eval.bits_per_char, "validation");
+        // A quick validation estimate: an unbiased one of the bound `eval text` computes in
+        // full, from a few sequences and (D3PM) a stratified few of its T terms, because the
+        // full D3PM bound is T model calls per batch (an hour per preview at T = 1000). The
+        // same sequences, steps and noise at every preview, so the estimates compare across steps.
+        if !self.data.validation.is_empty() {
+            let share = EstimateShare {
+                sequences: self.config.eval_sequences,
+                terms: self.config.eval_terms,
+                seed: self.config.train.seed,
+            };
+            diffuse_tensor::manual_seed(self.config.train.seed);
+            let bar = diffuse_tensor::progress::progress_bar(0, "validation", "call");
+            let estimate = self.preview.estimate(
+                &self.data.validation,
+                &share,
+                self.config.batch_size,
+                |done, total| {
+                    // One model call (MDLM, autoregressive) is a moment: no bar for it.
+                    if total > 1 {
+                        bar.set_length(total as u64);
+                        bar.set_position(done as u64);
+                    }
+                },
+            )?;
+            bar.finish_and_clear();
+            tracing::info!(
+                step,
+                bits_per_char = estimate.bits_per_char,
+                "validation estimate"
+            );
+            let mut record = serde_json::to_value(&estimate)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            record["step"] = step.into();
             let path = self.run_dir.join(VALIDATION_FILE);
             let mut f = fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .map_err(|e| Error::io(&path, e))?;
-            writeln!(
-                f,
-                "{}",
-                serde_json::json!({"step": step, "bits_per_char": eval.bits_per_char,
-                    "bits_per_token": eval.bits_per_token, "sequences": n})
-            )
-            .map_err(|e| Error::io(&path, e))?;
+            writeln!(f, "{record}").map_err(|e| Error::io(&path, e))?;
         }
         write_loss_curve(&self.run_dir)
     }
@@ -237,6 +261,13 @@ pub fn train_text_model(
         return Err(Error::InvalidArgument(
             "--seq-len: must be at least 2".into(),
         ));
+    }
+    if config.eval_sequences == 0 || config.eval_terms < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "{RUN_CONFIG}: eval_sequences must be at least 1 and eval_terms at least 2, got {} \
+             and {}",
+            config.eval_sequences, config.eval_terms
+        )));
     }
     let corpus = Corpus::load(&config.data, &default_datasets_dir())?;
     let tokenizer_path = run_dir.join(RUN_TOKENIZER);

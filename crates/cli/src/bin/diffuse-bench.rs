@@ -966,6 +966,144 @@ fn bench_dist(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// The OpenMP wait policies and thread counts the `threads` benchmark compares, as the
+/// environment of a fresh process (libgomp reads it once, when libtorch is loaded).
+const THREAD_SETTINGS: &[(&str, &[(&str, &str)])] = &[
+    ("2 threads, libgomp default (spin, then sleep)", &[]),
+    (
+        "diffuse default: threads for the free cores",
+        &[("DIFFUSE_BENCH_ADAPT_THREADS", "1")],
+    ),
+    (
+        "2 threads, passive wait (OMP_WAIT_POLICY=PASSIVE)",
+        &[("OMP_WAIT_POLICY", "PASSIVE")],
+    ),
+    (
+        "2 threads, short spin (GOMP_SPINCOUNT=10000)",
+        &[("GOMP_SPINCOUNT", "10000")],
+    ),
+    ("1 thread", &[("OMP_NUM_THREADS", "1")]),
+];
+
+/// What a busy neighbour costs: the bundled MNIST UNet's 20-step DPM-Solver++ 2M sampling of 4
+/// images, in a fresh process per setting (libgomp's default spin, diffuse's thread count adapted
+/// to the free cores, a passive wait, a short spin, one thread), on an idle machine and beside one
+/// process that keeps a core busy. The child processes (`DIFFUSE_BENCH_THREADS_CHILD`) do the timing.
+fn bench_threads(device: Device) -> Result<()> {
+    if std::env::var_os("DIFFUSE_BENCH_THREADS_CHILD").is_some() {
+        return threads_child(device);
+    }
+    let exe = std::env::current_exe()?;
+    let device_flag = match device {
+        Device::Cuda(_) => "cuda",
+        _ => "cpu",
+    };
+    for busy in [false, true] {
+        // The neighbour: a shell loop, as any other program hogging a core would.
+        let mut neighbour = if busy {
+            Some(
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .context("starting a busy neighbour (sh)")?,
+            )
+        } else {
+            None
+        };
+        for (name, env) in THREAD_SETTINGS {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["threads", "--device", device_flag])
+                .env("DIFFUSE_BENCH_THREADS_CHILD", "1")
+                .env_remove("OMP_WAIT_POLICY")
+                .env_remove("OMP_NUM_THREADS")
+                .env_remove("GOMP_SPINCOUNT")
+                .stdout(std::process::Stdio::piped());
+            for (k, v) in *env {
+                cmd.env(k, v);
+            }
+            let out = cmd.output()?;
+            if !out.status.success() {
+                if let Some(n) = neighbour.as_mut() {
+                    let _ = n.kill();
+                }
+                bail!("a threads benchmark child failed ({})", out.status);
+            }
+            let result = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .context("the threads child printed no timing")?;
+            let ms = result["ms"]
+                .as_f64()
+                .context("the threads child printed no timing")?;
+            let threads = result["threads"].as_str().unwrap_or("?").to_owned();
+            let place = if busy {
+                "beside 1 busy process"
+            } else {
+                "idle machine"
+            };
+            emit(
+                &format!("sample 4 images, dpm++2m 20 steps, {name}, {place}"),
+                ms,
+                &format!("{:.1} images/s ({threads})", 4e3 / ms),
+            );
+        }
+        if let Some(mut n) = neighbour {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+    }
+    Ok(())
+}
+
+/// One setting of [`bench_threads`]: the timed sampling loop, printed as `{"ms": ...}`.
+fn threads_child(device: Device) -> Result<()> {
+    // Measured before any tensor work, as the `diffuse` binary does at start.
+    let adapted = std::env::var_os("DIFFUSE_BENCH_ADAPT_THREADS")
+        .map(|_| diffuse_tensor::runtime::adapt_threads());
+    use diffuse_core::samplers::{dpm_solver, Sampler};
+    use diffuse_image::unet::UNet2d;
+    let mut config = diffuse_image::train::small_unet();
+    config.set_sample_size(28, 28);
+    config.in_channels = 1;
+    config.out_channels = 1;
+    config.to_json_file(&bench_cache()?.join("threads_unet_config.json"))?;
+    tch::manual_seed(0);
+    let vs = VarStore::new(device);
+    let unet = UNet2d::new(&vs.root(), &config)?;
+    let x = Tensor::randn([4, 1, 28, 28], (Kind::Float, device));
+    let mut failed = None;
+    let ms = time_ms(device, 1, 3, Duration::from_secs(4), || {
+        let run = || -> Result<()> {
+            tch::no_grad(|| {
+                let mut sampler = dpm_solver::DpmSolverSampler::new(Default::default())?;
+                sampler.set_timesteps(20)?;
+                let mut sample = &x * sampler.init_noise_sigma();
+                for t in sampler.timesteps().to_vec() {
+                    let input = sampler.scale_model_input(&sample, t);
+                    let t_batch = Tensor::from(t).to_device(device);
+                    let eps = unet.forward_t(&input, &t_batch, None, false);
+                    sample = sampler.step(&eps, t, &sample)?.prev_sample;
+                }
+                Ok(())
+            })
+        };
+        if let Err(e) = run() {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let n = tch::get_num_threads();
+    let threads = format!("{n} thread{}", if n == 1 { "" } else { "s" });
+    let threads = match adapted {
+        Some(choice) => format!("{threads}: {choice}"),
+        None => threads,
+    };
+    println!("{}", serde_json::json!({ "ms": ms, "threads": threads }));
+    Ok(())
+}
+
 /// The audio models' training schedule: DDPM linear betas 1e-4..0.02 over T = 200 (DiffWave's
 /// unconditional setting).
 fn audio_schedule() -> diffuse_core::schedule::BetaScheduleConfig {
@@ -1165,11 +1303,12 @@ fn run() -> Result<()> {
         Some("audio") => bench_audio(device)?,
         Some("poisson") => bench_poisson(device)?,
         Some("dist") => bench_dist(device)?,
+        Some("threads") => bench_threads(device)?,
         Some(other) => {
-            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step, sampler_quality, image, text, text_quality, audio, poisson or dist")
+            bail!("unknown benchmark '{other}': expected matmul, train_step, sampler_step, sampler_quality, image, text, text_quality, audio, poisson, dist or threads")
         }
         None => bail!(
-            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality, image, text, text_quality, audio, poisson, dist)"
+            "usage: diffuse-bench NAME [--device DEV] (NAME: matmul, train_step, sampler_step, sampler_quality, image, text, text_quality, audio, poisson, dist, threads)"
         ),
     }
     Ok(())

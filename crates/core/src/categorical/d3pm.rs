@@ -36,6 +36,12 @@ use tch::{Device, Kind, Tensor};
 /// Probabilities below this are treated as this inside logarithms (KL terms, prior).
 const FLOOR: f64 = 1e-30;
 
+/// The most f64 values one slice of [`D3pm::bound_terms`] holds per `[positions, K]` temporary.
+/// A KL term makes about a dozen such temporaries: a whole `[32, 128, K]` batch in f64 is 134 MB
+/// each at K = 4,097 and 1.6 GB at K = 50,257, while 2^21 values (16 MiB) keep the term's peak
+/// near 200 MiB at any vocabulary; slices of a small vocabulary's batch are the whole batch.
+pub const BOUND_CHUNK_ELEMENTS: i64 = 1 << 21;
+
 /// Which noise the forward process adds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
@@ -505,6 +511,80 @@ impl D3pm {
         Ok((term, ce))
     }
 
+    /// The bound's term of each sequence `[B]` (f64 nats, summed over its positions) at its step
+    /// `t[b]` (1..=T), for `x_t` drawn from q(x_t | x_0) and the network's `logits` `[B, L, K]` at
+    /// x_t: L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) for t >= 2 and the decoder term
+    /// -log p~(x_0 | x_1) at t = 1. Computed in f64 over slices of at most
+    /// [`BOUND_CHUNK_ELEMENTS`] values, so memory stays bounded for large vocabularies.
+    pub fn bound_terms(
+        &self,
+        logits: &Tensor,
+        x0: &Tensor,
+        x_t: &Tensor,
+        t: &[usize],
+    ) -> Result<Tensor> {
+        self.bound_terms_chunked(logits, x0, x_t, t, BOUND_CHUNK_ELEMENTS)
+    }
+
+    /// [`D3pm::bound_terms`] over slices of at most `max_elements` f64 values (at least one
+    /// position each). Every position's term is independent of the others, so the slicing does
+    /// not change the result (tested).
+    pub fn bound_terms_chunked(
+        &self,
+        logits: &Tensor,
+        x0: &Tensor,
+        x_t: &Tensor,
+        t: &[usize],
+        max_elements: i64,
+    ) -> Result<Tensor> {
+        check_tokens(x0, self.config.vocab_size, "x0")?;
+        check_tokens(x_t, self.num_states(), "x_t")?;
+        check_logits(logits, x_t, self.num_states())?;
+        if x0.size() != x_t.size() {
+            return Err(Error::InvalidArgument(format!(
+                "x0 {:?} and x_t {:?} must have the same shape",
+                x0.size(),
+                x_t.size()
+            )));
+        }
+        let (b, len, k) = (x0.size()[0], x0.size()[1], self.num_states());
+        if t.len() as i64 != b || t.contains(&0) {
+            return Err(Error::InvalidArgument(format!(
+                "the bound needs one t in 1..={} per sequence",
+                self.num_timesteps()
+            )));
+        }
+        for &t in t {
+            self.check_t(t, "t")?;
+        }
+        let device = logits.device();
+        let cells = b * len;
+        if cells == 0 {
+            return Ok(Tensor::zeros([b], (Kind::Double, device)));
+        }
+        // Positions as examples of length 1: `terms` then works on any slice of them, and only
+        // the slice is ever in f64 (the network's logits stay in their own kind).
+        let logits = logits.reshape([cells, 1, k]);
+        let x0 = x0.to_kind(Kind::Int64).reshape([cells, 1]);
+        let x_t = x_t.to_kind(Kind::Int64).reshape([cells, 1]);
+        let chunk = (max_elements / k).max(1);
+        let mut parts = Vec::with_capacity(((cells + chunk - 1) / chunk) as usize);
+        for start in (0..cells).step_by(chunk as usize) {
+            let c = chunk.min(cells - start);
+            let ts: Vec<usize> = (start..start + c).map(|i| t[(i / len) as usize]).collect();
+            let (term, _) = self.terms(
+                &logits.narrow(0, start, c).to_kind(Kind::Double),
+                &x0.narrow(0, start, c),
+                &x_t.narrow(0, start, c),
+                &ts,
+            )?;
+            parts.push(term);
+        }
+        Ok(Tensor::cat(&parts, 0)
+            .reshape([b, len])
+            .sum_dim_intlist(-1, false, Kind::Double))
+    }
+
     /// The hybrid loss on tokens `x0` `[B, L]` at t drawn uniformly from 1..=T per example.
     pub fn loss(&self, model: &dyn TokenDenoiser, x0: &Tensor) -> Result<D3pmLoss> {
         check_tokens(x0, self.config.vocab_size, "x0")?;
@@ -590,7 +670,7 @@ impl D3pm {
                 let logits = tch::no_grad(|| {
                     model.logits(&x_t, &cond_tensor(&vec![t as f64; b], x0.device()))
                 });
-                let (term, _) = self.terms(&logits.to_kind(Kind::Double), &x0, &x_t, &ts)?;
+                let term = self.bound_terms(&logits, &x0, &x_t, &ts)?;
                 sum += term;
                 done += 1;
                 on_progress(done, total);

@@ -1,6 +1,7 @@
 //! D3PM against brute force: q(x_t | x_0), the true and model posteriors (one-step and
-//! multi-step) from explicit products of K x K transition matrices; the full bound under the exact
-//! denoiser of i.i.d. tokens equals their entropy; sampler options and bad input.
+//! multi-step) from explicit products of K x K transition matrices; the bound's terms computed in
+//! slices equal those of the whole batch; the full bound under the exact denoiser of i.i.d. tokens
+//! equals their entropy; sampler options and bad input.
 
 use diffuse_core::categorical::d3pm::{BetaSchedule, D3pm, D3pmConfig, ModelPosterior, Transition};
 use diffuse_core::categorical::{FnTokenDenoiser, SampleOptions};
@@ -249,6 +250,66 @@ fn full_bound_of_iid_tokens_under_the_exact_denoiser_is_their_entropy() {
             est.std_error
         );
         assert!((est.bits_per_token - est.nats_per_token / std::f64::consts::LN_2).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn bound_terms_in_slices_equal_the_terms_of_the_whole_batch() {
+    let _rng = crate::rng_lock();
+    tch::manual_seed(8);
+    for d in processes() {
+        let (v, k) = (d.config().vocab_size, d.num_states());
+        let (b, len) = (3, 6);
+        let t = [1, 4, d.num_timesteps()];
+        let x0 = Tensor::randint(v, [b, len], (Kind::Int64, Device::Cpu));
+        let x_t = d.q_sample(&x0, &t).unwrap();
+        let logits = Tensor::randn([b, len, k], (Kind::Float, Device::Cpu)) * 2.0;
+        // Unsliced, from the public posteriors, one sequence at a time (each has its own t).
+        let want: Vec<f64> = (0..b)
+            .map(|i| {
+                let (x0, x_t, logits) = (
+                    x0.narrow(0, i, 1),
+                    x_t.narrow(0, i, 1),
+                    logits.narrow(0, i, 1).to_kind(Kind::Double),
+                );
+                let p_x0 = d.x0_probs(&logits, &x_t).unwrap();
+                let ti = t[i as usize];
+                let term = if ti == 1 {
+                    -p_x0
+                        .gather(-1, &x0.unsqueeze(-1), false)
+                        .clamp_min(1e-30)
+                        .log()
+                        .sum(Kind::Double)
+                } else {
+                    let q = d.q_posterior(&x_t, &x0, ti, ti - 1).unwrap();
+                    let p = d.model_posterior(&x_t, &p_x0, ti, ti - 1).unwrap();
+                    (&q * (q.clamp_min(1e-30).log() - p.clamp_min(1e-30).log())).sum(Kind::Double)
+                };
+                term.double_value(&[])
+            })
+            .collect();
+        // One position per slice, a few per slice, everything in one.
+        for max_elements in [1, 5 * k, 1 << 30] {
+            let got = d
+                .bound_terms_chunked(&logits, &x0, &x_t, &t, max_elements)
+                .unwrap();
+            assert_eq!(got.kind(), Kind::Double);
+            let got = Vec::<f64>::try_from(got).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-9 * w.abs().max(1.0),
+                    "{:?} {:?}, slices of {max_elements}: got {got:?}, want {want:?}",
+                    d.config().transition,
+                    d.config().model_posterior,
+                );
+            }
+        }
+        // A small vocabulary's batch is one slice by default.
+        let default = d.bound_terms(&logits, &x0, &x_t, &t).unwrap();
+        let whole = d
+            .bound_terms_chunked(&logits, &x0, &x_t, &t, 1 << 30)
+            .unwrap();
+        assert!(default.equal(&whole));
     }
 }
 

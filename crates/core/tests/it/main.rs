@@ -11,6 +11,7 @@ mod edm;
 mod learning;
 mod likelihood;
 mod prediction;
+mod sampler_choice;
 mod samplers;
 mod scheduler_config;
 mod schedules;

@@ -1,10 +1,11 @@
 //! Sampling and evaluating through `TextPipeline` with small untrained models: tokenizers with
-//! gaps in their ids, tiny temperatures, flags that do not apply, run directories, and D3PM
-//! bounds that do not depend on the batch size.
+//! gaps in their ids, tiny temperatures, flags that do not apply, run directories, D3PM
+//! bounds that do not depend on the batch size, and the training previews' estimate of the
+//! bound, unbiased over its seeds.
 
 use crate::rng_lock;
 use diffuse_text::pipeline::{TextModelInfo, TextPipeline, TextSampleOptions};
-use diffuse_text::process::{ProcessConfig, ProcessKind, SamplingLogits};
+use diffuse_text::process::{EstimateShare, ProcessConfig, ProcessKind, SamplingLogits};
 use diffuse_text::train::check_tokenizer_for_process;
 use diffuse_text::{Positions, TextModel, TextTokenizer, TransformerConfig};
 use tch::{Device, Kind, Tensor};
@@ -273,4 +274,68 @@ fn d3pm_bounds_still_follow_the_seed() {
     };
     assert_eq!(bpc(1), bpc(1));
     assert_ne!(bpc(1), bpc(2));
+}
+
+#[test]
+fn the_preview_estimate_is_unbiased_for_the_full_bound() {
+    let text = TEXT.repeat(3);
+    let tokenizer = TextTokenizer::char_level([text.as_str()]).unwrap();
+    let ids = tokenizer.encode(&text).unwrap();
+    // Sixteen sequences of eight tokens.
+    let data = diffuse_text::TokenSequences::from_stream(&ids, 8, tokenizer.stats(&text).unwrap());
+    assert_eq!(data.len(), 16);
+    for kind in [ProcessKind::D3pmAbsorbing, ProcessKind::D3pmUniform] {
+        // T = 10.
+        let p = pipeline(kind, tokenizer.clone(), 3);
+        let _guard = rng_lock();
+        // The generator sets the noise: the same for the full bound and every estimate, so the
+        // estimates' mean over their seeds is exactly the full bound's value.
+        tch::manual_seed(1);
+        let full = p.evaluate(&data, 4, 1, |_, _| {}).unwrap().bits_per_char;
+        let estimate = |sequences: usize, terms: usize, seed: u64, batch: usize| {
+            tch::manual_seed(1);
+            let share = EstimateShare {
+                sequences,
+                terms,
+                seed,
+            };
+            p.estimate(&data, &share, batch, |_, _| {}).unwrap()
+        };
+
+        // Every sequence and every term: the full bound itself.
+        let all = estimate(100, 100, 0, 4);
+        assert!((all.bits_per_char - full).abs() < 1e-9 * full, "{kind:?}");
+        assert_eq!(
+            (all.sequences, all.terms, all.timesteps),
+            (16, Some(10), Some(10))
+        );
+
+        // 3 of the 10 terms (the decoder and one of each of two strata of sizes 4 and 5, so the
+        // weights differ) on 5 of the 16 sequences.
+        let first = estimate(5, 3, 0, 8);
+        assert_eq!((first.sequences, first.terms), (5, Some(3)), "{kind:?}");
+        assert!(first.estimate.contains("stratified"), "{}", first.estimate);
+        let draws: Vec<f64> = (0..200)
+            .map(|seed| estimate(5, 3, seed, 8).bits_per_char)
+            .collect();
+        let n = draws.len() as f64;
+        let mean = draws.iter().sum::<f64>() / n;
+        let sd = (draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let se = sd / n.sqrt();
+        // The seed does change the estimate (which terms and sequences it scores).
+        assert!(sd > 1e-2 * full, "{kind:?}: the draws hardly vary ({sd})");
+        assert!(
+            (mean - full).abs() < 4.0 * se,
+            "{kind:?}: mean of 200 estimates {mean} (se {se}), full bound {full}"
+        );
+
+        // Deterministic, and independent of the batch size.
+        let again = estimate(5, 3, 0, 1);
+        assert!(
+            (again.bits_per_char - first.bits_per_char).abs() < 1e-6 * full,
+            "{kind:?}: {} at batch 1, {} at batch 8",
+            again.bits_per_char,
+            first.bits_per_char
+        );
+    }
 }
