@@ -710,3 +710,29 @@ fn run_directories_are_locked_resumable_after_a_bad_start_and_say_what_resume_ig
         before
     );
 }
+
+#[test]
+fn resume_without_a_run_says_to_drop_resume() {
+    // New-run flags with --resume on a folder that holds no run: the one line says to drop
+    // --resume, with no warning that those flags are ignored (they are what the user wants).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bow");
+    let r = diffuse(
+        &[
+            "train",
+            "counts",
+            "--data",
+            s(&fixture()),
+            "--out",
+            s(&out),
+            "--thinning",
+            "poisson",
+            "--jump-prediction",
+            "eps",
+            "--resume",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--resume", "holds no run", "drop --resume"]);
+    assert!(!out.exists(), "a refused run left {}", out.display());
+}

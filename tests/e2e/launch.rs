@@ -282,7 +282,8 @@ fn diffuse_env(args: &[String], env: &[(&str, String)]) -> diffuse_e2e::Run {
     let mut cmd = Command::new(diffuse_bin());
     cmd.args(args)
         .env_remove("RUST_LOG")
-        .env("RUST_BACKTRACE", "1");
+        .env("RUST_BACKTRACE", "1")
+        .env("OMP_NUM_THREADS", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -350,6 +350,7 @@ fn every_readme_command_runs_as_written() {
             .args(&run)
             .current_dir(root)
             .env("DIFFUSE_DATA_DIR", &datasets)
+            .env("OMP_NUM_THREADS", "1")
             .env_remove("RUST_LOG")
             .output()
             .expect("running diffuse");

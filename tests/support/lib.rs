@@ -57,7 +57,12 @@ pub fn diffuse(args: &[&str], dir: Option<&Path>) -> Run {
     let mut cmd = Command::new(diffuse_bin());
     cmd.args(args)
         .env_remove("RUST_LOG")
-        .env("RUST_BACKTRACE", "1");
+        .env("RUST_BACKTRACE", "1")
+        // A fixed thread count: without it each command takes the cores that are free as it
+        // starts (diffuse_tensor::runtime::adapt_threads), which varies with the other tests
+        // running beside it, and the last float digits of a result depend on the thread count,
+        // so tests that compare two commands bit for bit would compare different counts.
+        .env("OMP_NUM_THREADS", "1");
     if let Some(dir) = dir {
         cmd.current_dir(dir);
     }

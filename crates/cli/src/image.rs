@@ -183,20 +183,24 @@ pub fn sample(args: SampleImageArgs) -> Result<()> {
     }
     if let Some(out) = &args.out {
         save_grid(&images, out, args.nrow)?;
-        println!("wrote {} ({} images; {sampling})", out.display(), args.num);
+        println!(
+            "wrote {} ({}; {sampling})",
+            out.display(),
+            crate::count_of(args.num as u64, "image")
+        );
     }
     if let Some(dir) = &args.out_dir {
         let files = save_images(&images, dir, "sample-")?;
         println!(
-            "wrote {} images to {} ({sampling})",
-            files.len(),
+            "wrote {} to {} ({sampling})",
+            crate::count_of(files.len() as u64, "image"),
             dir.display()
         );
     }
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
-        "sampled {} images",
-        args.num
+        "sampled {}",
+        crate::count_of(args.num as u64, "image")
     );
     Ok(())
 }
