@@ -344,8 +344,43 @@ fn memory_note() -> String {
 /// to target/bench-cache for the peer): the bundled MNIST model's architecture (1.1M parameters,
 /// 28x28, 1 channel). Cases: a training step (forward, epsilon MSE, backward, AdamW) at batch 64,
 /// a no-grad forward at batch 16, and a whole 20-step DPM-Solver++ 2M sampling of 16 images.
-fn bench_image(device: Device) -> Result<()> {
+/// Median ms of a `steps`-step DPM-Solver++ 2M loop from noise shaped like `x` through `unet`
+/// (the image and threads benchmarks' sampling case).
+fn time_dpm_sampling(
+    device: Device,
+    unet: &diffuse_image::unet::UNet2d,
+    x: &Tensor,
+    steps: usize,
+    min_time: Duration,
+) -> Result<f64> {
     use diffuse_core::samplers::{dpm_solver, Sampler};
+    let mut failed = None;
+    let ms = time_ms(device, 1, 3, min_time, || {
+        let run = || -> Result<()> {
+            tch::no_grad(|| {
+                let mut sampler = dpm_solver::DpmSolverSampler::new(Default::default())?;
+                sampler.set_timesteps(steps)?;
+                let mut sample = x * sampler.init_noise_sigma();
+                for t in sampler.timesteps().to_vec() {
+                    let input = sampler.scale_model_input(&sample, t);
+                    let t_batch = Tensor::from(t).to_device(device);
+                    let eps = unet.forward_t(&input, &t_batch, None, false);
+                    sample = sampler.step(&eps, t, &sample)?.prev_sample;
+                }
+                Ok(())
+            })
+        };
+        if let Err(e) = run() {
+            failed = Some(e);
+        }
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ms),
+    }
+}
+
+fn bench_image(device: Device) -> Result<()> {
     use diffuse_image::unet::{parameter_count, UNet2d};
     let mut config = diffuse_image::train::small_unet();
     config.set_sample_size(28, 28);
@@ -401,29 +436,7 @@ fn bench_image(device: Device) -> Result<()> {
 
     let steps = 20;
     reset_peak_rss();
-    let mut failed = None;
-    let ms = time_ms(device, 1, 3, Duration::from_secs(5), || {
-        let run = || -> Result<()> {
-            tch::no_grad(|| {
-                let mut sampler = dpm_solver::DpmSolverSampler::new(Default::default())?;
-                sampler.set_timesteps(steps)?;
-                let mut sample = &x16 * sampler.init_noise_sigma();
-                for t in sampler.timesteps().to_vec() {
-                    let input = sampler.scale_model_input(&sample, t);
-                    let t_batch = Tensor::from(t).to_device(device);
-                    let eps = unet.forward_t(&input, &t_batch, None, false);
-                    sample = sampler.step(&eps, t, &sample)?.prev_sample;
-                }
-                Ok(())
-            })
-        };
-        if let Err(e) = run() {
-            failed = Some(e);
-        }
-    });
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    let ms = time_dpm_sampling(device, &unet, &x16, steps, Duration::from_secs(5))?;
     emit(
         "sample 16 images, dpm++2m 20 steps",
         ms,
@@ -1060,7 +1073,6 @@ fn threads_child(device: Device) -> Result<()> {
     // Measured before any tensor work, as the `diffuse` binary does at start.
     let adapted = std::env::var_os("DIFFUSE_BENCH_ADAPT_THREADS")
         .map(|_| diffuse_tensor::runtime::adapt_threads());
-    use diffuse_core::samplers::{dpm_solver, Sampler};
     use diffuse_image::unet::UNet2d;
     let mut config = diffuse_image::train::small_unet();
     config.set_sample_size(28, 28);
@@ -1071,29 +1083,7 @@ fn threads_child(device: Device) -> Result<()> {
     let vs = VarStore::new(device);
     let unet = UNet2d::new(&vs.root(), &config)?;
     let x = Tensor::randn([4, 1, 28, 28], (Kind::Float, device));
-    let mut failed = None;
-    let ms = time_ms(device, 1, 3, Duration::from_secs(4), || {
-        let run = || -> Result<()> {
-            tch::no_grad(|| {
-                let mut sampler = dpm_solver::DpmSolverSampler::new(Default::default())?;
-                sampler.set_timesteps(20)?;
-                let mut sample = &x * sampler.init_noise_sigma();
-                for t in sampler.timesteps().to_vec() {
-                    let input = sampler.scale_model_input(&sample, t);
-                    let t_batch = Tensor::from(t).to_device(device);
-                    let eps = unet.forward_t(&input, &t_batch, None, false);
-                    sample = sampler.step(&eps, t, &sample)?.prev_sample;
-                }
-                Ok(())
-            })
-        };
-        if let Err(e) = run() {
-            failed = Some(e);
-        }
-    });
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    let ms = time_dpm_sampling(device, &unet, &x, 20, Duration::from_secs(4))?;
     let n = tch::get_num_threads();
     let threads = format!("{n} thread{}", if n == 1 { "" } else { "s" });
     let threads = match adapted {
