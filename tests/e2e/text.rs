@@ -745,17 +745,17 @@ fn flags_that_do_not_apply_are_refused_naming_the_flag() {
         (
             "autoregressive",
             vec!["--mask-schedule", "cosine"],
-            vec!["--mask-schedule", "--process mdlm"],
+            vec!["--mask-schedule", "(mdlm, bd3lm)"],
         ),
         (
             "d3pm-uniform",
             vec!["--mask-schedule", "cosine"],
-            vec!["--mask-schedule", "--process mdlm"],
+            vec!["--mask-schedule", "(mdlm, bd3lm)"],
         ),
         (
             "autoregressive",
             vec!["--time-conditioning", "true"],
-            vec!["--time-conditioning", "diffusion"],
+            vec!["--time-conditioning", "d3pm-absorbing"],
         ),
         (
             "mdlm",
@@ -919,4 +919,157 @@ fn sample_and_eval_take_run_dirs_check_outputs_first_and_d3pm_eval_ignores_batch
         None,
     );
     assert_user_error(&r, &["--steps", "one model call per token"]);
+}
+
+#[test]
+fn bd3lm_trains_samples_past_its_context_evaluates_and_refuses_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus();
+    let run = tmp.path().join("bd3lm");
+    let r = diffuse(
+        &train_args(
+            s(&data),
+            s(&run),
+            "bd3lm",
+            &["--block-size", "8", "--estimator", "count"],
+        ),
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let model = run.join("model");
+    let info = read_json(&model.join("diffuse.json"));
+    assert_eq!(info["process"]["kind"], "bd3lm");
+    assert_eq!(info["process"]["block_size"], 8);
+    assert_eq!(info["process"]["estimator"], "count");
+    // No adaLN weights: the network takes no noise level.
+    let config = read_json(&model.join("config.json"));
+    assert_eq!(config["time_conditioning"], false);
+    let weights = read_safetensors(&model.join("model.safetensors"));
+    assert!(
+        weights.keys().all(|k| !k.contains("modulation")),
+        "{:?}",
+        weights.keys()
+    );
+    // Past the 32-token context, after a prompt that ends inside a block.
+    let out = sample(&model, &["--prompt", "Shall I", "--length", "80"]);
+    for t in out["samples"].as_array().unwrap() {
+        let t = t.as_str().unwrap();
+        assert!(t.starts_with("Shall I") && t.chars().count() == 80, "{t:?}");
+    }
+    let r = diffuse(
+        &[
+            "eval",
+            "text",
+            "--model",
+            s(&model),
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let report = json(&r.stdout);
+    assert_eq!(report["kind"], "upper bound");
+    assert!(
+        report["protocol"].as_str().unwrap().contains("blocks of 8"),
+        "{report}"
+    );
+    // The same bound estimated with times: within a few standard errors of the counts' estimate.
+    let r = diffuse(
+        &[
+            "eval",
+            "text",
+            "--model",
+            s(&model),
+            "--json",
+            "--device",
+            "cpu",
+            "--estimator",
+            "time",
+            "--mc-samples",
+            "16",
+        ],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let time = json(&r.stdout);
+    let (a, b) = (
+        report["bits_per_char"].as_f64().unwrap(),
+        time["bits_per_char"].as_f64().unwrap(),
+    );
+    let se = report["bits_per_char_std_error"].as_f64().unwrap()
+        + time["bits_per_char_std_error"].as_f64().unwrap();
+    assert!(
+        (a - b).abs() < 4.0 * se + 0.01 * a,
+        "count {a} vs time {b} (se {se})"
+    );
+
+    // Bad input: one line naming the flag, nothing written.
+    let sample_err = |extra: &[&str]| {
+        let mut args = vec!["sample", "text", "--model", s(&model), "--device", "cpu"];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    assert_user_error(
+        &sample_err(&["--infill", "Shall I ____ thee"]),
+        &["--infill", "bd3lm"],
+    );
+    assert_user_error(
+        &sample_err(&["--prompt", "Shall I compare thee", "--length", "8"]),
+        &["--prompt", "longer than --length"],
+    );
+    let bad = tmp.path().join("bad");
+    for (extra, words) in [
+        (vec!["--block-size", "0"], vec!["--block-size", "divide"]),
+        (vec!["--block-size", "5"], vec!["--block-size", "divide"]),
+        (vec!["--block-size", "64"], vec!["--block-size", "32"]),
+        (
+            vec!["--time-conditioning", "true"],
+            vec!["--time-conditioning", "bd3lm"],
+        ),
+        (
+            vec!["--mask-rate-range", "0.8,0.3"],
+            vec!["--mask-rate-range"],
+        ),
+        (vec!["--estimator", "exact"], vec!["--estimator", "exact"]),
+        (vec!["--loss", "mse"], vec!["--loss", "mse"]),
+    ] {
+        let r = diffuse(&train_args(s(&data), s(&bad), "bd3lm", &extra), None);
+        assert_user_error(&r, &words);
+        assert!(!bad.exists(), "{extra:?} wrote {}", bad.display());
+    }
+    let r = diffuse(
+        &train_args(s(&data), s(&bad), "mdlm", &["--block-size", "4"]),
+        None,
+    );
+    assert_user_error(&r, &["--block-size", "bd3lm"]);
+    let r = diffuse(
+        &train_args(
+            s(&data),
+            s(&bad),
+            "autoregressive",
+            &["--estimator", "count"],
+        ),
+        None,
+    );
+    assert_user_error(&r, &["--estimator", "mdlm, bd3lm"]);
+    assert!(!bad.exists());
+    // An estimator for a model without one.
+    let ar = tmp.path().join("ar");
+    assert!(diffuse(&train_args(s(&data), s(&ar), "autoregressive", &[]), None).success());
+    let r = diffuse(
+        &[
+            "eval",
+            "text",
+            "--model",
+            s(&ar.join("model")),
+            "--device",
+            "cpu",
+            "--estimator",
+            "count",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--estimator", "autoregressive"]);
 }

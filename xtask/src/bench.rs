@@ -52,7 +52,7 @@ pub const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "text_quality",
-        description: "validation bits/char of MDLM, D3PM absorbing, D3PM uniform and the autoregressive baseline after the same training time on Shakespeare (MDLM also in PyTorch; DIFFUSE_BENCH_SECONDS per process, default 120)",
+        description: "validation bits/char on every held-out window after the same training time on Shakespeare (cosine decay over the budget, EMA), for the autoregressive baseline, BD3-LM with blocks of 4 and 16, MDLM and D3PM absorbing (MDLM also in PyTorch; DIFFUSE_BENCH_SECONDS per process, default 120; DIFFUSE_BENCH_TEXT_CASES picks cases and recipes)",
     },
     Bench {
         name: "audio",

@@ -184,8 +184,8 @@ fn audio_sample(ctx: &Demo) -> Result<()> {
     Ok(())
 }
 
-/// Two 256-character passages from the bundled Shakespeare MDLM (past its 128-character context,
-/// so semi-autoregressively), printed and written to a text file.
+/// Two 256-character passages from the bundled Shakespeare BD3-LM (block by block, past its
+/// 128-character context), printed and written to a text file.
 fn text_sample(ctx: &Demo) -> Result<()> {
     let model = ctx.repo.join("data").join("models").join("shakespeare");
     let out = ctx.out.join("shakespeare.txt");
@@ -194,7 +194,7 @@ fn text_sample(ctx: &Demo) -> Result<()> {
         ctx,
         &[
             "sample", "text", "--model", &model, "--num", "2", "--length", "256", "--seed", "0",
-            "--top-p", "0.95", "--out", &out,
+            "--top-p", "0.9", "--out", &out,
         ],
     )?;
     println!("demo: wrote {out}");

@@ -29,12 +29,27 @@ pub struct TrainTextArgs {
     /// Continue the run in --out from its last checkpoint (its run.json settings apply; --steps may extend it).
     #[arg(long)]
     pub resume: bool,
-    /// mdlm, d3pm-absorbing, d3pm-uniform or autoregressive (the causal baseline).
+    /// mdlm, bd3lm (block diffusion), d3pm-absorbing, d3pm-uniform or autoregressive (the causal
+    /// baseline).
     #[arg(long, default_value = "mdlm")]
     pub process: String,
-    /// MDLM masking schedule: log-linear, linear or cosine.
+    /// bd3lm: tokens per block (divides --seq-len; 1 is autoregressive, --seq-len is MDLM).
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// mdlm, bd3lm: masking schedule, log-linear, linear or cosine.
     #[arg(long, default_value = "log-linear")]
     pub mask_schedule: String,
+    /// mdlm, bd3lm: how the bound is estimated in training and validation, time (a time per
+    /// block) or count (a masked count per block: lower variance).
+    #[arg(long)]
+    pub estimator: Option<String>,
+    /// mdlm, bd3lm: what training minimises, elbo (the bound) or masked-ce (the unweighted
+    /// cross-entropy of the masked tokens; still scored with the bound).
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// mdlm, bd3lm: train on mask rates in LO,HI only (BD3-LM's clipped schedule, e.g. 0.3,0.8).
+    #[arg(long, value_name = "LO,HI")]
+    pub mask_rate_range: Option<String>,
     /// D3PM: number of diffusion steps T.
     #[arg(long, default_value_t = 1000)]
     pub d3pm_timesteps: usize,
@@ -80,7 +95,9 @@ pub struct TrainTextArgs {
     /// rotary or learned.
     #[arg(long, default_value = "rotary")]
     pub positions: String,
-    #[arg(long, default_value_t = 0.1)]
+    /// Dropout on attention and MLP outputs (0 suits runs of a few thousand steps; longer runs
+    /// on small corpora may want 0.1).
+    #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
     /// Write samples and a validation estimate every N steps (0 = only at the end).
     #[arg(long, default_value_t = 500)]
@@ -102,7 +119,16 @@ fn recorded_data(arg: &str) -> String {
 /// typed flags count: clap's defaults are there for every process.
 fn refuse_flags_that_do_not_apply(args: &TrainTextArgs, kind: ProcessKind) -> Result<()> {
     let d3pm = matches!(kind, ProcessKind::D3pmAbsorbing | ProcessKind::D3pmUniform);
-    let rules: [(&str, bool, &str); 4] = [
+    let masked = kind.is_masked_diffusion();
+    let rules: [(&str, bool, &str); 8] = [
+        ("block_size", kind == ProcessKind::Bd3lm, "--process bd3lm"),
+        ("estimator", masked, "the masked processes (mdlm, bd3lm)"),
+        ("loss", masked, "the masked processes (mdlm, bd3lm)"),
+        (
+            "mask_rate_range",
+            masked,
+            "the masked processes (mdlm, bd3lm)",
+        ),
         (
             "d3pm_timesteps",
             d3pm,
@@ -113,11 +139,16 @@ fn refuse_flags_that_do_not_apply(args: &TrainTextArgs, kind: ProcessKind) -> Re
             d3pm,
             "the D3PM processes (d3pm-absorbing, d3pm-uniform)",
         ),
-        ("mask_schedule", kind == ProcessKind::Mdlm, "--process mdlm"),
+        (
+            "mask_schedule",
+            masked,
+            "the masked processes (mdlm, bd3lm)",
+        ),
         (
             "time_conditioning",
-            kind != ProcessKind::Autoregressive,
-            "the diffusion processes (mdlm, d3pm-absorbing, d3pm-uniform)",
+            !matches!(kind, ProcessKind::Autoregressive | ProcessKind::Bd3lm),
+            "mdlm, d3pm-absorbing and d3pm-uniform (bd3lm has a noise level per block, and the \
+             share of [MASK] tokens tells the network)",
         ),
     ];
     for (id, applies, to) in rules {
@@ -137,6 +168,20 @@ fn refuse_flags_that_do_not_apply(args: &TrainTextArgs, kind: ProcessKind) -> Re
         );
     }
     Ok(())
+}
+
+/// `--mask-rate-range LO,HI`: 0 <= LO < HI <= 1.
+fn parse_range(text: &str) -> Result<[f64; 2]> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    let parsed: Option<Vec<f64>> = parts.iter().map(|p| p.parse().ok()).collect();
+    match parsed.as_deref() {
+        Some(&[lo, hi])
+            if lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi && hi <= 1.0 =>
+        {
+            Ok([lo, hi])
+        }
+        _ => bail!("--mask-rate-range: expected LO,HI with 0 <= LO < HI <= 1, got '{text}'"),
+    }
 }
 
 fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
@@ -213,6 +258,21 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
     if let Some(tc) = args.time_conditioning {
         process.time_conditioning = tc;
     }
+    if let Some(b) = args.block_size {
+        process.block_size = b;
+    }
+    if let Some(e) = &args.estimator {
+        process.estimator = e.clone();
+        process.bound_estimator()?;
+    }
+    if let Some(l) = &args.loss {
+        process.loss = l.clone();
+        process.training_loss()?;
+    }
+    if let Some(r) = &args.mask_rate_range {
+        process.mask_rate_range = Some(parse_range(r)?);
+    }
+    process.check_seq_len(args.seq_len)?;
     if !(0.0..1.0).contains(&args.val_fraction) || args.val_fraction == 0.0 {
         bail!(
             "--val-fraction: must lie in (0, 1), got {}",
@@ -347,7 +407,8 @@ pub struct SampleTextArgs {
     /// autoregressive models go past it, semi-autoregressively or with a sliding window).
     #[arg(long)]
     pub length: Option<usize>,
-    /// Reverse diffusion steps (default: the length).
+    /// Reverse diffusion steps (default: the length; for bd3lm, steps per block, default four
+    /// times the block size).
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
@@ -364,7 +425,7 @@ pub struct SampleTextArgs {
     /// Nucleus sampling: keep the most likely tokens holding this much probability.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
-    /// MDLM: call the model at every step even when nothing changed.
+    /// mdlm, bd3lm: call the model at every step even when nothing changed.
     #[arg(long)]
     pub no_cache: bool,
     /// Also write the samples to this text file.
@@ -475,9 +536,13 @@ pub struct EvalTextArgs {
     pub limit: usize,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// MDLM: Monte Carlo times per sequence.
+    /// mdlm, bd3lm: Monte Carlo draws per sequence (bd3lm: per block; with the count estimator
+    /// and as many draws as the block size, every count is scored once).
     #[arg(long, default_value_t = 4)]
     pub mc_samples: usize,
+    /// mdlm, bd3lm: estimate the bound with time or count draws (default: the model's own).
+    #[arg(long)]
+    pub estimator: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -489,7 +554,11 @@ pub struct EvalTextArgs {
 pub fn eval(args: EvalTextArgs) -> Result<()> {
     let device = device(&args.device)?;
     check_model_kind(&args.model, ModelKind::Text, "eval")?;
-    let pipeline = TextPipeline::load(&args.model, device).map_err(|e| anyhow!("--model: {e}"))?;
+    let mut pipeline =
+        TextPipeline::load(&args.model, device).map_err(|e| anyhow!("--model: {e}"))?;
+    if let Some(e) = &args.estimator {
+        pipeline.set_estimator(e)?;
+    }
     let data = args
         .data
         .clone()

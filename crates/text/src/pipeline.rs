@@ -5,8 +5,8 @@
 use crate::corpus::TokenSequences;
 use crate::model_dir::TextModel;
 use crate::process::{
-    sample_autoregressive_with, EstimateShare, ProcessConfig, ProcessKind, SamplingDenoiser,
-    SamplingLogits, TextProcess, TransformerDenoiser,
+    prefix_error, sample_autoregressive_with, EstimateShare, ProcessConfig, ProcessKind,
+    SamplingDenoiser, SamplingLogits, TextProcess, TransformerBlocks, TransformerDenoiser,
 };
 use diffuse_core::categorical::{NllEstimate, SampleOptions};
 use diffuse_tensor::{Error, Result};
@@ -42,11 +42,12 @@ pub struct TextSampleOptions {
     pub num: usize,
     /// Tokens per sequence (prompt included); `None` = the training sequence length.
     pub length: Option<usize>,
-    /// Reverse steps (diffusion); `None` = the sequence length (MDLM, capped at T for D3PM).
+    /// Reverse steps (diffusion; per block for BD3-LM); `None` = the sequence length (MDLM,
+    /// capped at T for D3PM), four times the block size (BD3-LM).
     pub steps: Option<usize>,
     pub temperature: f64,
     pub top_p: f64,
-    /// MDLM: skip the model call when a step changed nothing.
+    /// MDLM and BD3-LM: skip the model call when a step changed nothing.
     pub cache: bool,
     /// Seed of libtorch's generator; `None` leaves it as it is.
     pub seed: Option<u64>,
@@ -162,6 +163,14 @@ impl TextPipeline {
                 }
             )));
         }
+        if info.process.kind == ProcessKind::Bd3lm {
+            if cfg.modulated() {
+                return Err(Error::InvalidArgument(
+                    "a bd3lm model needs a transformer without time conditioning".into(),
+                ));
+            }
+            info.process.check_seq_len(info.seq_len)?;
+        }
         let process = TextProcess::new(&info.process, v)?;
         let mut forbidden = model.tokenizer.unused_ids().to_vec();
         if info.process.kind.has_mask() {
@@ -194,6 +203,22 @@ impl TextPipeline {
 
     pub fn kind(&self) -> ProcessKind {
         self.info.process.kind
+    }
+
+    /// Score with another bound estimator than the model's (`time` or `count`; MDLM and BD3-LM
+    /// only): the same bound, estimated differently.
+    pub fn set_estimator(&mut self, name: &str) -> Result<()> {
+        if !self.kind().is_masked_diffusion() {
+            return Err(Error::InvalidArgument(format!(
+                "--estimator: applies to mdlm and bd3lm models, not to this {} model",
+                self.kind().name()
+            )));
+        }
+        let mut process = self.info.process.clone();
+        process.estimator = name.to_owned();
+        self.process = TextProcess::new(&process, self.model.tokenizer.vocab_size() as i64)?;
+        self.info.process = process;
+        Ok(())
     }
 
     fn denoiser(&self) -> TransformerDenoiser<'_> {
@@ -235,6 +260,10 @@ impl TextPipeline {
             }
             (_, Some(s)) => s,
             (TextProcess::D3pm(p), None) => length.min(p.num_timesteps()),
+            // Four steps per token of a block: fewer tokens unmasked together from independent
+            // marginals (BENCHMARKS.md: words of the training text 0.60 at 4 steps per block of 4,
+            // 0.71 at 16, 0.75 at 64).
+            (TextProcess::Bd3lm(p), None) => 4 * p.block_size() as usize,
             (_, None) => length,
         };
         if !(options.temperature > 0.0 && options.temperature.is_finite()) {
@@ -358,6 +387,26 @@ impl TextPipeline {
             .max_seq_len
             .min(self.info.seq_len as i64);
         let (tokens, calls) = match &self.process {
+            TextProcess::Bd3lm(p) => {
+                let blocks = TransformerBlocks {
+                    net: &self.model.model,
+                    train: false,
+                    adjust: Some(&adjust),
+                };
+                // The window is whole blocks of the training length (which they divide).
+                let window = context / p.block_size() * p.block_size();
+                let s = p.sample(
+                    &blocks,
+                    n,
+                    l,
+                    window,
+                    prompt.as_ref(),
+                    device,
+                    &core,
+                    on_step,
+                )?;
+                (s.tokens, s.model_calls)
+            }
             TextProcess::Mdlm(p) if l > context => {
                 let s = p.sample_semi_autoregressive(
                     &model,
@@ -383,7 +432,9 @@ impl TextPipeline {
                         p.sample(&model, n, l, device, &core, on_step)?
                     }
                     TextProcess::D3pm(p) => p.infill(&model, &tokens, &fixed, &core, on_step)?,
-                    TextProcess::Autoregressive { .. } => unreachable!("matched above"),
+                    TextProcess::Autoregressive { .. } | TextProcess::Bd3lm(_) => {
+                        unreachable!("matched above")
+                    }
                 };
                 (s.tokens, s.model_calls)
             }
@@ -459,6 +510,14 @@ impl TextPipeline {
                 "--infill: an autoregressive model cannot fill gaps (use a diffusion model)".into(),
             ));
         }
+        if self.kind() == ProcessKind::Bd3lm {
+            return Err(Error::InvalidArgument(
+                "--infill: a bd3lm model generates left to right, block by block, and cannot \
+                 fill gaps before its last block (use an mdlm or d3pm model; --prompt continues \
+                 text)"
+                    .into(),
+            ));
+        }
         if !template.contains(GAP) {
             return Err(Error::InvalidArgument(format!(
                 "--infill: the template has no gaps (write each token to fill as '{GAP}')"
@@ -521,7 +580,9 @@ impl TextPipeline {
         let s = match &self.process {
             TextProcess::Mdlm(p) => p.infill(&model, &tokens, &fixed, &core, on_step)?,
             TextProcess::D3pm(p) => p.infill(&model, &tokens, &fixed, &core, on_step)?,
-            TextProcess::Autoregressive { .. } => unreachable!("refused above"),
+            TextProcess::Autoregressive { .. } | TextProcess::Bd3lm(_) => {
+                unreachable!("refused above")
+            }
         };
         self.finish(s.tokens, s.model_calls)
     }
@@ -551,10 +612,18 @@ impl TextPipeline {
         let chars_per_token = data.stats().chars_per_token();
         let bpc = nll.bits_per_char(chars_per_token)?;
         let exact = self.kind() == ProcessKind::Autoregressive;
+        let draws = match self.info.process.estimator.as_str() {
+            "count" => "masked count(s)",
+            _ => "time(s)",
+        };
         let protocol = match &self.process {
             TextProcess::Mdlm(_) => {
-                format!("MDLM continuous-time ELBO, {mc_samples} stratified time(s) per sequence")
+                format!("MDLM continuous-time ELBO, {mc_samples} stratified {draws} per sequence")
             }
+            TextProcess::Bd3lm(p) => format!(
+                "BD3-LM bound, blocks of {}, {mc_samples} stratified {draws} per block",
+                p.block_size()
+            ),
             TextProcess::D3pm(p) => {
                 format!("D3PM bound, all {} terms plus the prior", p.num_timesteps())
             }
@@ -618,6 +687,10 @@ impl TextPipeline {
                 ProcessKind::Autoregressive => {
                     format!("next-token cross-entropy on {n} of {all} held-out sequences")
                 }
+                ProcessKind::Bd3lm => format!(
+                    "BD3-LM bound, one draw per block, on {n} of {all} held-out sequences; the \
+                     full estimate is `eval text`"
+                ),
                 _ => format!(
                     "MDLM continuous-time ELBO, one time per sequence, on {n} of {all} held-out \
                      sequences; the full estimate is `eval text`"
@@ -634,12 +707,5 @@ impl TextPipeline {
             timesteps: est.timesteps,
             estimate,
         })
-    }
-}
-
-fn prefix_error(flag: &str, e: Error) -> Error {
-    match e {
-        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{flag}: {m}")),
-        other => Error::InvalidArgument(format!("{flag}: {other}")),
     }
 }

@@ -1,15 +1,17 @@
 //! The process a text model is trained with, as saved in its `diffuse.json`, and what depends on
 //! it: the vocabulary sizes of the network, the training loss, the likelihood bound and sampling.
 //!
-//! Three categorical diffusion processes from `diffuse-core` (MDLM, D3PM absorbing, D3PM uniform)
-//! and the autoregressive baseline (a causal transformer trained on next-token cross-entropy,
+//! Four categorical diffusion processes from `diffuse-core` (MDLM, BD3-LM block diffusion, D3PM
+//! absorbing, D3PM uniform) and the autoregressive baseline (a causal transformer trained on next-token cross-entropy,
 //! whose NLL is exact rather than a bound), so the four can be compared on the same data.
 //! Absorbing processes add a [MASK] id equal to the tokenizer's vocabulary size V, to the input
 //! and to the output (diffuse-core's convention: the model outputs logits over all K = V + 1
 //! states and the [MASK] column is forced to -inf).
 
-use crate::transformer::TextTransformer;
+use crate::transformer::{KvCache, TextTransformer};
+use diffuse_core::categorical::bd3lm::{Bd3lm, Bd3lmConfig, BlockContext, BlockDenoiser};
 use diffuse_core::categorical::d3pm::{D3pm, D3pmConfig};
+use diffuse_core::categorical::masked::{BoundEstimator, TrainingLoss};
 use diffuse_core::categorical::mdlm::{MaskSchedule, Mdlm, MdlmConfig};
 use diffuse_core::categorical::{
     filtered_probs, sample_rows, NllEstimate, SampleOptions, TokenDenoiser,
@@ -24,6 +26,9 @@ use tch::{Device, Kind, Tensor};
 pub enum ProcessKind {
     /// Masked diffusion in continuous time (Sahoo et al. 2024).
     Mdlm,
+    /// Block diffusion (Arriola et al. 2025): masked diffusion within blocks, left to right over
+    /// them.
+    Bd3lm,
     /// D3PM with the absorbing ([MASK]) transition (Austin et al. 2021).
     D3pmAbsorbing,
     /// D3PM with the uniform transition.
@@ -33,13 +38,20 @@ pub enum ProcessKind {
 }
 
 /// The names `--process` accepts, in [`ProcessKind`] order.
-pub const PROCESS_NAMES: &[&str] = &["mdlm", "d3pm-absorbing", "d3pm-uniform", "autoregressive"];
+pub const PROCESS_NAMES: &[&str] = &[
+    "mdlm",
+    "bd3lm",
+    "d3pm-absorbing",
+    "d3pm-uniform",
+    "autoregressive",
+];
 
 impl ProcessKind {
     /// Parse a `--process` value.
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name {
             "mdlm" => ProcessKind::Mdlm,
+            "bd3lm" => ProcessKind::Bd3lm,
             "d3pm-absorbing" => ProcessKind::D3pmAbsorbing,
             "d3pm-uniform" => ProcessKind::D3pmUniform,
             "autoregressive" | "ar" => ProcessKind::Autoregressive,
@@ -56,6 +68,7 @@ impl ProcessKind {
     pub fn name(self) -> &'static str {
         match self {
             ProcessKind::Mdlm => "mdlm",
+            ProcessKind::Bd3lm => "bd3lm",
             ProcessKind::D3pmAbsorbing => "d3pm-absorbing",
             ProcessKind::D3pmUniform => "d3pm-uniform",
             ProcessKind::Autoregressive => "autoregressive",
@@ -64,7 +77,16 @@ impl ProcessKind {
 
     /// Whether the process has a [MASK] state (input and output vocabularies are V + 1).
     pub fn has_mask(self) -> bool {
-        matches!(self, ProcessKind::Mdlm | ProcessKind::D3pmAbsorbing)
+        matches!(
+            self,
+            ProcessKind::Mdlm | ProcessKind::Bd3lm | ProcessKind::D3pmAbsorbing
+        )
+    }
+
+    /// Whether the process is masked diffusion in continuous time (MDLM or BD3-LM): it takes a
+    /// masking schedule, a bound estimator, a training loss and a mask-rate range.
+    pub fn is_masked_diffusion(self) -> bool {
+        matches!(self, ProcessKind::Mdlm | ProcessKind::Bd3lm)
     }
 
     /// The network's input and output vocabulary sizes for a tokenizer of `v` tokens.
@@ -74,6 +96,18 @@ impl ProcessKind {
         } else {
             (v, v)
         }
+    }
+}
+
+/// BD3-LM's default block size: the best of the paper's (Arriola et al. 2025, Table 3) and of
+/// the `text_quality` benchmark here.
+pub const DEFAULT_BLOCK_SIZE: usize = 4;
+
+/// `e` as an invalid argument of `flag` (its message after `FLAG: `).
+pub(crate) fn prefix_error(flag: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{flag}: {m}")),
+        other => Error::InvalidArgument(format!("{flag}: {other}")),
     }
 }
 
@@ -92,8 +126,19 @@ pub struct ProcessConfig {
     /// D3PM: weight of the auxiliary cross-entropy in L_vlb + lambda CE (0.01 in the paper).
     pub hybrid_lambda: f64,
     /// Feed the noise level to the network (adaLN). MDLM works without it (Sahoo et al. 2024,
-    /// sec. 3.5), which also makes the cached sampler exact; D3PM's networks use it.
+    /// sec. 3.5), which also makes the cached sampler exact; D3PM's networks use it; BD3-LM never
+    /// (one noise level per block has no single adaLN input).
     pub time_conditioning: bool,
+    /// BD3-LM: tokens per block (must divide the sequence length).
+    pub block_size: usize,
+    /// MDLM and BD3-LM: how the bound is estimated in training and evaluation, `time` (a time
+    /// per block, the papers' estimator) or `count` (a masked count per block).
+    pub estimator: String,
+    /// MDLM and BD3-LM: what training minimises, `elbo` (the bound) or `masked-ce` (the
+    /// unweighted masked cross-entropy).
+    pub loss: String,
+    /// MDLM and BD3-LM, training only: draw mask rates from [lo, hi] (BD3-LM's clipped schedule).
+    pub mask_rate_range: Option<[f64; 2]>,
 }
 
 impl Default for ProcessConfig {
@@ -103,7 +148,10 @@ impl Default for ProcessConfig {
 }
 
 impl ProcessConfig {
-    /// The defaults of `kind`: time conditioning only for D3PM; T = 1000 for D3PM.
+    /// The defaults of `kind`: time conditioning only for D3PM; T = 1000 for D3PM; blocks of 4
+    /// for BD3-LM; the bound as the loss; the count estimator for BD3-LM (a third of the time
+    /// estimator's standard error at equal cost, BENCHMARKS.md) and the time estimator for MDLM
+    /// (its reference code's, which the PyTorch twin of the benchmarks reproduces).
     pub fn new(kind: ProcessKind) -> Self {
         ProcessConfig {
             kind,
@@ -114,7 +162,39 @@ impl ProcessConfig {
                 kind,
                 ProcessKind::D3pmAbsorbing | ProcessKind::D3pmUniform
             ),
+            block_size: DEFAULT_BLOCK_SIZE,
+            estimator: if kind == ProcessKind::Bd3lm {
+                "count"
+            } else {
+                "time"
+            }
+            .into(),
+            loss: "elbo".into(),
+            mask_rate_range: None,
         }
+    }
+
+    /// The bound estimator by name.
+    pub fn bound_estimator(&self) -> Result<BoundEstimator> {
+        BoundEstimator::parse(&self.estimator).map_err(|e| prefix_error("--estimator", e))
+    }
+
+    /// The training loss by name.
+    pub fn training_loss(&self) -> Result<TrainingLoss> {
+        TrainingLoss::parse(&self.loss).map_err(|e| prefix_error("--loss", e))
+    }
+
+    /// Check what the process needs of sequences of `seq_len` tokens (BD3-LM: whole blocks).
+    pub fn check_seq_len(&self, seq_len: usize) -> Result<()> {
+        if self.kind == ProcessKind::Bd3lm {
+            let b = self.block_size;
+            if b == 0 || b > seq_len || seq_len % b != 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "--block-size: {b} must lie in 1..={seq_len} and divide the sequence length                      {seq_len} (--seq-len)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn mask_schedule(&self) -> Result<MaskSchedule> {
@@ -151,9 +231,65 @@ impl TokenDenoiser for TransformerDenoiser<'_> {
     }
 }
 
+/// A text transformer as diffuse-core's block diffusion sees it: the two-stream training pass,
+/// and key/value-cached contexts for sampling, whose logits go through `adjust` when set.
+pub struct TransformerBlocks<'a> {
+    pub net: &'a TextTransformer,
+    /// Dropout on (training) or off.
+    pub train: bool,
+    /// Sampling's logit adjustment (forbidden ids, temperature).
+    pub adjust: Option<&'a SamplingLogits>,
+}
+
+impl BlockDenoiser for TransformerBlocks<'_> {
+    fn two_stream_logits(&self, x_t: &Tensor, x0: &Tensor, block_size: i64) -> Result<Tensor> {
+        let logits = self
+            .net
+            .forward_two_stream(x_t, x0, block_size, self.train)?;
+        Ok(match self.adjust {
+            Some(a) => a.apply(&logits),
+            None => logits,
+        })
+    }
+
+    fn context(&self, prefix: &Tensor, block_size: i64) -> Result<Box<dyn BlockContext + '_>> {
+        Ok(Box::new(TransformerContext {
+            net: self.net,
+            cache: self.net.block_cache(prefix, block_size)?,
+            adjust: self.adjust,
+        }))
+    }
+}
+
+struct TransformerContext<'a> {
+    net: &'a TextTransformer,
+    cache: KvCache,
+    adjust: Option<&'a SamplingLogits>,
+}
+
+impl BlockContext for TransformerContext<'_> {
+    fn len(&self) -> i64 {
+        self.cache.len()
+    }
+
+    fn logits(&self, block: &Tensor) -> Result<Tensor> {
+        let logits = self.net.forward_block(block, &self.cache)?;
+        Ok(match self.adjust {
+            Some(a) => a.apply(&logits),
+            None => logits,
+        })
+    }
+
+    fn push(&mut self, block: &Tensor) -> Result<()> {
+        self.cache = self.net.extend_cache(&self.cache, block)?;
+        Ok(())
+    }
+}
+
 /// A process ready to use on a tokenizer of `vocab_size` tokens.
 pub enum TextProcess {
     Mdlm(Mdlm),
+    Bd3lm(Bd3lm),
     D3pm(D3pm),
     Autoregressive { vocab_size: i64 },
 }
@@ -161,10 +297,40 @@ pub enum TextProcess {
 impl TextProcess {
     pub fn new(config: &ProcessConfig, vocab_size: i64) -> Result<Self> {
         Ok(match config.kind {
-            ProcessKind::Mdlm => TextProcess::Mdlm(Mdlm::new(MdlmConfig {
-                schedule: config.mask_schedule()?,
-                ..MdlmConfig::new(vocab_size)
-            })?),
+            ProcessKind::Mdlm => TextProcess::Mdlm(
+                Mdlm::new(MdlmConfig {
+                    schedule: config.mask_schedule()?,
+                    estimator: config.bound_estimator()?,
+                    loss: config.training_loss()?,
+                    mask_rate_range: config.mask_rate_range.map(|[lo, hi]| (lo, hi)),
+                    ..MdlmConfig::new(vocab_size)
+                })
+                .map_err(|e| prefix_error("--mask-rate-range", e))?,
+            ),
+            ProcessKind::Bd3lm => {
+                if config.time_conditioning {
+                    return Err(Error::InvalidArgument(
+                        "--time-conditioning: bd3lm takes no time conditioning (each block has \
+                         its own noise level; the share of [MASK] tokens tells the network)"
+                            .into(),
+                    ));
+                }
+                if config.block_size == 0 {
+                    return Err(Error::InvalidArgument(
+                        "--block-size: must be at least 1, got 0".into(),
+                    ));
+                }
+                TextProcess::Bd3lm(
+                    Bd3lm::new(Bd3lmConfig {
+                        schedule: config.mask_schedule()?,
+                        estimator: config.bound_estimator()?,
+                        loss: config.training_loss()?,
+                        mask_rate_range: config.mask_rate_range.map(|[lo, hi]| (lo, hi)),
+                        ..Bd3lmConfig::new(vocab_size, config.block_size as i64)
+                    })
+                    .map_err(|e| prefix_error("--mask-rate-range", e))?,
+                )
+            }
             ProcessKind::D3pmAbsorbing | ProcessKind::D3pmUniform => {
                 let base = if config.kind == ProcessKind::D3pmAbsorbing {
                     D3pmConfig::absorbing(vocab_size, config.d3pm_timesteps)
@@ -194,6 +360,14 @@ impl TextProcess {
         };
         match self {
             TextProcess::Mdlm(p) => p.loss(&model, x0),
+            TextProcess::Bd3lm(p) => p.loss(
+                &TransformerBlocks {
+                    net,
+                    train: true,
+                    adjust: None,
+                },
+                x0,
+            ),
             TextProcess::D3pm(p) => Ok(p.loss(&model, x0)?.loss),
             TextProcess::Autoregressive { .. } => {
                 Ok(autoregressive_nats(net, x0, true).mean(Kind::Float))
@@ -202,7 +376,8 @@ impl TextProcess {
     }
 
     /// The NLL (an upper bound for the diffusion processes, exact for the autoregressive model)
-    /// of `data` `[N, L]`, batched; `mc_samples` Monte Carlo times per sequence for MDLM.
+    /// of `data` `[N, L]`, batched; `mc_samples` Monte Carlo draws per sequence (and block) for
+    /// MDLM and BD3-LM.
     pub fn nll(
         &self,
         net: &TextTransformer,
@@ -218,7 +393,24 @@ impl TextProcess {
             train: false,
         };
         tch::no_grad(|| match self {
-            TextProcess::Mdlm(p) => p.nll(&model, data, batch_size, mc_samples, on_progress),
+            TextProcess::Mdlm(p) => p.nll(
+                &model,
+                &data.to_device(net.device()),
+                batch_size,
+                mc_samples,
+                on_progress,
+            ),
+            TextProcess::Bd3lm(p) => p.nll(
+                &TransformerBlocks {
+                    net,
+                    train: false,
+                    adjust: None,
+                },
+                &data.to_device(net.device()),
+                batch_size,
+                mc_samples,
+                on_progress,
+            ),
             TextProcess::D3pm(p) => {
                 d3pm_nll_bound(p, &model, data, batch_size, net.device(), on_progress)
             }

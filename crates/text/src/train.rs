@@ -70,9 +70,10 @@ pub fn small_transformer() -> TransformerConfig {
         mlp_ratio: 4.0,
         max_seq_len: 128,
         positions: crate::transformer::Positions::Rotary,
-        dropout: 0.1,
+        dropout: 0.0,
         causal: false,
         cond_dim: 128,
+        time_conditioning: false,
     }
 }
 
@@ -137,6 +138,7 @@ pub fn complete_model_config(
     config: &mut TextTrainConfig,
     tokenizer: &TextTokenizer,
 ) -> Result<()> {
+    config.process.check_seq_len(config.seq_len)?;
     let (input, output) = config
         .process
         .kind
@@ -145,6 +147,8 @@ pub fn complete_model_config(
     config.model.output_vocab_size = output;
     config.model.max_seq_len = config.seq_len as i64;
     config.model.causal = config.process.kind == crate::process::ProcessKind::Autoregressive;
+    // No adaLN weights unless the process feeds the network a noise level.
+    config.model.time_conditioning = config.process.time_conditioning && !config.model.causal;
     config.model.validate()
 }
 

@@ -23,7 +23,17 @@
 //!   first) and `head` (Linear `hidden -> output_vocab_size`, zero at first, so a fresh model
 //!   predicts the uniform distribution).
 //!
-//! The causal variant has no `time_embed`, `modulation` or `final_modulation`.
+//! The causal variant has no `time_embed`, `modulation` or `final_modulation`, and neither has a
+//! bidirectional network with `time_conditioning: false` (MDLM's and BD3-LM's default: the share
+//! of [MASK] tokens tells the network the noise level). Its blocks are plain pre-norm blocks
+//! (`x += branch(norm(x))`) and its final norm feeds the head directly, so no parameters are spent
+//! on modulations that, fed no time, could only learn constants.
+//!
+//! Block diffusion (BD3-LM, Arriola et al. 2025) runs the same network in two more ways:
+//! [`TextTransformer::forward_two_stream`] trains on `[x_t ; x_0]` (2L tokens, positions 0..L-1 on
+//! each half) under BD3-LM's attention mask, and [`TextTransformer::block_cache`] /
+//! [`TextTransformer::forward_block`] sample block by block, the clean prefix's keys and values
+//! computed once ([`KvCache`]) and each noisy block attending to them and to itself.
 
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -72,8 +82,16 @@ pub struct TransformerConfig {
     pub dropout: f64,
     /// Causal attention and no time conditioning: the autoregressive baseline.
     pub causal: bool,
-    /// Width of the time conditioning (ignored when `causal`).
+    /// Width of the time conditioning (ignored when `causal` or without `time_conditioning`).
     pub cond_dim: i64,
+    /// A bidirectional network takes a noise level through adaLN modulations; `false` leaves them
+    /// out (ignored when `causal`). Files written before this field existed had them: `true`.
+    #[serde(default = "modulated_by_default")]
+    pub time_conditioning: bool,
+}
+
+fn modulated_by_default() -> bool {
+    true
 }
 
 impl Default for TransformerConfig {
@@ -92,6 +110,7 @@ impl Default for TransformerConfig {
             dropout: 0.1,
             causal: false,
             cond_dim: 128,
+            time_conditioning: true,
         }
     }
 }
@@ -104,6 +123,11 @@ impl TransformerConfig {
     /// Units of each MLP.
     pub fn mlp_width(&self) -> i64 {
         (self.mlp_ratio * self.hidden_size as f64).round() as i64
+    }
+
+    /// Whether the network has adaLN modulations (and takes a noise level).
+    pub fn modulated(&self) -> bool {
+        !self.causal && self.time_conditioning
     }
 
     /// Width of one attention head.
@@ -126,7 +150,7 @@ impl TransformerConfig {
         positive("num_layers", self.num_layers)?;
         positive("num_heads", self.num_heads)?;
         positive("max_seq_len", self.max_seq_len)?;
-        if !self.causal {
+        if self.modulated() {
             positive("cond_dim", self.cond_dim)?;
         }
         if self.hidden_size % self.num_heads != 0 {
@@ -246,20 +270,15 @@ impl Rotary {
         }
     }
 
-    /// Rotate `x` `[B, heads, L, head_dim]`.
-    fn apply(&self, x: &Tensor) -> Tensor {
-        let len = x.size()[2];
-        let cos = self
-            .cos
-            .narrow(0, 0, len)
-            .to_device(x.device())
-            .to_kind(x.kind());
-        let sin = self
-            .sin
-            .narrow(0, 0, len)
-            .to_device(x.device())
-            .to_kind(x.kind());
-        x * cos + rotate_half(x) * sin
+    /// Rotate `x` `[B, heads, n, head_dim]` whose tokens sit at `positions` `[n]` (i64).
+    fn apply(&self, x: &Tensor, positions: &Tensor) -> Tensor {
+        let pick = |table: &Tensor| {
+            table
+                .to_device(x.device())
+                .index_select(0, positions)
+                .to_kind(x.kind())
+        };
+        x * pick(&self.cos) + rotate_half(x) * pick(&self.sin)
     }
 }
 
@@ -284,7 +303,9 @@ impl Block {
             norm2: layer_norm(&vs / "norm2", h),
             fc1: linear(&vs / "mlp" / "fc1", h, cfg.mlp_width(), true),
             fc2: linear(&vs / "mlp" / "fc2", cfg.mlp_width(), h, true),
-            modulation: (!cfg.causal).then(|| zero_linear(&vs / "modulation", cfg.cond_dim, 6 * h)),
+            modulation: cfg
+                .modulated()
+                .then(|| zero_linear(&vs / "modulation", cfg.cond_dim, 6 * h)),
         }
     }
 }
@@ -363,7 +384,9 @@ impl TextTransformer {
                 Some(Rotary::new(cfg.head_dim(), cfg.max_seq_len, vs.device())),
             ),
         };
-        let time_embed = (!cfg.causal).then(|| TimeEmbed::new(vs / "time_embed", cfg.cond_dim));
+        let time_embed = cfg
+            .modulated()
+            .then(|| TimeEmbed::new(vs / "time_embed", cfg.cond_dim));
         let blocks = (0..cfg.num_layers)
             .map(|i| Block::new(vs / "blocks" / i, cfg))
             .collect();
@@ -375,7 +398,8 @@ impl TextTransformer {
             time_embed,
             blocks,
             final_norm: layer_norm(vs / "final_norm", h),
-            final_modulation: (!cfg.causal)
+            final_modulation: cfg
+                .modulated()
                 .then(|| zero_linear(vs / "final_modulation", cfg.cond_dim, 2 * h)),
             head: zero_linear(vs / "head", h, cfg.output_vocab_size),
         })
@@ -412,11 +436,14 @@ impl TextTransformer {
                 self.config.max_seq_len
             )));
         }
-        match (cond, self.config.causal) {
-            (Some(_), true) => Err(Error::InvalidArgument(
-                "transformer: a causal model takes no time conditioning".into(),
-            )),
-            (Some(c), false) if !(c.size() == [b] || c.size().is_empty()) => {
+        match (cond, self.config.modulated()) {
+            (Some(_), false) => Err(Error::InvalidArgument(if self.config.causal {
+                "transformer: a causal model takes no time conditioning".into()
+            } else {
+                "transformer: this network has no time conditioning (time_conditioning: false)"
+                    .into()
+            })),
+            (Some(c), true) if !(c.size() == [b] || c.size().is_empty()) => {
                 Err(Error::InvalidArgument(format!(
                     "transformer: the conditioning must be [batch] = [{b}] or a scalar, got {:?}",
                     c.size()
@@ -460,6 +487,224 @@ impl TextTransformer {
     }
 
     fn forward_unchecked(&self, tokens: &Tensor, cond: Option<&Tensor>, train: bool) -> Tensor {
+        let len = tokens.size()[1];
+        let positions = Tensor::arange(len, (Kind::Int64, tokens.device()));
+        let attention = if self.config.causal {
+            Attention::Causal
+        } else {
+            Attention::Full
+        };
+        let (x, _) = self.trunk(tokens, &positions, cond, attention, None, false, train);
+        self.head_of(&x, cond, tokens.size()[0])
+    }
+
+    /// BD3-LM's training pass: logits `[B, L, output_vocab_size]` at the positions of the noisy
+    /// sequence `x_t` `[B, L]`, where the network sees `[x_t ; x0]` (2L tokens, positions 0..L-1
+    /// on each half) and each noisy token attends to its own noisy block and to the clean blocks
+    /// before it, each clean token to the clean blocks up to its own (Arriola et al. 2025, sec.
+    /// 3.2). Blocks are `block_size` tokens; `block_size` must divide L. Only networks without
+    /// time conditioning (one noise level per block has no single adaLN input).
+    pub fn forward_two_stream(
+        &self,
+        x_t: &Tensor,
+        x0: &Tensor,
+        block_size: i64,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.check_blocks(x_t, block_size)?;
+        if x0.size() != x_t.size() {
+            return Err(Error::InvalidArgument(format!(
+                "transformer: x_t {:?} and x0 {:?} must have the same shape",
+                x_t.size(),
+                x0.size()
+            )));
+        }
+        let (b, len) = (x_t.size()[0], x_t.size()[1]);
+        let device = x_t.device();
+        let tokens = Tensor::cat(&[x_t.to_kind(Kind::Int64), x0.to_kind(Kind::Int64)], 1);
+        let half = Tensor::arange(len, (Kind::Int64, device));
+        let positions = Tensor::cat(&[&half, &half], 0);
+        let mask = two_stream_mask(len, block_size, device);
+        let (x, _) = self.trunk(
+            &tokens,
+            &positions,
+            None,
+            Attention::Mask(&mask),
+            None,
+            false,
+            train,
+        );
+        Ok(self.head_of(&x.narrow(1, 0, len), None, b))
+    }
+
+    /// The keys and values of a clean `prefix` `[B, P]` (P a multiple of `block_size`, at most
+    /// `max_seq_len`; P = 0 gives an empty cache) under BD3-LM's block-causal attention: what
+    /// [`TextTransformer::forward_block`] attends to. Evaluation mode (no dropout).
+    pub fn block_cache(&self, prefix: &Tensor, block_size: i64) -> Result<KvCache> {
+        let (b, p) = prefix
+            .size2()
+            .map_err(|_| Error::InvalidArgument("transformer: the prefix must be [B, P]".into()))?;
+        if p == 0 {
+            return Ok(KvCache {
+                layers: Vec::new(),
+                batch: b,
+                len: 0,
+            });
+        }
+        self.check_blocks(prefix, block_size)?;
+        let device = prefix.device();
+        let positions = Tensor::arange(p, (Kind::Int64, device));
+        let mask = block_causal_mask(p, block_size, device);
+        let (_, layers) = tch::no_grad(|| {
+            self.trunk(
+                prefix,
+                &positions,
+                None,
+                Attention::Mask(&mask),
+                None,
+                true,
+                false,
+            )
+        });
+        Ok(KvCache {
+            layers,
+            batch: b,
+            len: p,
+        })
+    }
+
+    /// Logits `[B, n, output_vocab_size]` of a block `tokens` `[B, n]` that follows `cache`'s
+    /// tokens (positions `cache.len()..`): every token attends to the whole cache and to the whole
+    /// block. Evaluation mode.
+    pub fn forward_block(&self, tokens: &Tensor, cache: &KvCache) -> Result<Tensor> {
+        let positions = self.check_after_cache(tokens, cache)?;
+        Ok(tch::no_grad(|| {
+            let (x, _) = self.trunk(
+                tokens,
+                &positions,
+                None,
+                Attention::Full,
+                Some(cache),
+                false,
+                false,
+            );
+            self.head_of(&x, None, tokens.size()[0])
+        }))
+    }
+
+    /// `cache` followed by the clean block `tokens` `[B, n]`: the next block's context.
+    pub fn extend_cache(&self, cache: &KvCache, tokens: &Tensor) -> Result<KvCache> {
+        let positions = self.check_after_cache(tokens, cache)?;
+        let (_, layers) = tch::no_grad(|| {
+            self.trunk(
+                tokens,
+                &positions,
+                None,
+                Attention::Full,
+                Some(cache),
+                true,
+                false,
+            )
+        });
+        Ok(KvCache {
+            layers,
+            batch: cache.batch,
+            len: cache.len + tokens.size()[1],
+        })
+    }
+
+    /// Shapes, and a network block diffusion can run: bidirectional, no time conditioning.
+    fn check_block_network(&self, tokens: &Tensor) -> Result<()> {
+        self.check_shapes(tokens, None)?;
+        if self.config.causal || self.config.modulated() {
+            return Err(Error::InvalidArgument(
+                "transformer: block diffusion needs a bidirectional network without time \
+                 conditioning"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_blocks(&self, tokens: &Tensor, block_size: i64) -> Result<()> {
+        self.check_block_network(tokens)?;
+        let len = tokens.size()[1];
+        if block_size < 1 || len % block_size != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "transformer: block size {block_size} does not divide the length {len}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The positions of `tokens` after `cache`, after checking they fit.
+    fn check_after_cache(&self, tokens: &Tensor, cache: &KvCache) -> Result<Tensor> {
+        self.check_block_network(tokens)?;
+        let (b, n) = (tokens.size()[0], tokens.size()[1]);
+        if b != cache.batch {
+            return Err(Error::InvalidArgument(format!(
+                "transformer: a block of {b} rows after a cache of {}",
+                cache.batch
+            )));
+        }
+        if cache.len + n > self.config.max_seq_len {
+            return Err(Error::InvalidArgument(format!(
+                "transformer: {} cached and {n} new tokens exceed max_seq_len {}",
+                cache.len, self.config.max_seq_len
+            )));
+        }
+        Ok(Tensor::arange_start(
+            cache.len,
+            cache.len + n,
+            (Kind::Int64, tokens.device()),
+        ))
+    }
+
+    /// Final norm (modulated when the network is) and head.
+    fn head_of(&self, x: &Tensor, cond: Option<&Tensor>, b: i64) -> Tensor {
+        let mut x = x.apply(&self.final_norm);
+        if let (Some(m), Some(c)) = (
+            &self.final_modulation,
+            self.time_features(cond, b, x.kind(), x.device()),
+        ) {
+            let m = c.apply(m).chunk(2, -1);
+            x = modulate(&x, &m[0], &m[1]);
+        }
+        x.apply(&self.head)
+    }
+
+    /// `c = silu(time_embed(cond))` `[B, cond_dim]`, or `None` without time conditioning.
+    fn time_features(
+        &self,
+        cond: Option<&Tensor>,
+        b: i64,
+        kind: Kind,
+        device: tch::Device,
+    ) -> Option<Tensor> {
+        self.time_embed.as_ref().map(|te| {
+            let t = match cond {
+                Some(t) if t.dim() == 0 => t.to_device(device).expand([b], false),
+                Some(t) => t.to_device(device),
+                None => Tensor::zeros([b], (Kind::Float, device)),
+            };
+            te.forward(&t, kind)
+        })
+    }
+
+    /// The residual stream `[B, n, hidden]` after every block for `tokens` `[B, n]` at
+    /// `positions` `[n]`, attending as `attention` says to `past`'s keys and values (if any) and
+    /// to the tokens' own; with `keep`, also each layer's keys and values (past ones first).
+    #[allow(clippy::too_many_arguments)]
+    fn trunk(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        cond: Option<&Tensor>,
+        attention: Attention<'_>,
+        past: Option<&KvCache>,
+        keep: bool,
+        train: bool,
+    ) -> (Tensor, Vec<(Tensor, Tensor)>) {
         let cfg = &self.config;
         let (b, len) = (tokens.size()[0], tokens.size()[1]);
         let device = tokens.device();
@@ -467,24 +712,15 @@ impl TextTransformer {
         let embedded = self.token_embed.forward(&tokens);
         let kind = embedded.kind();
         let mut x = match &self.pos_embed {
-            Some(pos) => {
-                let positions = Tensor::arange(len, (Kind::Int64, device));
-                embedded + pos.forward(&positions).unsqueeze(0)
-            }
+            Some(pos) => embedded + pos.forward(positions).unsqueeze(0),
             None => embedded,
         };
-        let c = self.time_embed.as_ref().map(|te| {
-            let t = match cond {
-                Some(t) if t.dim() == 0 => t.to_device(device).expand([b], false),
-                Some(t) => t.to_device(device),
-                None => Tensor::zeros([b], (Kind::Float, device)),
-            };
-            te.forward(&t, kind)
-        });
+        let c = self.time_features(cond, b, kind, device);
         let heads = cfg.num_heads;
         let head_dim = cfg.head_dim();
         let h = cfg.hidden_size;
-        for block in &self.blocks {
+        let mut kept = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
             let mods = match (&block.modulation, &c) {
                 (Some(m), Some(c)) => Some(c.apply(m).chunk(6, -1)),
                 _ => None,
@@ -498,21 +734,26 @@ impl TextTransformer {
                 .apply(&block.qkv)
                 .view([b, len, 3, heads, head_dim])
                 .permute([2, 0, 3, 1, 4]);
-            let (mut q, mut k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+            let (mut q, mut k, mut v) = (qkv.get(0), qkv.get(1), qkv.get(2));
             if let Some(rotary) = &self.rotary {
-                q = rotary.apply(&q);
-                k = rotary.apply(&k);
+                q = rotary.apply(&q, positions);
+                k = rotary.apply(&k, positions);
             }
-            let attn = Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                None::<Tensor>,
-                0.0,
-                cfg.causal,
-                None,
-                false,
-            );
+            if let Some(past) = past.filter(|p| p.len > 0) {
+                let (pk, pv) = &past.layers[i];
+                k = Tensor::cat(&[pk, &k], 2);
+                v = Tensor::cat(&[pv, &v], 2);
+            }
+            if keep {
+                kept.push((k.shallow_clone(), v.shallow_clone()));
+            }
+            let (mask, causal) = match attention {
+                Attention::Full => (None, false),
+                Attention::Causal => (None, true),
+                Attention::Mask(m) => (Some(m), false),
+            };
+            let attn =
+                Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, false);
             let attn = attn
                 .transpose(1, 2)
                 .reshape([b, len, h])
@@ -537,13 +778,63 @@ impl TextTransformer {
                 None => x + mlp,
             };
         }
-        let mut x = x.apply(&self.final_norm);
-        if let (Some(m), Some(c)) = (&self.final_modulation, &c) {
-            let m = c.apply(m).chunk(2, -1);
-            x = modulate(&x, &m[0], &m[1]);
-        }
-        x.apply(&self.head)
+        (x, kept)
     }
+}
+
+/// How tokens attend: to everything, causally, or as a boolean mask `[queries, keys]` says
+/// (true: attend).
+#[derive(Clone, Copy)]
+enum Attention<'a> {
+    Full,
+    Causal,
+    Mask(&'a Tensor),
+}
+
+/// Keys and values of the tokens a block follows, one pair `[B, heads, P, head_dim]` per layer
+/// (rotary already applied), from [`TextTransformer::block_cache`].
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    batch: i64,
+    len: i64,
+}
+
+impl KvCache {
+    /// Tokens cached.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Block-causal attention over `len` tokens in blocks of `block`: token i attends to token j
+/// when j's block is not after i's. `[len, len]` bool.
+pub fn block_causal_mask(len: i64, block: i64, device: tch::Device) -> Tensor {
+    let blocks = Tensor::arange(len, (Kind::Int64, device)).divide_scalar_mode(block, "floor");
+    blocks.unsqueeze(1).ge_tensor(&blocks.unsqueeze(0))
+}
+
+/// BD3-LM's mask over `[x_t ; x_0]` (2 `len` tokens): noisy to noisy within a block, noisy to
+/// clean blocks strictly before its own, clean to clean block-causally, clean never to noisy.
+/// `[2 len, 2 len]` bool.
+pub fn two_stream_mask(len: i64, block: i64, device: tch::Device) -> Tensor {
+    let blocks = Tensor::arange(len, (Kind::Int64, device)).divide_scalar_mode(block, "floor");
+    let (qi, kj) = (blocks.unsqueeze(1), blocks.unsqueeze(0));
+    let noisy_noisy = qi.eq_tensor(&kj);
+    let noisy_clean = qi.gt_tensor(&kj);
+    let clean_clean = qi.ge_tensor(&kj);
+    let clean_noisy = clean_clean.zeros_like();
+    Tensor::cat(
+        &[
+            Tensor::cat(&[noisy_noisy, noisy_clean], 1),
+            Tensor::cat(&[clean_noisy, clean_clean], 1),
+        ],
+        0,
+    )
 }
 
 /// Number of trainable parameters in a var store.

@@ -205,14 +205,11 @@ fn time_reference_unet(device: Device, x: &Tensor) -> Result<(f64, f64)> {
     Ok((ms, parameter_count(&vs) as f64 / 1e6))
 }
 
-/// Where benchmarks leave files for their Python peer: target/bench-cache (beside target/release).
+/// Where benchmarks leave files for their Python peer: the repository's target/bench-cache, where
+/// the peer scripts look (`ROOT/target/bench-cache`), wherever this binary was copied
+/// (`DIFFUSE_BENCH_BIN` may point at a copy outside target/).
 fn bench_cache() -> Result<std::path::PathBuf> {
-    let exe = std::env::current_exe().context("locating diffuse-bench")?;
-    let target = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .context("diffuse-bench is not inside target/")?;
-    let dir = target.join("bench-cache");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-cache");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
@@ -586,18 +583,69 @@ fn bench_text(device: Device) -> Result<()> {
     Ok(())
 }
 
-/// Validation bits/char of the four text processes after the same wall-clock training budget
+/// One `text_quality` case: a process and its recipe, named as `DIFFUSE_BENCH_TEXT_CASES` lists
+/// it: `mdlm`, `bd3lm-B`, `d3pm-absorbing`, `d3pm-uniform` or `autoregressive`, optionally
+/// followed by `+count` (the exact-count estimator, in training and scoring), `+masked-ce` (the
+/// unweighted masked cross-entropy as the training loss) and `+clip=LO-HI` (mask rates drawn from
+/// [LO, HI] in training).
+fn text_quality_case(name: &str) -> Result<diffuse_text::process::ProcessConfig> {
+    use diffuse_text::process::{ProcessConfig, ProcessKind};
+    let mut parts = name.split('+');
+    let head = parts.next().unwrap_or_default();
+    let (kind, block) = match head.strip_prefix("bd3lm-") {
+        Some(b) => (
+            ProcessKind::Bd3lm,
+            Some(
+                b.parse::<usize>()
+                    .with_context(|| format!("case {name}: block size"))?,
+            ),
+        ),
+        None => (ProcessKind::parse(head)?, None),
+    };
+    let mut config = ProcessConfig {
+        d3pm_timesteps: 100,
+        ..ProcessConfig::new(kind)
+    };
+    if let Some(b) = block {
+        config.block_size = b;
+    }
+    for part in parts {
+        match part.split_once('=') {
+            None if part == "count" => config.estimator = "count".into(),
+            None if part == "masked-ce" => config.loss = "masked-ce".into(),
+            Some(("clip", range)) => {
+                let (lo, hi) = range
+                    .split_once('-')
+                    .with_context(|| format!("case {name}: clip=LO-HI"))?;
+                config.mask_rate_range = Some([lo.parse()?, hi.parse()?]);
+            }
+            _ => bail!("case {name}: unknown part '{part}' (count, masked-ce or clip=LO-HI)"),
+        }
+    }
+    if !kind.is_masked_diffusion()
+        && (config.estimator != "time" || config.loss != "elbo" || config.mask_rate_range.is_some())
+    {
+        bail!("case {name}: +count, +masked-ce and +clip apply to mdlm and bd3lm");
+    }
+    Ok(config)
+}
+
+/// Validation bits/char of the text processes after the same wall-clock training budget
 /// (`DIFFUSE_BENCH_SECONDS`, default 120 s each) from the same seed: character-level Shakespeare,
 /// sequences of 128, batch 32, the `text` benchmark's network (causal for the autoregressive
-/// baseline), AdamW at 1e-3 with 100 warmup steps and gradient clipping at 1, through the
-/// library's corpus, process losses and NLL. Scored on the first 64 validation sequences: MDLM
-/// with 4 stratified times per sequence, D3PM's whole bound with T = 100 (not the default 1000,
-/// whose bound takes 10x longer to evaluate), the autoregressive model exactly. The MDLM
-/// network's config.json goes to target/bench-cache for the peer, which trains it in PyTorch.
+/// baseline, no adaLN where the process feeds no noise level), AdamW at 1e-3 with 100 warmup
+/// steps, then cosine decay to 0 at the end of the budget (by elapsed time), gradient clipping at
+/// 1, EMA 0.999 (diffusers' warmup rule), through the library's corpus, process losses and NLL.
+/// The EMA weights are scored on every held-out window: MDLM and BD3-LM with 4 stratified draws
+/// per sequence (per block for BD3-LM), D3PM's whole bound with T = 100 (not the default 1000,
+/// whose bound takes 10x longer to evaluate), the autoregressive model exactly. Cases:
+/// `DIFFUSE_BENCH_TEXT_CASES` (comma-separated, see [`text_quality_case`]), by default
+/// `autoregressive,bd3lm-4,bd3lm-16,mdlm,d3pm-absorbing`. The MDLM network's config.json goes to
+/// target/bench-cache for the peer, which trains it in PyTorch with the same recipe.
 fn bench_text_quality(device: Device) -> Result<()> {
-    use diffuse_tensor::lr::{LrSchedule, LrScheduleKind};
+    use diffuse_tensor::ema::{Ema, EmaConfig};
     use diffuse_text::corpus::{default_datasets_dir, Corpus};
-    use diffuse_text::process::{ProcessConfig, ProcessKind, TextProcess};
+    use diffuse_text::process::{ProcessKind, TextProcess};
     use diffuse_text::transformer::TextTransformer;
     use std::time::Instant;
     let seconds: f64 = match std::env::var("DIFFUSE_BENCH_SECONDS") {
@@ -609,31 +657,28 @@ fn bench_text_quality(device: Device) -> Result<()> {
             .with_context(|| format!("DIFFUSE_BENCH_SECONDS={v:?}: expected seconds > 0"))?,
         Err(_) => 120.0,
     };
+    let cases = std::env::var("DIFFUSE_BENCH_TEXT_CASES")
+        .unwrap_or_else(|_| "autoregressive,bd3lm-4,bd3lm-16,mdlm,d3pm-absorbing".into());
+    let cases: Vec<(String, diffuse_text::process::ProcessConfig)> = cases
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| Ok((c.to_owned(), text_quality_case(c)?)))
+        .collect::<Result<_>>()?;
     let budget = Duration::from_secs_f64(seconds);
-    let (seq_len, batch, seed, d3pm_timesteps) = (128usize, 32usize, 0u64, 100usize);
+    let (seq_len, batch, seed, warmup, lr) = (128usize, 32usize, 0u64, 100u64, 1e-3);
     let corpus = Corpus::load("shakespeare", &default_datasets_dir())?;
     let tokenizer = corpus.char_tokenizer()?;
     let data = corpus.tokenize(&tokenizer, seq_len, 0.05)?;
-    let validation = data.validation.take(64);
+    let validation = &data.validation;
     let chars_per_token = validation.stats().chars_per_token();
     let v = tokenizer.vocab_size() as i64;
-    let schedule = LrSchedule {
-        kind: LrScheduleKind::ConstantWithWarmup,
-        warmup_steps: 100,
-        total_steps: u64::MAX,
-    };
-    for kind in [
-        ProcessKind::Mdlm,
-        ProcessKind::D3pmAbsorbing,
-        ProcessKind::D3pmUniform,
-        ProcessKind::Autoregressive,
-    ] {
-        let process_config = ProcessConfig {
-            d3pm_timesteps,
-            ..ProcessConfig::new(kind)
-        };
+    for (name, process_config) in cases {
+        let kind = process_config.kind;
         let (input, output) = kind.vocab_sizes(v);
-        let config = bench_text_config(input, output, kind == ProcessKind::Autoregressive);
+        let mut config = bench_text_config(input, output, kind == ProcessKind::Autoregressive);
+        config.time_conditioning = process_config.time_conditioning;
+        process_config.check_seq_len(seq_len)?;
         if kind == ProcessKind::Mdlm {
             // The peer trains the same network for MDLM.
             config.to_json_file(&bench_cache()?.join("text_quality_mdlm_config.json"))?;
@@ -646,8 +691,15 @@ fn bench_text_quality(device: Device) -> Result<()> {
         let mut opt = AdamW::new(
             &vs,
             AdamWConfig {
-                lr: 1e-3,
+                lr,
                 ..Default::default()
+            },
+        )?;
+        let mut ema = Ema::new(
+            &vs,
+            EmaConfig {
+                decay: 0.999,
+                ..EmaConfig::default()
             },
         )?;
         let start = Instant::now();
@@ -658,11 +710,19 @@ fn bench_text_quality(device: Device) -> Result<()> {
             let loss = process.loss(&net, &x0, process_config.time_conditioning)?;
             loss.backward();
             diffuse_tensor::grad::clip_grad_norm(opt.parameters(), 1.0);
-            opt.step(schedule.lr(1e-3, steps));
+            // Linear warmup (the first step's rate is 0), then cosine decay to 0 at the end of
+            // the time budget: every process ends its run annealed, whatever its step rate.
+            let done = (start.elapsed().as_secs_f64() / seconds).min(1.0);
+            let factor = (steps as f64 / warmup as f64).min(1.0)
+                * 0.5
+                * (1.0 + (std::f64::consts::PI * done).cos());
+            opt.step(lr * factor);
+            ema.update(&vs);
             steps += 1;
         }
         diffuse_cli::measure::sync(device);
         let ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        ema.copy_to(&vs);
         let nll = process.nll(
             &net,
             process_config.time_conditioning,
@@ -673,15 +733,23 @@ fn bench_text_quality(device: Device) -> Result<()> {
         )?;
         let bpc = nll.bits_per_char(chars_per_token)?;
         let se = nll.std_error / std::f64::consts::LN_2 / chars_per_token;
+        let draws = match process_config.estimator.as_str() {
+            "count" => "masked counts",
+            _ => "times",
+        };
         let how = match kind {
             ProcessKind::Autoregressive => "exact".to_owned(),
-            ProcessKind::Mdlm => "upper bound, 4 times per sequence".to_owned(),
-            _ => format!("upper bound, T = {d3pm_timesteps}"),
+            ProcessKind::Mdlm => format!("upper bound, 4 {draws} per sequence"),
+            ProcessKind::Bd3lm => format!("upper bound, 4 {draws} per block"),
+            _ => format!("upper bound, T = {}", process_config.d3pm_timesteps),
         };
         emit(
-            &format!("{}, {seconds} s of training", kind.name()),
+            &format!("{name}, {seconds} s of training"),
             ms,
-            &format!("{steps} steps, validation bits/char {bpc:.3} ({how}; s.e. {se:.3})"),
+            &format!(
+                "{steps} steps, validation bits/char {bpc:.3} ({how}, {} windows; s.e. {se:.3})",
+                validation.len()
+            ),
         );
     }
     Ok(())

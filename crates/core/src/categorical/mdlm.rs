@@ -5,7 +5,8 @@
 //! falls from alpha_0 = 1. The network's output goes through the SUBS parameterisation (the
 //! [MASK] logit is -inf; unmasked positions copy their input), and the continuous-time ELBO is
 //! E_t [ -alpha'_t / (1 - alpha_t) sum over masked positions of -log p~(x_0 | x_t) ], a weighted
-//! cross-entropy (MDLM eq. 10-11). Training times are drawn on [eps, 1] (eps = 1e-3, MDLM's
+//! cross-entropy (MDLM eq. 10-11), estimated with a time per sequence or, with
+//! [`BoundEstimator::ExactCount`], with a masked count per sequence ([`super::masked`]). Training times are drawn on [eps, 1] (eps = 1e-3, MDLM's
 //! `sampling_eps`), antithetically (stratified over the batch) by default, exactly as the reference
 //! code; the bound therefore leaves out the prior term at t = 1 and the sliver t < eps, both of
 //! order eps.
@@ -16,9 +17,13 @@
 //! and stays masked with probability (1 - alpha_s)/(1 - alpha_t); unmasked tokens never change, so
 //! when a step changes nothing the next step may reuse the model output (the cache).
 
+use super::masked::{
+    ancestral, apply_mask, batched_bound, check_mask_rate_range, stratified, training_loss,
+    uniforms, weighted_nats, BoundEstimator, MaskDraw, Masking, TrainingLoss,
+};
 use super::{
-    check_infill, check_logits, check_tokens, cond_tensor, filtered_probs, flat_true, sample_rows,
-    subs_log_probs, CategoricalSample, NllEstimate, SampleOptions, TokenDenoiser,
+    check_infill, check_logits, check_tokens, cond_tensor, subs_log_probs, CategoricalSample,
+    NllEstimate, SampleOptions, TokenDenoiser,
 };
 use crate::{Error, Result};
 use std::f64::consts::PI;
@@ -115,6 +120,12 @@ pub struct MdlmConfig {
     pub sampling_eps: f64,
     /// Low-discrepancy times: for n draws, one in each [i/n, (i+1)/n) (MDLM's antithetic sampling).
     pub antithetic: bool,
+    /// How the bound is estimated, in training and in [`Mdlm::nll`].
+    pub estimator: BoundEstimator,
+    /// What training minimises ([`Mdlm::nll`] is always the bound).
+    pub loss: TrainingLoss,
+    /// Training only: draw mask rates (t, or k / L) from this range instead of [0, 1].
+    pub mask_rate_range: Option<(f64, f64)>,
 }
 
 impl MdlmConfig {
@@ -124,6 +135,9 @@ impl MdlmConfig {
             schedule: MaskSchedule::default(),
             sampling_eps: 1e-3,
             antithetic: true,
+            estimator: BoundEstimator::ContinuousTime,
+            loss: TrainingLoss::Elbo,
+            mask_rate_range: None,
         }
     }
 }
@@ -149,6 +163,9 @@ impl Mdlm {
             )));
         }
         config.schedule.validate()?;
+        if let Some(range) = config.mask_rate_range {
+            check_mask_rate_range(range)?;
+        }
         Ok(Mdlm { config })
     }
 
@@ -180,17 +197,27 @@ impl Mdlm {
     /// Stratify `u` over groups of `n` (when antithetic) and map onto [eps, 1].
     fn times_from_uniforms(&self, u: &[f64], n: usize) -> Vec<f64> {
         let eps = self.config.sampling_eps;
-        u.iter()
-            .enumerate()
-            .map(|(i, &u)| {
-                let u = if self.config.antithetic {
-                    ((u / n as f64) + (i % n) as f64 / n as f64) % 1.0
-                } else {
-                    u
-                };
-                (1.0 - eps) * u + eps
-            })
+        self.stratify(u, n)
+            .into_iter()
+            .map(|u| (1.0 - eps) * u + eps)
             .collect()
+    }
+
+    fn stratify(&self, u: &[f64], n: usize) -> Vec<f64> {
+        if self.config.antithetic {
+            stratified(u, n)
+        } else {
+            u.to_vec()
+        }
+    }
+
+    fn masking(&self, training: bool) -> Masking {
+        Masking {
+            schedule: self.config.schedule,
+            estimator: self.config.estimator,
+            sampling_eps: self.config.sampling_eps,
+            range: self.config.mask_rate_range.filter(|_| training),
+        }
     }
 
     /// x_t ~ q(x_t | x_0): each token masked independently with probability 1 - alpha_t, one t
@@ -241,8 +268,63 @@ impl Mdlm {
         cond_tensor(&sigma, device)
     }
 
-    /// Per-example weighted cross-entropy `[B]` (nats, summed over positions) at times `t`.
-    fn per_sequence(&self, model: &dyn TokenDenoiser, x0: &Tensor, t: &[f64]) -> Result<Tensor> {
+    /// The network's conditioning for a draw: sigma(t) of its time, or for a masked share r
+    /// (count estimator) the sigma of the time that masks r, -ln(1 - r), capped at the
+    /// schedule's last (1 - r = 0 has no time).
+    fn draw_cond(&self, draw: &MaskDraw, device: Device) -> Tensor {
+        match self.config.estimator {
+            BoundEstimator::ContinuousTime => self.cond(&draw.level, device),
+            BoundEstimator::ExactCount => {
+                let floor = self.config.schedule.alpha(1.0).max(1e-12);
+                let sigma: Vec<f64> = draw
+                    .level
+                    .iter()
+                    .map(|&r| -(1.0 - r).max(floor).ln())
+                    .collect();
+                cond_tensor(&sigma, device)
+            }
+        }
+    }
+
+    /// A draw of masks for `x0` `[B, L]` from stratified uniforms `s` `[B]`, and the SUBS
+    /// log-probabilities of the model on the masked sequence.
+    fn score(
+        &self,
+        model: &dyn TokenDenoiser,
+        x0: &Tensor,
+        s: &[f64],
+        training: bool,
+    ) -> Result<(MaskDraw, Tensor)> {
+        let (b, len) = (x0.size()[0], x0.size()[1]);
+        let draw = self.masking(training).draw(s, b, len, len, x0.device());
+        let x_t = apply_mask(x0, &draw, self.mask_id());
+        let logits = model.logits(&x_t, &self.draw_cond(&draw, x0.device()));
+        let log_p = self.subs_log_probs(&logits, &x_t)?;
+        Ok((draw, log_p))
+    }
+
+    /// The training loss on tokens `x0` `[B, L]` (scalar, with gradients): the bound in nats per
+    /// token (or the masked cross-entropy, as configured), one draw per sequence, stratified
+    /// over the batch when antithetic.
+    pub fn loss(&self, model: &dyn TokenDenoiser, x0: &Tensor) -> Result<Tensor> {
+        check_tokens(x0, self.config.vocab_size, "x0")?;
+        let n = x0.size()[0] as usize;
+        let s = self.stratify(&uniforms(n), n);
+        let x0 = x0.to_kind(Kind::Int64);
+        let (draw, log_p) = self.score(model, &x0, &s, true)?;
+        Ok(training_loss(&log_p, &x0, &draw, self.config.loss))
+    }
+
+    /// The continuous-time bound at the given per-example times (in (0, 1]), nats per token,
+    /// whatever the configured estimator.
+    pub fn loss_at(&self, model: &dyn TokenDenoiser, x0: &Tensor, t: &[f64]) -> Result<Tensor> {
+        check_tokens(x0, self.config.vocab_size, "x0")?;
+        self.check_times(x0, t)?;
+        if t.iter().any(|&t| t <= 0.0) {
+            return Err(Error::InvalidArgument(
+                "loss times must be > 0 (the ELBO weight is infinite at t = 0)".into(),
+            ));
+        }
         let x0 = x0.to_kind(Kind::Int64);
         let x_t = self.noise(&x0, t);
         let logits = model.logits(&x_t, &self.cond(t, x0.device()));
@@ -252,33 +334,14 @@ impl Mdlm {
         let nll = -log_p.gather(-1, &x0.unsqueeze(-1), false).squeeze_dim(-1);
         let w: Vec<f64> = t.iter().map(|&t| self.config.schedule.weight(t)).collect();
         let w = Tensor::from_slice(&w).to_kind(kind).to_device(x0.device());
-        Ok(nll.sum_dim_intlist(-1, false, kind) * w)
-    }
-
-    /// The continuous-time ELBO loss on tokens `x0` `[B, L]`: nats per token (scalar, with
-    /// gradients), at times from [`Mdlm::sample_t`].
-    pub fn loss(&self, model: &dyn TokenDenoiser, x0: &Tensor) -> Result<Tensor> {
-        check_tokens(x0, self.config.vocab_size, "x0")?;
-        let t = self.sample_t(x0.size()[0] as usize);
-        self.loss_at(model, x0, &t)
-    }
-
-    /// The loss at the given per-example times (in (0, 1]).
-    pub fn loss_at(&self, model: &dyn TokenDenoiser, x0: &Tensor, t: &[f64]) -> Result<Tensor> {
-        check_tokens(x0, self.config.vocab_size, "x0")?;
-        self.check_times(x0, t)?;
-        if t.iter().any(|&t| t <= 0.0) {
-            return Err(Error::InvalidArgument(
-                "loss times must be > 0 (the ELBO weight is infinite at t = 0)".into(),
-            ));
-        }
-        let per = self.per_sequence(model, x0, t)?;
+        let per = nll.sum_dim_intlist(-1, false, kind) * w;
         Ok(per.sum(per.kind()) / x0.numel() as f64)
     }
 
-    /// The NLL upper bound on held-out tokens `data` `[N, L]`: every sequence is scored at
-    /// `mc_samples` times (stratified when antithetic), `batch_size` rows per model call, in f64.
-    /// `on_progress(done, total)` counts model calls.
+    /// The NLL upper bound on held-out tokens `data` `[N, L]` (on the model's device): every
+    /// sequence is scored `mc_samples` times (stratified when antithetic: times, or masked counts
+    /// with the count estimator), `batch_size` rows per model call, in f64. `on_progress(done,
+    /// total)` counts model calls.
     pub fn nll(
         &self,
         model: &dyn TokenDenoiser,
@@ -293,32 +356,25 @@ impl Mdlm {
                 "batch_size and mc_samples must be at least 1".into(),
             ));
         }
-        let (n, len) = (data.size()[0], data.size()[1]);
+        let n = data.size()[0];
         let mc = mc_samples as i64;
         let rows = data
             .to_kind(Kind::Int64)
             .repeat_interleave_self_int(mc, 0, None);
-        let u = Vec::<f64>::try_from(Tensor::rand([n * mc], (Kind::Double, Device::Cpu)))
-            .map_err(Error::Torch)?;
-        let t = self.times_from_uniforms(&u, mc_samples);
-        let total = ((n * mc + batch_size - 1) / batch_size) as usize;
-        let mut per_row = Vec::with_capacity((n * mc) as usize);
-        for (i, start) in (0..n * mc).step_by(batch_size as usize).enumerate() {
-            let b = batch_size.min(n * mc - start);
-            let x0 = rows.narrow(0, start, b);
-            let ts = &t[start as usize..(start + b) as usize];
-            let per = tch::no_grad(|| {
+        let s = self.stratify(&uniforms((n * mc) as usize), mc_samples);
+        batched_bound(
+            &rows,
+            mc_samples,
+            batch_size,
+            &mut |x0, start| {
+                let b = x0.size()[0];
+                let ss = &s[start as usize..(start + b) as usize];
                 let wrapped = DoubleLogits(model);
-                self.per_sequence(&wrapped, &x0, ts)
-            })?;
-            per_row.extend(Vec::<f64>::try_from(per / len as f64).map_err(Error::Torch)?);
-            on_progress(i + 1, total);
-        }
-        let per_seq: Vec<f64> = per_row
-            .chunks(mc_samples)
-            .map(|c| c.iter().sum::<f64>() / c.len() as f64)
-            .collect();
-        Ok(NllEstimate::from_per_sequence(&per_seq, (n * len) as usize))
+                let (draw, log_p) = self.score(&wrapped, x0, ss, false)?;
+                Ok(weighted_nats(&log_p, x0, &draw).sum_dim_intlist(-1, false, Kind::Double))
+            },
+            &mut on_progress,
+        )
     }
 
     /// Ancestral sampling of `batch` sequences of `len` tokens, starting from all [MASK].
@@ -443,72 +499,28 @@ impl Mdlm {
         options: &SampleOptions,
         mut on_step: impl FnMut(usize, usize),
     ) -> Result<CategoricalSample> {
-        options.validate()?;
         let device = given.device();
-        let (b, len) = (given.size()[0], given.size()[1]);
-        let (k, m) = (self.num_states(), self.mask_id());
-        let fixed = fixed.to_device(device);
-        let given = given.to_kind(Kind::Int64);
-        let mut x = given.where_self(&fixed, &given.full_like(m));
+        let b = given.size()[0];
+        let k = self.num_states();
         let n = options.steps;
-        let schedule = self.config.schedule;
-        let mut cache: Option<Tensor> = None;
-        let mut calls = 0;
-        for i in 0..n {
-            let t = 1.0 - i as f64 / n as f64;
-            let s = 1.0 - (i + 1) as f64 / n as f64;
-            let logits = match cache.take() {
-                Some(logits) if options.cache => logits,
-                _ => {
-                    calls += 1;
-                    let logits =
-                        tch::no_grad(|| model.logits(&x, &self.cond(&vec![t; b as usize], device)));
-                    check_logits(&logits, &x, k)?;
-                    logits
-                }
-            };
-            // One uniform per position every step, used or not, so the random stream does not
-            // depend on how many tokens are masked or on the cache.
-            let u = Tensor::rand([b * len], (Kind::Double, device));
-            let masked = flat_true(&x.eq(m));
-            let next = if masked.numel() > 0 {
-                let rows = logits.reshape([-1, k]).index_select(0, &masked);
-                let p_x0 = filtered_probs(&rows, Some(m), options.temperature, options.top_p);
-                // The last step unmasks everything (alpha_0 = 1; for schedules with alpha_0 < 1
-                // this is MDLM's final noise removal).
-                let stay = if i + 1 == n {
-                    0.0
-                } else {
-                    schedule.one_minus_alpha(s) / schedule.one_minus_alpha(t)
-                };
-                let probs = (p_x0 * (1.0 - stay)).index_fill(
-                    1,
-                    &Tensor::from_slice(&[m]).to_device(device),
-                    stay,
-                );
-                let draws = sample_rows(&probs, &u.index_select(0, &masked));
-                x.reshape([-1])
-                    .index_copy(0, &masked, &draws)
-                    .reshape([b, len])
-            } else {
-                x.shallow_clone()
-            };
-            let unchanged = next.equal(&x);
-            if unchanged {
-                cache = Some(logits);
-            }
-            x = next;
-            on_step(i + 1, n);
-        }
-        Ok(CategoricalSample {
-            tokens: x,
-            model_calls: calls,
-        })
+        ancestral(
+            &self.config.schedule,
+            self.mask_id(),
+            given,
+            fixed,
+            options,
+            &mut |x, t| {
+                let logits = model.logits(x, &self.cond(&vec![t; b as usize], device));
+                check_logits(&logits, x, k)?;
+                Ok(logits)
+            },
+            &mut |done| on_step(done, n),
+        )
     }
 }
 
 /// A model whose logits are cast to f64, so that likelihood evaluation runs in f64.
-struct DoubleLogits<'a>(&'a dyn TokenDenoiser);
+pub(crate) struct DoubleLogits<'a>(pub(crate) &'a dyn TokenDenoiser);
 
 impl TokenDenoiser for DoubleLogits<'_> {
     fn logits(&self, x_t: &Tensor, cond: &Tensor) -> Tensor {

@@ -2,7 +2,9 @@
 //! than inside it: [`d3pm`] (Austin et al. 2021, discrete time, uniform and absorbing transitions,
 //! hybrid loss, the full T-term bound) and [`mdlm`] (Sahoo et al. 2024, masked diffusion in
 //! continuous time, SUBS parameterisation, the continuous-time ELBO, the cached ancestral sampler
-//! and semi-autoregressive generation).
+//! and semi-autoregressive generation), [`bd3lm`] (Arriola et al. 2025, block diffusion: masked
+//! diffusion within blocks, autoregressive over them) and [`masked`] (what the two masked processes
+//! share: the time and exact-count bound estimators, the training losses, the ancestral sampler).
 //!
 //! Conventions shared by both:
 //! - Data are token ids `[B, L]` (i64) in `0..V`, where `V` is the data vocabulary. Absorbing
@@ -19,7 +21,9 @@
 //! - Every draw comes from libtorch's generator, and every sampling step draws one uniform per
 //!   position whether or not it is used, so runs that differ only in caching give the same tokens.
 
+pub mod bd3lm;
 pub mod d3pm;
+pub mod masked;
 pub mod mdlm;
 
 use crate::{Error, Result};

@@ -1,6 +1,7 @@
 //! Integration tests of diffuse-core against values recorded from diffusers 0.42.1
 //! (`tests/golden/make_golden.py`, `make_sampler_golden.py`) and against closed forms.
 
+mod categorical_bd3lm;
 mod categorical_d3pm;
 mod categorical_learning;
 mod categorical_mdlm;

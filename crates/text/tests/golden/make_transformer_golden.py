@@ -44,6 +44,12 @@ CONFIG_KEYS = [
 ]
 
 
+def modulated(cfg):
+    """adaLN modulations exist for a bidirectional network with time conditioning (configs
+    written before `time_conditioning` existed had them)."""
+    return not cfg["causal"] and cfg.get("time_conditioning", True)
+
+
 def modulate(x, shift, scale):
     return x * (scale.unsqueeze(1) + 1.0) + shift.unsqueeze(1)
 
@@ -96,7 +102,7 @@ class Block(nn.Module):
         self.attn = Attention(h)
         self.norm2 = nn.LayerNorm(h, eps=NORM_EPS)
         self.mlp = MLP(h, round(cfg["mlp_ratio"] * h))
-        if not cfg["causal"]:
+        if modulated(cfg):
             self.modulation = nn.Linear(cfg["cond_dim"], 6 * h)
             nn.init.zeros_(self.modulation.weight)
             nn.init.zeros_(self.modulation.bias)
@@ -108,6 +114,7 @@ class TextTransformer(nn.Module):
     def __init__(self, config):
         super().__init__()
         cfg = {k: config[k] for k in CONFIG_KEYS}
+        cfg["time_conditioning"] = config.get("time_conditioning", True)
         self.cfg = cfg
         h = cfg["hidden_size"]
         self.heads = cfg["num_heads"]
@@ -127,11 +134,11 @@ class TextTransformer(nn.Module):
             emb = torch.cat([freqs, freqs], dim=-1)
             self.register_buffer("rotary_cos", emb.cos(), persistent=False)
             self.register_buffer("rotary_sin", emb.sin(), persistent=False)
-        if not cfg["causal"]:
+        if modulated(cfg):
             self.time_embed = TimeEmbed(cfg["cond_dim"])
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg["num_layers"])])
         self.final_norm = nn.LayerNorm(h, eps=NORM_EPS)
-        if not cfg["causal"]:
+        if modulated(cfg):
             self.final_modulation = nn.Linear(cfg["cond_dim"], 2 * h)
             nn.init.zeros_(self.final_modulation.weight)
             nn.init.zeros_(self.final_modulation.bias)
@@ -154,7 +161,7 @@ class TextTransformer(nn.Module):
         if cfg["positions"] == "learned":
             x = x + self.pos_embed(torch.arange(n, device=tokens.device)).unsqueeze(0)
         c = None
-        if not cfg["causal"]:
+        if modulated(cfg):
             t = cond if cond is not None else torch.zeros(b, device=tokens.device)
             if t.dim() == 0:
                 t = t.expand(b)

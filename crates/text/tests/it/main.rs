@@ -2,6 +2,7 @@
 //! corpora (reading, errors, splitting, batching), the transformer (shapes, masking, parity with
 //! the PyTorch twin from `tests/golden/make_transformer_golden.py`) and model directories.
 
+mod bd3lm;
 mod corpus;
 mod model_dir;
 mod pipeline;

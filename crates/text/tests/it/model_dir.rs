@@ -23,6 +23,7 @@ fn model(positions: Positions, causal: bool) -> TextModel {
         dropout: 0.0,
         causal,
         cond_dim: 8,
+        time_conditioning: true,
     };
     let info = serde_json::json!({"process": "masked", "mask_id": v});
     let m = TextModel::new(&config, tokenizer, Some(info), Device::Cpu).unwrap();

@@ -49,6 +49,8 @@ fn pipeline(kind: ProcessKind, tokenizer: TextTokenizer, seed: i64) -> TextPipel
         dropout: 0.0,
         causal: kind == ProcessKind::Autoregressive,
         cond_dim: 8,
+        // BD3-LM's network has no adaLN; MDLM's keeps the old layout (modulations fed no time).
+        time_conditioning: kind != ProcessKind::Bd3lm,
     };
     let mut process = ProcessConfig::new(kind);
     process.d3pm_timesteps = 10;
@@ -79,8 +81,9 @@ fn pipeline(kind: ProcessKind, tokenizer: TextTokenizer, seed: i64) -> TextPipel
     TextPipeline::new(model, info).unwrap()
 }
 
-const KINDS: [ProcessKind; 4] = [
+const KINDS: [ProcessKind; 5] = [
     ProcessKind::Mdlm,
+    ProcessKind::Bd3lm,
     ProcessKind::D3pmAbsorbing,
     ProcessKind::D3pmUniform,
     ProcessKind::Autoregressive,

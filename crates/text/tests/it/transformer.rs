@@ -76,6 +76,7 @@ fn small(causal: bool, positions: Positions) -> TransformerConfig {
         dropout: 0.2,
         causal,
         cond_dim: 16,
+        time_conditioning: true,
     }
 }
 
