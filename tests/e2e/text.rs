@@ -956,6 +956,104 @@ fn bd3lm_trains_samples_past_its_context_evaluates_and_refuses_bad_input() {
         let t = t.as_str().unwrap();
         assert!(t.starts_with("Shall I") && t.chars().count() == 80, "{t:?}");
     }
+    // Left to right one token per call by default; the other orders, and two tokens per call.
+    let calls = |extra: &[&str]| {
+        let mut args = vec!["--length", "64"];
+        args.extend_from_slice(extra);
+        let out = sample(&model, &args);
+        for t in out["samples"].as_array().unwrap() {
+            assert_eq!(t.as_str().unwrap().chars().count(), 64, "{extra:?}");
+        }
+        out["model_calls"].as_u64().unwrap()
+    };
+    // 8 blocks of 8: a call per token, and one per finished block for the key/value cache.
+    assert_eq!(calls(&[]), 64 + 7);
+    assert_eq!(calls(&["--order", "left-to-right", "--steps", "4"]), 32 + 7);
+    assert_eq!(calls(&["--order", "confidence"]), 64 + 7);
+    assert!(calls(&["--order", "random", "--steps", "2"]) <= 16 + 7);
+
+    // Training further from these weights: with a vanishing learning rate the new model is the
+    // old one; the network, tokenizer and process come from it.
+    let further = tmp.path().join("further");
+    let r = diffuse(
+        &[
+            "train",
+            "text",
+            "--data",
+            s(&data),
+            "--out",
+            s(&further),
+            "--init",
+            s(&run),
+            "--steps",
+            "1",
+            "--lr",
+            "1e-12",
+            "--batch-size",
+            "4",
+            "--sample-every",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let recorded = read_json(&further.join("run.json"));
+    assert!(
+        Path::new(recorded["init"].as_str().unwrap()).is_absolute(),
+        "{recorded}"
+    );
+    assert_eq!(
+        read_json(&further.join("model/diffuse.json"))["process"]["block_size"],
+        8
+    );
+    let before = read_safetensors(&model.join("model.safetensors"));
+    let after = read_safetensors(&further.join("model/model.safetensors"));
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    let floats = |b: &[u8]| -> Vec<f32> {
+        b.chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    for (name, (_, shape, bytes)) in &before {
+        let (_, shape2, bytes2) = &after[name];
+        assert_eq!(shape, shape2, "{name}");
+        for (a, b) in floats(bytes).iter().zip(floats(bytes2)) {
+            assert!((a - b).abs() < 1e-5, "{name}: {a} against {b}");
+        }
+    }
+    let bad_init = tmp.path().join("bad-init");
+    for (extra, words) in [
+        (
+            vec!["--init", s(&run), "--hidden-size", "64"],
+            vec!["--hidden-size", "--init"],
+        ),
+        (
+            vec!["--init", s(&run), "--process", "mdlm"],
+            vec!["--process", "--init"],
+        ),
+        (vec!["--init", s(&bad_init)], vec!["--init"]),
+    ] {
+        let out = tmp.path().join("refused");
+        let mut args = vec![
+            "train",
+            "text",
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(&extra);
+        assert_user_error(&diffuse(&args, None), &words);
+        assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+    }
+
     let r = diffuse(
         &[
             "eval",
@@ -1072,4 +1170,22 @@ fn bd3lm_trains_samples_past_its_context_evaluates_and_refuses_bad_input() {
         None,
     );
     assert_user_error(&r, &["--estimator", "autoregressive"]);
+    // An unmasking order for a model that masks nothing, and an unknown one.
+    let order = |o: &str| {
+        diffuse(
+            &[
+                "sample",
+                "text",
+                "--model",
+                s(&ar.join("model")),
+                "--device",
+                "cpu",
+                "--order",
+                o,
+            ],
+            None,
+        )
+    };
+    assert_user_error(&order("confidence"), &["--order", "autoregressive"]);
+    assert_user_error(&order("sideways"), &["--order", "sideways"]);
 }

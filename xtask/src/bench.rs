@@ -510,7 +510,13 @@ pub fn run(repo: &Path, libtorch: &Ready, opts: &Options) -> Result<()> {
     let mut failed = Vec::new();
     for bench in &benches {
         match run_one(bench, &bin, &scripts, &pyref, &opts.device) {
-            Ok(rows) => {
+            Ok((rows, peer_failure)) => {
+                if let Some(e) = peer_failure {
+                    // diffuse's rows are kept (a long run is not thrown away for its peer), and
+                    // the benchmark still counts as failed.
+                    eprintln!("error: {}: {e:#} (diffuse's rows are kept)", bench.name);
+                    failed.push(bench.name);
+                }
                 println!(
                     "\n{} ({}) on {}\n{}",
                     bench.name,
@@ -544,13 +550,15 @@ pub fn run(repo: &Path, libtorch: &Ready, opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// One benchmark's rows, and the PyTorch side's failure when only that side failed (its
+/// cases are then missing from the rows).
 fn run_one(
     bench: &Bench,
     bin: &Path,
     scripts: &Path,
     pyref: &PyRef,
     device: &str,
-) -> Result<Vec<Row>> {
+) -> Result<(Vec<Row>, Option<anyhow::Error>)> {
     let script = scripts.join(format!("{}.py", bench.name));
     if !script.is_file() {
         bail!(
@@ -565,8 +573,10 @@ fn run_one(
     py.arg(&script)
         .args(["--device", device])
         .env("PYTHONPATH", &pyref.pythonpath);
-    let torch = run_side("PyTorch", &mut py)?;
-    Ok(match_cases(&diffuse, &torch))
+    Ok(match run_side("PyTorch", &mut py) {
+        Ok(torch) => (match_cases(&diffuse, &torch), None),
+        Err(e) => (match_cases(&diffuse, &[]), Some(e)),
+    })
 }
 
 #[cfg(test)]

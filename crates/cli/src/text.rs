@@ -1,7 +1,7 @@
 //! The text commands: `train text`, `train-tokenizer`, `sample text` (unconditional, `--prompt`,
 //! `--infill`) and `eval text` (bits per character on held-out text).
 
-use crate::given::{flag_name, given};
+use crate::given::{flag_name, given, given_among};
 use crate::model_kind::{check_model_kind, ModelKind};
 use crate::run_dir::{device, prepare_output_file, step_bar, LoopArgs, LoopFlags, TrainingCommand};
 use anyhow::{anyhow, bail, Context, Result};
@@ -9,10 +9,12 @@ use clap::Args;
 use diffuse_tensor::data::recorded_data_path;
 use diffuse_tensor::ema::EmaConfig;
 use diffuse_text::corpus::{corpus_names, default_datasets_dir, Corpus};
-use diffuse_text::pipeline::{TextPipeline, TextSampleOptions};
+use diffuse_text::pipeline::{TextPipeline, TextSampleOptions, UnmaskOrder};
 use diffuse_text::process::{ProcessConfig, ProcessKind, MASK_SCHEDULE_NAMES};
 use diffuse_text::tokenizer::BPE_BYTE_ALPHABET;
-use diffuse_text::train::{read_run_config, train_text_model, TextTrainConfig, RUN_CONFIG};
+use diffuse_text::train::{
+    read_run_config, train_text_model, InitModel, TextTrainConfig, RUN_CONFIG,
+};
 use diffuse_text::transformer::Positions;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,6 +31,10 @@ pub struct TrainTextArgs {
     /// Continue the run in --out from its last checkpoint (its run.json settings apply; --steps may extend it).
     #[arg(long)]
     pub resume: bool,
+    /// Start from this text model's weights (a model directory or a run's): fine-tune it on
+    /// --data, or train it further. Its network, tokenizer, process and context are used.
+    #[arg(long, value_name = "MODEL_DIR")]
+    pub init: Option<PathBuf>,
     /// mdlm, bd3lm (block diffusion), d3pm-absorbing, d3pm-uniform or autoregressive (the causal
     /// baseline).
     #[arg(long, default_value = "mdlm")]
@@ -190,7 +196,40 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
         .as_deref()
         .map(recorded_data)
         .ok_or_else(|| anyhow!("--data: required (shakespeare, a text file or a folder)"))?;
-    let kind = ProcessKind::parse(&args.process)?;
+    let init = match &args.init {
+        Some(dir) => {
+            // What the model fixes cannot be chosen again.
+            let fixed = given_among([
+                "process",
+                "block_size",
+                "mask_schedule",
+                "time_conditioning",
+                "d3pm_timesteps",
+                "tokenizer",
+                "vocab_size",
+                "seq_len",
+                "hidden_size",
+                "layers",
+                "heads",
+                "mlp_ratio",
+                "positions",
+            ]);
+            if let Some(flag) = fixed.first() {
+                bail!(
+                    "{flag}: --init takes the network, tokenizer, process and context from {} \
+                     (drop {})",
+                    dir.display(),
+                    fixed.join(" ")
+                );
+            }
+            Some(InitModel::read(dir).map_err(|e| anyhow!("--init: {e}"))?)
+        }
+        None => None,
+    };
+    let kind = match &init {
+        Some(init) => init.process.kind,
+        None => ProcessKind::parse(&args.process)?,
+    };
     refuse_flags_that_do_not_apply(args, kind)?;
     if !MASK_SCHEDULE_NAMES.contains(&args.mask_schedule.as_str()) {
         bail!(
@@ -316,6 +355,9 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
         }),
     }
     .apply(&mut config.train)?;
+    if let Some(init) = &init {
+        init.apply(&mut config);
+    }
     Ok(config)
 }
 
@@ -428,6 +470,11 @@ pub struct SampleTextArgs {
     /// mdlm, bd3lm: call the model at every step even when nothing changed.
     #[arg(long)]
     pub no_cache: bool,
+    /// mdlm, bd3lm: which masked tokens each step reveals: random (the ancestral sampler; mdlm's
+    /// default), left-to-right (one token per call by default; bd3lm's default) or confidence
+    /// (the most probable draws first: more common words, more repetition).
+    #[arg(long)]
+    pub order: Option<String>,
     /// Also write the samples to this text file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -449,6 +496,12 @@ pub fn sample(args: SampleTextArgs) -> Result<()> {
         temperature: args.temperature,
         top_p: args.top_p,
         cache: !args.no_cache,
+        order: args
+            .order
+            .as_deref()
+            .map(UnmaskOrder::parse)
+            .transpose()
+            .map_err(|e| anyhow!("--order: {e}"))?,
         seed: Some(args.seed),
     };
     if args.num == 0 {

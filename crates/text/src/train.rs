@@ -8,7 +8,9 @@
 //! `validation.jsonl`, `samples/step-N.txt`, `loss.png`, `checkpoints/` and `model/`.
 
 use crate::corpus::{default_datasets_dir, Corpus, TokenizedCorpus};
-use crate::model_dir::TextModel;
+use crate::model_dir::{
+    resolve_model_dir, TextModel, CONFIG_FILE, INFO_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
+};
 use crate::pipeline::{TextModelInfo, TextPipeline, TextSampleOptions};
 use crate::process::{EstimateShare, ProcessConfig, TextProcess};
 use crate::tokenizer::TextTokenizer;
@@ -17,6 +19,7 @@ use diffuse_tensor::data::EpochSampler;
 use diffuse_tensor::metrics::truncate_after_step;
 use diffuse_tensor::plot::write_loss_curve;
 use diffuse_tensor::train::{StepReport, TrainConfig, TrainOutcome, TrainTask, Trainer};
+use diffuse_tensor::weights::load_var_store;
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -56,6 +59,85 @@ pub struct TextTrainConfig {
     /// D3PM: bound terms each preview evaluates per sequence, of T (the decoder term and one
     /// step of each of `eval_terms - 1` strata of the others; at least 2).
     pub eval_terms: usize,
+    /// Start from the weights of this model directory (fine-tuning, or training a model
+    /// further) instead of the seed's: its network, tokenizer and process must be the run's
+    /// ([`InitModel::apply`] makes them so). A resumed run reads its checkpoint instead.
+    pub init: Option<String>,
+}
+
+/// What a model directory fixes for a run that starts from its weights
+/// ([`TextTrainConfig::init`]): the network, the tokenizer, the process and the context.
+#[derive(Clone, Debug)]
+pub struct InitModel {
+    pub dir: PathBuf,
+    pub model: TransformerConfig,
+    pub process: ProcessConfig,
+    pub seq_len: usize,
+}
+
+impl InitModel {
+    /// Read `dir` (a model directory, or a run directory's `model/`), weights not yet loaded.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let dir = resolve_model_dir(dir)?;
+        for name in [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, INFO_FILE] {
+            if !dir.join(name).is_file() {
+                return Err(Error::format(
+                    &dir,
+                    format!("not a text model directory to start from: {name} is missing"),
+                ));
+            }
+        }
+        let model = TransformerConfig::from_json_file(&dir.join(CONFIG_FILE))?;
+        let info_path = dir.join(INFO_FILE);
+        let text = fs::read_to_string(&info_path).map_err(|e| Error::io(&info_path, e))?;
+        let info: TextModelInfo = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&info_path, format!("not a text model's settings: {e}")))?;
+        Ok(InitModel {
+            dir,
+            model,
+            process: info.process,
+            seq_len: info.seq_len,
+        })
+    }
+
+    /// Make `config` start from this model: its network (the run's dropout kept), tokenizer,
+    /// process (the run's training-only settings kept: bound estimator, loss, mask-rate range,
+    /// D3PM's hybrid lambda) and sequence length.
+    pub fn apply(&self, config: &mut TextTrainConfig) {
+        let dropout = config.model.dropout;
+        config.model = self.model.clone();
+        config.model.dropout = dropout;
+        let mut process = self.process.clone();
+        process.estimator = config.process.estimator.clone();
+        process.loss = config.process.loss.clone();
+        process.mask_rate_range = config.process.mask_rate_range;
+        process.hybrid_lambda = config.process.hybrid_lambda;
+        config.process = process;
+        config.seq_len = self.seq_len;
+        // Absolute, so the run resumes (and its run.json reads) from any directory.
+        let dir = std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        config.tokenizer = dir.join(TOKENIZER_FILE).display().to_string();
+        config.init = Some(dir.display().to_string());
+    }
+
+    /// Load the weights into `vs`, after checking that the run's network is this one.
+    fn load(&self, vs: &VarStore, model: &TransformerConfig) -> Result<()> {
+        let strip = |c: &TransformerConfig| TransformerConfig {
+            dropout: 0.0,
+            ..c.clone()
+        };
+        if strip(model) != strip(&self.model) {
+            return Err(Error::InvalidArgument(format!(
+                "--init: the network of {} is not the run's ({:?} against {:?})",
+                self.dir.display(),
+                self.model,
+                model
+            )));
+        }
+        load_var_store(vs, &self.dir.join(WEIGHTS_FILE), true)
+            .map(|_| ())
+            .map_err(|e| Error::InvalidArgument(format!("--init: {e}")))
+    }
 }
 
 /// The default network: 6 layers of width 256, 4 heads, rotary positions (about 4.8 M
@@ -93,6 +175,7 @@ impl Default for TextTrainConfig {
             sample_num: 4,
             eval_sequences: 16,
             eval_terms: 8,
+            init: None,
         }
     }
 }
@@ -295,6 +378,13 @@ pub fn train_text_model(
     diffuse_tensor::manual_seed(config.train.seed);
     let vs = VarStore::new(device);
     let net = TextTransformer::new(&vs.root(), &config.model)?;
+    if let Some(init) = &config.init {
+        // A resumed run's checkpoint holds its weights; the model it started from may be gone.
+        if !resume || Trainer::checkpoints(run_dir)?.is_empty() {
+            InitModel::read(Path::new(init))?.load(&vs, &config.model)?;
+            tracing::info!(model = %init, "starting from the model's weights");
+        }
+    }
     let vocab = tokenizer.vocab_size() as i64;
     let process = TextProcess::new(&config.process, vocab)?;
     let sampler = data.train.sampler(config.batch_size, config.train.seed)?;

@@ -27,7 +27,7 @@
 
 use super::{
     check_infill, check_logits, check_tokens, cond_tensor, filtered_probs, sample_rows,
-    subs_log_probs, CategoricalSample, NllEstimate, SampleOptions, TokenDenoiser,
+    subs_log_probs, CategoricalSample, NllEstimate, SampleOptions, TokenDenoiser, UnmaskOrder,
 };
 use crate::{Error, Result};
 use std::f64::consts::PI;
@@ -725,6 +725,13 @@ impl D3pm {
         mut on_step: impl FnMut(usize, usize),
     ) -> Result<CategoricalSample> {
         options.validate()?;
+        if options.order != UnmaskOrder::Random {
+            return Err(Error::InvalidArgument(format!(
+                "the {} unmasking order is for the masked processes (MDLM, BD3-LM): D3PM samples \
+                 every position at every step",
+                options.order.name()
+            )));
+        }
         let big_t = self.num_timesteps();
         let n = options.steps;
         if n > big_t {

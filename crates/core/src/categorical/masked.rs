@@ -1,7 +1,7 @@
 //! What the two masked-diffusion processes share, MDLM ([`super::mdlm`], one block the length of
 //! the sequence) and BD3-LM ([`super::bd3lm`], blocks of B tokens): how a bound estimate chooses
 //! which tokens to mask and how it weights their cross-entropies, and the cached ancestral sampler
-//! that unmasks a span.
+//! that unmasks a span (in random order, or left to right or by confidence: [`UnmaskOrder`]).
 //!
 //! The masked-diffusion bound of a block of B tokens is, in continuous time,
 //! E_t [ -alpha'_t / (1 - alpha_t) sum over masked positions of -log p(x_0 | x_t) ] (MDLM eq. 10).
@@ -16,6 +16,7 @@
 
 use super::{
     filtered_probs, flat_true, sample_rows, CategoricalSample, NllEstimate, SampleOptions,
+    UnmaskOrder,
 };
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
@@ -286,6 +287,55 @@ pub(crate) fn training_loss(
     }
 }
 
+/// One step of the ordered samplers ([`UnmaskOrder`]): draw a token at every masked position of
+/// `x` `[B, n]` from the filtered model distribution (`out` `[B, n, K]`, uniforms `u` `[B n]`),
+/// then keep the draws at the positions the order ranks first, so that `remaining` `[B]` (f64)
+/// positions per sequence stay masked.
+fn reveal_ordered(
+    x: &Tensor,
+    out: &Tensor,
+    m: i64,
+    remaining: &Tensor,
+    u: &Tensor,
+    options: &SampleOptions,
+) -> Tensor {
+    let (b, len, k) = (out.size()[0], out.size()[1], out.size()[2]);
+    let device = x.device();
+    let is_masked = x.eq(m);
+    let probs = filtered_probs(
+        &out.reshape([-1, k]),
+        Some(m),
+        options.temperature,
+        options.top_p,
+    );
+    let draws = sample_rows(&probs, u);
+    // Higher is revealed first; unmasked positions rank last (they are not candidates).
+    let score = match options.order {
+        UnmaskOrder::Confidence => probs
+            .gather(1, &draws.unsqueeze(1), false)
+            .reshape([b, len]),
+        _ => -Tensor::arange(len, (Kind::Double, device))
+            .unsqueeze(0)
+            .expand([b, len], false),
+    };
+    let score = score.where_self(&is_masked, &score.full_like(f64::NEG_INFINITY));
+    let order = score.argsort(-1, true);
+    let rank = Tensor::zeros([b, len], (Kind::Int64, device)).scatter(
+        -1,
+        &order,
+        &Tensor::arange(len, (Kind::Int64, device))
+            .unsqueeze(0)
+            .expand([b, len], true),
+    );
+    let masked_now = is_masked.sum_dim_intlist(-1, false, Kind::Double);
+    let reveal = (masked_now - remaining).clamp_min(0.0);
+    let chosen = rank
+        .to_kind(Kind::Double)
+        .lt_tensor(&reveal.unsqueeze(-1))
+        .logical_and(&is_masked);
+    draws.reshape([b, len]).where_self(&chosen, x)
+}
+
 /// The cached ancestral sampler of masked diffusion (MDLM's "ddpm_cache") over a span `given`
 /// `[B, n]`: positions where `fixed` is true keep their tokens, the others start as [MASK] and
 /// are unmasked over `options.steps` steps from t = 1 to 0. `logits(x, t)` gives `[B, n, K]`
@@ -310,11 +360,21 @@ pub(crate) fn ancestral(
     let given = given.to_kind(Kind::Int64);
     let mut x = given.where_self(&fixed, &given.full_like(m));
     let n = options.steps;
+    // The ordered samplers' per-sequence masked count at the start.
+    let start_masked = x.eq(m).sum_dim_intlist(-1, false, Kind::Double);
     let mut cache: Option<Tensor> = None;
     let mut calls = 0;
     for i in 0..n {
         let t = 1.0 - i as f64 / n as f64;
         let s = 1.0 - (i + 1) as f64 / n as f64;
+        // Nothing left to reveal: with the cache on, the remaining steps would only call the
+        // model to change nothing.
+        // (The step's uniforms are still drawn, so the random stream does not depend on it.)
+        if options.cache && x.eq(m).any().int64_value(&[]) == 0 {
+            let _ = Tensor::rand([b * len], (Kind::Double, device));
+            on_step(i + 1);
+            continue;
+        }
         let out = match cache.take() {
             Some(out) if options.cache => out,
             _ => {
@@ -327,7 +387,15 @@ pub(crate) fn ancestral(
         // depend on how many tokens are masked or on the cache.
         let u = Tensor::rand([b * len], (Kind::Double, device));
         let masked = flat_true(&x.eq(m));
-        let next = if masked.numel() > 0 {
+        let next = if options.order != UnmaskOrder::Random {
+            let remaining = if i + 1 == n {
+                start_masked.zeros_like()
+            } else {
+                (&start_masked * (schedule.one_minus_alpha(s) / schedule.one_minus_alpha(1.0)))
+                    .round()
+            };
+            reveal_ordered(&x, &out, m, &remaining, &u, options)
+        } else if masked.numel() > 0 {
             let rows = out.reshape([-1, k]).index_select(0, &masked);
             let p_x0 = filtered_probs(&rows, Some(m), options.temperature, options.top_p);
             // The last step unmasks everything (alpha_0 = 1; for schedules with alpha_0 < 1

@@ -4,7 +4,8 @@
 //! continuous time, SUBS parameterisation, the continuous-time ELBO, the cached ancestral sampler
 //! and semi-autoregressive generation), [`bd3lm`] (Arriola et al. 2025, block diffusion: masked
 //! diffusion within blocks, autoregressive over them) and [`masked`] (what the two masked processes
-//! share: the time and exact-count bound estimators, the training losses, the ancestral sampler).
+//! share: the time and exact-count bound estimators, the training losses, the ancestral sampler and
+//! its ordered variants, [`UnmaskOrder`]).
 //!
 //! Conventions shared by both:
 //! - Data are token ids `[B, L]` (i64) in `0..V`, where `V` is the data vocabulary. Absorbing
@@ -75,6 +76,51 @@ pub struct SampleOptions {
     /// MDLM only: when a step changed no token in the whole batch, reuse the previous model output
     /// instead of calling the model again (exact when the model ignores `cond`).
     pub cache: bool,
+    /// MDLM and BD3-LM: which masked positions a step reveals (D3PM takes only the default).
+    pub order: UnmaskOrder,
+}
+
+/// Which masked positions a step of the masked-diffusion sampler reveals.
+///
+/// `Random` is MDLM's ancestral sampler: from t to s every masked position is revealed with the
+/// schedule's probability, independently, so the text is a sample of the model. The other two
+/// reveal, per sequence, as many positions as the schedule expects (the still-masked count goes
+/// from `M` to `round(M (1 - alpha_s) / (1 - alpha_1))` for the `M` masked at the start), and
+/// choose which: `Confidence` the positions whose drawn token is the most probable (LLaDA's
+/// "low-confidence remasking", Nie et al. 2025, after MaskGIT), `LeftToRight` the leftmost. Each
+/// draw still comes from the (filtered) model distribution at that position; only the order
+/// changes. With at least as many steps as masked tokens they reveal one token per call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnmaskOrder {
+    #[default]
+    Random,
+    Confidence,
+    LeftToRight,
+}
+
+/// The orders' names, as [`UnmaskOrder::parse`] reads them.
+pub const UNMASK_ORDER_NAMES: [&str; 3] = ["random", "confidence", "left-to-right"];
+
+impl UnmaskOrder {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "random" => Ok(UnmaskOrder::Random),
+            "confidence" => Ok(UnmaskOrder::Confidence),
+            "left-to-right" => Ok(UnmaskOrder::LeftToRight),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown unmasking order {other:?} (expected one of: {})",
+                UNMASK_ORDER_NAMES.join(", ")
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnmaskOrder::Random => "random",
+            UnmaskOrder::Confidence => "confidence",
+            UnmaskOrder::LeftToRight => "left-to-right",
+        }
+    }
 }
 
 impl Default for SampleOptions {
@@ -84,6 +130,7 @@ impl Default for SampleOptions {
             temperature: 1.0,
             top_p: 1.0,
             cache: true,
+            order: UnmaskOrder::Random,
         }
     }
 }

@@ -420,6 +420,7 @@ fn bad_input_is_an_invalid_argument() {
         temperature,
         top_p,
         cache: true,
+        ..Default::default()
     };
     let dev = Device::Cpu;
     is_invalid(
@@ -433,6 +434,15 @@ fn bad_input_is_an_invalid_argument() {
     is_invalid(
         d.sample(&good, 2, 3, dev, &opts(0, 1.0, 1.0), |_, _| {}),
         "0 steps",
+    );
+    let confidence = SampleOptions {
+        steps: 5,
+        order: diffuse_core::categorical::UnmaskOrder::Confidence,
+        ..Default::default()
+    };
+    is_invalid(
+        d.sample(&good, 2, 3, dev, &confidence, |_, _| {}),
+        "an unmasking order",
     );
     is_invalid(
         d.sample(&good, 2, 3, dev, &opts(5, 0.0, 1.0), |_, _| {}),

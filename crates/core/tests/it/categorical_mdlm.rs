@@ -1,10 +1,12 @@
 //! MDLM: schedules against their closed forms, the NLL bound of a small known language under its
 //! exact denoiser equals the language's entropy, the cache reproduces uncached sampling with fewer
-//! calls, infilling, nucleus filtering and bad input.
+//! calls, infilling, nucleus filtering, the ordered (confidence, left-to-right) samplers and bad
+//! input.
 
 use diffuse_core::categorical::mdlm::{MaskSchedule, Mdlm, MdlmConfig};
-use diffuse_core::categorical::{bits_per_char, FnTokenDenoiser, SampleOptions};
+use diffuse_core::categorical::{bits_per_char, FnTokenDenoiser, SampleOptions, UnmaskOrder};
 use diffuse_core::Error;
+use std::cell::RefCell;
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -235,6 +237,123 @@ fn infilling_keeps_fixed_tokens_and_tiny_top_p_is_argmax() {
     assert!(out.tokens.equal(&want));
 }
 
+/// Context-free logits `[B, len, 6]` (5 tokens + [MASK]): `rows[p]` at position p.
+fn fixed_logits(rows: Vec<[f32; 5]>) -> impl Fn(&Tensor, &Tensor) -> Tensor {
+    let len = rows.len() as i64;
+    let flat: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| r.iter().copied().chain([0.0]))
+        .collect();
+    let table = Tensor::from_slice(&flat).reshape([1, len, 6]);
+    move |x: &Tensor, _c: &Tensor| table.expand([x.size()[0], len, 6], true).copy()
+}
+
+#[test]
+fn ordered_samplers_reveal_one_token_per_call_in_their_order() {
+    let _rng = crate::rng_lock();
+    let m = Mdlm::new(MdlmConfig::new(5)).unwrap();
+    // Position p draws token p with probability 0.65, 0.93, 0.99, 0.9993: the most confident
+    // draws are at the right.
+    let rows = (0..4)
+        .map(|p| {
+            let mut r = [0.0f32; 5];
+            r[p] = 2.0 * (p as f32 + 1.0);
+            r
+        })
+        .collect();
+    let logits = fixed_logits(rows);
+    let seen = RefCell::new(Vec::new());
+    let model = FnTokenDenoiser::new(|x: &Tensor, c: &Tensor| {
+        seen.borrow_mut().push(x.copy());
+        logits(x, c)
+    });
+    for (order, first) in [(UnmaskOrder::LeftToRight, 0), (UnmaskOrder::Confidence, 3)] {
+        tch::manual_seed(3);
+        seen.borrow_mut().clear();
+        let options = SampleOptions {
+            steps: 16,
+            order,
+            ..Default::default()
+        };
+        let out = m
+            .sample(&model, 256, 4, Device::Cpu, &options, |_, _| {})
+            .unwrap();
+        // 4 masked tokens over 16 steps: one revealed at each of 4 steps, and the cache skips
+        // the model call after each step that revealed nothing.
+        let seen = seen.borrow();
+        let masked: Vec<Vec<i64>> = seen
+            .iter()
+            .map(|x| Vec::<i64>::try_from(x.eq(5).sum_dim_intlist(-1, false, Kind::Int64)).unwrap())
+            .collect();
+        let counts: Vec<i64> = masked.iter().map(|c| c[0]).collect();
+        assert_eq!(
+            counts,
+            [4, 3, 2, 1],
+            "{order:?}: masked tokens at each call"
+        );
+        assert!(
+            masked.iter().all(|c| c.iter().all(|&n| n == c[0])),
+            "{order:?}"
+        );
+        assert_eq!(out.model_calls, 4, "{order:?}");
+        assert_eq!(out.tokens.eq(5).sum(Kind::Int64).int64_value(&[]), 0);
+        // After the first reveal, the revealed position is `first` in (almost) every row.
+        let revealed_first = seen[1]
+            .select(1, first)
+            .ne(5)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double);
+        let share = revealed_first.double_value(&[]);
+        let want = if order == UnmaskOrder::LeftToRight {
+            1.0
+        } else {
+            0.95
+        };
+        assert!(share >= want, "{order:?}: {share}");
+    }
+}
+
+#[test]
+fn left_to_right_keeps_the_marginals_and_confidence_sharpens_them() {
+    let _rng = crate::rng_lock();
+    let m = Mdlm::new(MdlmConfig::new(5)).unwrap();
+    // The same distribution at every position, independent of the context: any order that only
+    // chooses *where* to reveal draws each position from it, and the exact (random) sampler too.
+    let row = [1.0f32, 0.5, 0.0, -0.5, -1.0];
+    let p0 = {
+        let e: Vec<f64> = row.iter().map(|&v| (v as f64).exp()).collect();
+        e[0] / e.iter().sum::<f64>()
+    };
+    let model = FnTokenDenoiser::new(fixed_logits(vec![row; 4]));
+    let share_of_top = |order: UnmaskOrder| {
+        tch::manual_seed(9);
+        let options = SampleOptions {
+            steps: 8,
+            order,
+            ..Default::default()
+        };
+        let out = m
+            .sample(&model, 4000, 4, Device::Cpu, &options, |_, _| {})
+            .unwrap();
+        out.tokens
+            .eq(0)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[])
+    };
+    // 16000 draws: the standard error of a share near 0.36 is 0.004.
+    for order in [UnmaskOrder::Random, UnmaskOrder::LeftToRight] {
+        let share = share_of_top(order);
+        assert!(
+            (share - p0).abs() < 0.016,
+            "{order:?}: {share} against {p0}"
+        );
+    }
+    // Confidence commits the draws of the most likely token first, so it is over-represented.
+    let share = share_of_top(UnmaskOrder::Confidence);
+    assert!(share > p0 + 0.05, "confidence: {share} against {p0}");
+}
+
 fn frozen_model_eval(
     model: &FnTokenDenoiser<impl Fn(&Tensor, &Tensor) -> Tensor>,
     x: &Tensor,
@@ -264,6 +383,7 @@ fn bad_input_is_an_invalid_argument() {
         temperature,
         top_p,
         cache: true,
+        ..Default::default()
     };
     is_invalid(
         m.sample(&narrow, 2, 3, dev, &opts(1.0, 1.0), |_, _| {}),

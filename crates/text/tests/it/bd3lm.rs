@@ -5,7 +5,7 @@
 
 use crate::rng_lock;
 use diffuse_text::model_dir::TextModel;
-use diffuse_text::pipeline::{TextModelInfo, TextPipeline, TextSampleOptions};
+use diffuse_text::pipeline::{TextModelInfo, TextPipeline, TextSampleOptions, UnmaskOrder};
 use diffuse_text::process::{ProcessConfig, ProcessKind, TextProcess};
 use diffuse_text::{Positions, TextTokenizer, TextTransformer, TransformerConfig};
 use tch::nn::VarStore;
@@ -240,6 +240,32 @@ fn samples_keep_the_prompt_and_go_past_the_context() {
     }
     // (That the cache changes nothing is diffuse-core's test: the same seed here could meet
     // other tests' draws from libtorch's global generator.)
+}
+
+#[test]
+fn sampling_is_left_to_right_one_token_per_call_by_default() {
+    let p = pipeline(4);
+    let calls = |order: Option<UnmaskOrder>, steps: Option<usize>| {
+        let options = TextSampleOptions {
+            num: 2,
+            length: Some(16),
+            steps,
+            order,
+            seed: Some(1),
+            ..Default::default()
+        };
+        let _guard = rng_lock();
+        let s = p.sample(&options, |_, _| {}).unwrap();
+        assert!(s.texts.iter().all(|t| t.chars().count() == 16));
+        s.model_calls
+    };
+    // 4 blocks of 4: one call per token (plus one per finished block, to add it to the
+    // context), and more steps only add steps that change nothing.
+    assert_eq!(calls(None, None), 16 + 3);
+    assert_eq!(calls(Some(UnmaskOrder::LeftToRight), Some(64)), 16 + 3);
+    // Two tokens per call, or a whole block per call (any order reveals everything at once).
+    assert_eq!(calls(Some(UnmaskOrder::LeftToRight), Some(2)), 8 + 3);
+    assert_eq!(calls(Some(UnmaskOrder::Random), Some(1)), 4 + 3);
 }
 
 #[test]

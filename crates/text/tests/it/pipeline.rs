@@ -4,7 +4,7 @@
 //! bound, unbiased over its seeds.
 
 use crate::rng_lock;
-use diffuse_text::pipeline::{TextModelInfo, TextPipeline, TextSampleOptions};
+use diffuse_text::pipeline::{TextModelInfo, TextPipeline, TextSampleOptions, UnmaskOrder};
 use diffuse_text::process::{EstimateShare, ProcessConfig, ProcessKind, SamplingLogits};
 use diffuse_text::train::check_tokenizer_for_process;
 use diffuse_text::{Positions, TextModel, TextTokenizer, TransformerConfig};
@@ -205,6 +205,24 @@ fn steps_on_an_autoregressive_model_are_refused() {
         err.starts_with("--steps:") && err.contains("one model call per token"),
         "{err}"
     );
+}
+
+#[test]
+fn an_unmasking_order_is_refused_where_nothing_is_masked() {
+    for kind in [ProcessKind::Autoregressive, ProcessKind::D3pmAbsorbing] {
+        let p = pipeline(kind, TextTokenizer::char_level([TEXT]).unwrap(), 1);
+        let options = TextSampleOptions {
+            num: 1,
+            length: Some(8),
+            order: Some(UnmaskOrder::LeftToRight),
+            ..Default::default()
+        };
+        let err = p.sample(&options, |_, _| {}).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--order:") && err.contains("masked processes"),
+            "{kind:?}: {err}"
+        );
+    }
 }
 
 #[test]
