@@ -253,10 +253,22 @@ fn workspace(root: &Path) -> PathBuf {
         std::fs::read_to_string(repo.join("README.md")).unwrap(),
     ]
     .concat();
+    // The texts keep to Shakespeare's characters (the bundled models' vocabulary), so commands
+    // that train a bundled model, or a model trained on Shakespeare, further on them read them as
+    // they read the real works.
+    let tokenizer: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("data/models/shakespeare/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let vocab = tokenizer["model"]["vocab"].as_object().unwrap();
+    let shakespeare: String = corpus
+        .chars()
+        .filter(|c| vocab.contains_key(c.to_string().as_str()))
+        .collect();
     for folder in [datasets.join("shakespeare"), root.join("my-texts")] {
         std::fs::create_dir_all(&folder).unwrap();
         for i in 0..20 {
-            std::fs::write(folder.join(format!("part-{i:02}.txt")), &corpus).unwrap();
+            std::fs::write(folder.join(format!("part-{i:02}.txt")), &shakespeare).unwrap();
         }
     }
     // Audio: four copies of the ten spoken digits, so the held-out split has the four clips

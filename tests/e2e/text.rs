@@ -12,6 +12,9 @@ fn corpus() -> PathBuf {
 
 /// A tiny model (2 layers of width 32, context 32) so each command takes a second or two; D3PM
 /// processes get 20 steps (the flag is refused for the others).
+/// A safetensors file as `read_safetensors` gives it: name -> (dtype, shape, bytes).
+type SafeTensors = std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)>;
+
 fn train_args<'a>(
     data: &'a str,
     out: &'a str,
@@ -974,17 +977,16 @@ fn bd3lm_trains_samples_past_its_context_evaluates_and_refuses_bad_input() {
 
     // Training further from these weights: with a vanishing learning rate the new model is the
     // old one; the network, tokenizer and process come from it.
-    let further = tmp.path().join("further");
-    let r = diffuse(
-        &[
+    let start_from = |init: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec![
             "train",
             "text",
             "--data",
             s(&data),
             "--out",
-            s(&further),
+            s(out),
             "--init",
-            s(&run),
+            s(init),
             "--steps",
             "1",
             "--lr",
@@ -995,10 +997,34 @@ fn bd3lm_trains_samples_past_its_context_evaluates_and_refuses_bad_input() {
             "0",
             "--device",
             "cpu",
-        ],
-        None,
-    );
-    assert!(r.success(), "{}", r.stderr);
+        ];
+        args.extend_from_slice(extra);
+        let r = diffuse(&args, None);
+        assert!(r.success(), "{extra:?}: {}", r.stderr);
+        read_safetensors(&out.join("model/model.safetensors"))
+    };
+    let floats = |b: &[u8]| -> Vec<f32> {
+        b.chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    // Each tensor of `a` agrees with the leading rows of `b`'s tensor of that name, if any.
+    let agree = |a: &SafeTensors, b: &SafeTensors| {
+        for (name, (_, shape, bytes)) in a {
+            let Some((_, shape2, bytes2)) = b.get(name) else {
+                continue;
+            };
+            assert_eq!(shape[1..], shape2[1..], "{name}");
+            let (x, y) = (floats(bytes), floats(bytes2));
+            assert!(x.len() <= y.len(), "{name}");
+            for (a, b) in x.iter().zip(&y) {
+                assert!((a - b).abs() < 1e-5, "{name}: {a} against {b}");
+            }
+        }
+    };
+    let further = tmp.path().join("further");
+    let before = read_safetensors(&model.join("model.safetensors"));
+    let after = start_from(&run, &further, &[]);
     let recorded = read_json(&further.join("run.json"));
     assert!(
         Path::new(recorded["init"].as_str().unwrap()).is_absolute(),
@@ -1008,24 +1034,44 @@ fn bd3lm_trains_samples_past_its_context_evaluates_and_refuses_bad_input() {
         read_json(&further.join("model/diffuse.json"))["process"]["block_size"],
         8
     );
-    let before = read_safetensors(&model.join("model.safetensors"));
-    let after = read_safetensors(&further.join("model/model.safetensors"));
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
         after.keys().collect::<Vec<_>>()
     );
-    let floats = |b: &[u8]| -> Vec<f32> {
-        b.chunks(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+    agree(&before, &after);
+
+    // Adapting to another process: into an autoregressive model ([MASK]'s rows dropped), and
+    // back into BD3-LM with blocks of 4 (the shared ids' rows kept, [MASK]'s from the seed).
+    let vocab = before["token_embed.weight"].1[0];
+    let ar = tmp.path().join("adapted-ar");
+    let ar_weights = start_from(&run, &ar, &["--process", "autoregressive"]);
+    let ar_config = read_json(&ar.join("model/config.json"));
+    assert_eq!(ar_config["causal"], true);
+    assert_eq!(ar_config["vocab_size"], vocab - 1);
+    assert_eq!(ar_weights["token_embed.weight"].1[0], vocab - 1);
+    agree(&ar_weights, &before);
+    let back = tmp.path().join("adapted-bd3lm");
+    let back_weights = start_from(&ar, &back, &["--process", "bd3lm", "--block-size", "4"]);
+    let info = read_json(&back.join("model/diffuse.json"));
+    assert_eq!(info["process"]["kind"], "bd3lm");
+    assert_eq!(info["process"]["block_size"], 4);
+    assert_eq!(read_json(&back.join("model/config.json"))["causal"], false);
+    assert_eq!(back_weights["token_embed.weight"].1[0], vocab);
+    agree(&ar_weights, &back_weights);
+    let mask_row = |w: &SafeTensors| {
+        let (_, shape, bytes) = &w["token_embed.weight"];
+        floats(bytes)[(vocab - 1) * shape[1]..].to_vec()
     };
-    for (name, (_, shape, bytes)) in &before {
-        let (_, shape2, bytes2) = &after[name];
-        assert_eq!(shape, shape2, "{name}");
-        for (a, b) in floats(bytes).iter().zip(floats(bytes2)) {
-            assert!((a - b).abs() < 1e-5, "{name}: {a} against {b}");
-        }
-    }
+    assert_ne!(mask_row(&back_weights), mask_row(&before));
+    // Same process, another block size: every weight carries over.
+    agree(
+        &before,
+        &start_from(
+            &run,
+            &tmp.path().join("blocks-of-4"),
+            &["--block-size", "4"],
+        ),
+    );
     let bad_init = tmp.path().join("bad-init");
     for (extra, words) in [
         (
@@ -1033,8 +1079,12 @@ fn bd3lm_trains_samples_past_its_context_evaluates_and_refuses_bad_input() {
             vec!["--hidden-size", "--init"],
         ),
         (
-            vec!["--init", s(&run), "--process", "mdlm"],
-            vec!["--process", "--init"],
+            vec!["--init", s(&run), "--seq-len", "64"],
+            vec!["--seq-len", "--init"],
+        ),
+        (
+            vec!["--init", s(&run), "--block-size", "3"],
+            vec!["--block-size", "3"],
         ),
         (vec!["--init", s(&bad_init)], vec!["--init"]),
     ] {

@@ -198,13 +198,8 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
         .ok_or_else(|| anyhow!("--data: required (shakespeare, a text file or a folder)"))?;
     let init = match &args.init {
         Some(dir) => {
-            // What the model fixes cannot be chosen again.
+            // What the model fixes cannot be chosen again; the process can (adaptation).
             let fixed = given_among([
-                "process",
-                "block_size",
-                "mask_schedule",
-                "time_conditioning",
-                "d3pm_timesteps",
                 "tokenizer",
                 "vocab_size",
                 "seq_len",
@@ -216,8 +211,7 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
             ]);
             if let Some(flag) = fixed.first() {
                 bail!(
-                    "{flag}: --init takes the network, tokenizer, process and context from {} \
-                     (drop {})",
+                    "{flag}: --init takes the network, tokenizer and context from {} (drop {})",
                     dir.display(),
                     fixed.join(" ")
                 );
@@ -226,9 +220,10 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
         }
         None => None,
     };
+    // With --init the process is the model's unless one is typed: then the model is adapted.
     let kind = match &init {
-        Some(init) => init.process.kind,
-        None => ProcessKind::parse(&args.process)?,
+        Some(init) if !given("process") => init.process.kind,
+        _ => ProcessKind::parse(&args.process)?,
     };
     refuse_flags_that_do_not_apply(args, kind)?;
     if !MASK_SCHEDULE_NAMES.contains(&args.mask_schedule.as_str()) {
@@ -290,9 +285,18 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
             args.mlp_ratio
         );
     }
-    let mut process = ProcessConfig::new(kind);
-    process.mask_schedule = args.mask_schedule.clone();
-    process.d3pm_timesteps = args.d3pm_timesteps;
+    // From a model of the same process, its settings stand unless typed.
+    let (mut process, seq_len) = match &init {
+        Some(init) if init.process.kind == kind => (init.process.clone(), init.seq_len),
+        Some(init) => (ProcessConfig::new(kind), init.seq_len),
+        None => (ProcessConfig::new(kind), args.seq_len),
+    };
+    if init.is_none() || given("mask_schedule") {
+        process.mask_schedule = args.mask_schedule.clone();
+    }
+    if init.is_none() || given("d3pm_timesteps") {
+        process.d3pm_timesteps = args.d3pm_timesteps;
+    }
     process.hybrid_lambda = args.hybrid_lambda;
     if let Some(tc) = args.time_conditioning {
         process.time_conditioning = tc;
@@ -311,7 +315,7 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
     if let Some(r) = &args.mask_rate_range {
         process.mask_rate_range = Some(parse_range(r)?);
     }
-    process.check_seq_len(args.seq_len)?;
+    process.check_seq_len(seq_len)?;
     if !(0.0..1.0).contains(&args.val_fraction) || args.val_fraction == 0.0 {
         bail!(
             "--val-fraction: must lie in (0, 1), got {}",
@@ -356,7 +360,8 @@ fn build_config(args: &TrainTextArgs) -> Result<TextTrainConfig> {
     }
     .apply(&mut config.train)?;
     if let Some(init) = &init {
-        init.apply(&mut config);
+        let process = config.process.clone();
+        init.apply(&mut config, Some(process));
     }
     Ok(config)
 }

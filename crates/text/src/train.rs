@@ -19,7 +19,7 @@ use diffuse_tensor::data::EpochSampler;
 use diffuse_tensor::metrics::truncate_after_step;
 use diffuse_tensor::plot::write_loss_curve;
 use diffuse_tensor::train::{StepReport, TrainConfig, TrainOutcome, TrainTask, Trainer};
-use diffuse_tensor::weights::load_var_store;
+use diffuse_tensor::weights::{load_named_into, load_tensors, load_var_store};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -59,14 +59,16 @@ pub struct TextTrainConfig {
     /// D3PM: bound terms each preview evaluates per sequence, of T (the decoder term and one
     /// step of each of `eval_terms - 1` strata of the others; at least 2).
     pub eval_terms: usize,
-    /// Start from the weights of this model directory (fine-tuning, or training a model
-    /// further) instead of the seed's: its network, tokenizer and process must be the run's
-    /// ([`InitModel::apply`] makes them so). A resumed run reads its checkpoint instead.
+    /// Start from the weights of this model directory (fine-tuning, training a model further, or
+    /// adapting it to another process) instead of the seed's: its network shape, tokenizer and
+    /// context must be the run's ([`InitModel::apply`] makes them so). A resumed run reads its
+    /// checkpoint instead.
     pub init: Option<String>,
 }
 
 /// What a model directory fixes for a run that starts from its weights
-/// ([`TextTrainConfig::init`]): the network, the tokenizer, the process and the context.
+/// ([`TextTrainConfig::init`]): the network's shape, the tokenizer and the context; and the
+/// process it was trained with, which the run keeps unless it adapts the weights to another.
 #[derive(Clone, Debug)]
 pub struct InitModel {
     pub dir: PathBuf,
@@ -100,19 +102,30 @@ impl InitModel {
         })
     }
 
-    /// Make `config` start from this model: its network (the run's dropout kept), tokenizer,
-    /// process (the run's training-only settings kept: bound estimator, loss, mask-rate range,
-    /// D3PM's hybrid lambda) and sequence length.
-    pub fn apply(&self, config: &mut TextTrainConfig) {
+    /// Make `config` start from this model: its network (the run's dropout kept), tokenizer and
+    /// sequence length, and, with `process` `None`, its process (the run's training-only
+    /// settings kept: bound estimator, loss, mask-rate range, D3PM's hybrid lambda).
+    ///
+    /// With `Some(process)` the run trains that process from these weights instead: an
+    /// autoregressive model adapted into a masked-diffusion or block-diffusion one (as DiffuLLaMA,
+    /// Gong et al. 2025, adapt causal language models), or an MDLM model fine-tuned into BD3-LM
+    /// blocks (BD3-LM's own recipe, Arriola et al. 2025). The network's vocabulary sizes,
+    /// causality and time conditioning then follow the run's process; see [`InitModel`]'s loading.
+    pub fn apply(&self, config: &mut TextTrainConfig, process: Option<ProcessConfig>) {
         let dropout = config.model.dropout;
         config.model = self.model.clone();
         config.model.dropout = dropout;
-        let mut process = self.process.clone();
-        process.estimator = config.process.estimator.clone();
-        process.loss = config.process.loss.clone();
-        process.mask_rate_range = config.process.mask_rate_range;
-        process.hybrid_lambda = config.process.hybrid_lambda;
-        config.process = process;
+        config.process = match process {
+            Some(process) => process,
+            None => {
+                let mut process = self.process.clone();
+                process.estimator = config.process.estimator.clone();
+                process.loss = config.process.loss.clone();
+                process.mask_rate_range = config.process.mask_rate_range;
+                process.hybrid_lambda = config.process.hybrid_lambda;
+                process
+            }
+        };
         config.seq_len = self.seq_len;
         // Absolute, so the run resumes (and its run.json reads) from any directory.
         let dir = std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone());
@@ -120,13 +133,27 @@ impl InitModel {
         config.init = Some(dir.display().to_string());
     }
 
-    /// Load the weights into `vs`, after checking that the run's network is this one.
+    /// Load the weights into `vs`, after checking that the run's network has this one's shape
+    /// (width, depth, heads, MLP, positions, context).
+    ///
+    /// Where the run's process differs from the model's, so may three things, and each is
+    /// bridged: the vocabulary (a masked process adds `[MASK]` as the last id, so the token
+    /// embedding and the output layer keep the shared ids' rows and the new row keeps the seed's
+    /// initialisation, or drop the row going the other way); the attention's causality (no
+    /// weights); and time conditioning (adaLN weights the model lacks start at the seed's zeros,
+    /// which make every block start as the model's; ones the run lacks are left out).
     fn load(&self, vs: &VarStore, model: &TransformerConfig) -> Result<()> {
-        let strip = |c: &TransformerConfig| TransformerConfig {
-            dropout: 0.0,
-            ..c.clone()
+        let shape = |c: &TransformerConfig| {
+            (
+                c.hidden_size,
+                c.num_layers,
+                c.num_heads,
+                c.mlp_ratio.to_bits(),
+                c.positions,
+                c.max_seq_len,
+            )
         };
-        if strip(model) != strip(&self.model) {
+        if shape(model) != shape(&self.model) {
             return Err(Error::InvalidArgument(format!(
                 "--init: the network of {} is not the run's ({:?} against {:?})",
                 self.dir.display(),
@@ -134,11 +161,54 @@ impl InitModel {
                 model
             )));
         }
-        load_var_store(vs, &self.dir.join(WEIGHTS_FILE), true)
-            .map(|_| ())
-            .map_err(|e| Error::InvalidArgument(format!("--init: {e}")))
+        let path = self.dir.join(WEIGHTS_FILE);
+        let same = |c: &TransformerConfig| TransformerConfig {
+            dropout: 0.0,
+            ..c.clone()
+        };
+        if same(model) == same(&self.model) {
+            return load_var_store(vs, &path, true)
+                .map(|_| ())
+                .map_err(|e| Error::InvalidArgument(format!("--init: {e}")));
+        }
+        let variables = vs.variables();
+        let tensors = load_tensors(&path)?
+            .tensors
+            .into_iter()
+            .map(|(name, tensor)| {
+                let adapted = match variables.get(&name) {
+                    Some(var)
+                        if VOCABULARY_ROWS.contains(&name.as_str())
+                            && var.size() != tensor.size()
+                            && var.size()[1..] == tensor.size()[1..] =>
+                    {
+                        let rows = var.size()[0].min(tensor.size()[0]);
+                        let value = var.detach().to_device(Device::Cpu).copy();
+                        value.narrow(0, 0, rows).copy_(&tensor.narrow(0, 0, rows));
+                        value
+                    }
+                    _ => tensor,
+                };
+                (name, adapted)
+            })
+            .collect();
+        let report = load_named_into(vs, tensors, &path, false)
+            .map_err(|e| Error::InvalidArgument(format!("--init: {e}")))?;
+        tracing::info!(
+            model = %self.dir.display(),
+            from = self.process.kind.name(),
+            to_vocabulary = model.vocab_size,
+            from_vocabulary = self.model.vocab_size,
+            seed_initialised = report.missing.len(),
+            left_out = report.unexpected.len(),
+            "adapting the model's weights to the run's process"
+        );
+        Ok(())
     }
 }
+
+/// The network's variables indexed by token id in their first dimension.
+const VOCABULARY_ROWS: [&str; 3] = ["token_embed.weight", "head.weight", "head.bias"];
 
 /// The default network: 6 layers of width 256, 4 heads, rotary positions (about 4.8 M
 /// parameters with a character vocabulary) — a CPU-sized version of MDLM's small DiT.
