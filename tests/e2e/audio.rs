@@ -1263,3 +1263,267 @@ fn inpainting_a_quiet_stereo_48_khz_recording_keeps_its_level_rate_and_channels(
         "the gap is at {gap:.1} dBFS, its surroundings at {surroundings:.1} dBFS"
     );
 }
+
+#[test]
+fn holdout_trim_and_class_folder_mistakes_name_their_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = tmp.path().join("classes");
+    some_digits(&classes.join("kick"), &["0.wav", "1.wav", "2.wav"]);
+    std::fs::create_dir_all(classes.join("tom")).unwrap();
+    let args = |out: &str, extra: &[&'static str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "train",
+            "audio",
+            "--data",
+            s(&classes),
+            "--out",
+            s(&tmp.path().join(out)),
+            "--sample-rate",
+            "8000",
+            "--seconds",
+            "0.25",
+            "--residual-channels",
+            "8",
+            "--residual-layers",
+            "2",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--sample-every",
+            "0",
+            "--sample-num",
+            "1",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let run = |out: &str, extra: &[&'static str]| {
+        let args = args(out, extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        diffuse(&refs, None)
+    };
+    // A class folder without audio is named, before anything is written.
+    let r = run("r0", &[]);
+    assert_user_error(&r, &["--data", "tom", "class folder without audio files"]);
+    assert!(!tmp.path().join("r0").exists());
+    some_digits(&classes.join("tom"), &["3.wav", "4.wav"]);
+    for (i, (extra, needles)) in [
+        (
+            &["--holdout", "kits:snare"][..],
+            &["--holdout", "'snare'", "kick, tom"][..],
+        ),
+        (&["--holdout", "sometimes"], &["--holdout", "every"]),
+        (&["--trim-db", "3"], &["--trim-db", "below 0"]),
+        (
+            &["--trim-db", "-30", "--keep-silence"],
+            &["--trim-db", "--keep-silence"],
+        ),
+        (
+            &["--holdout", "kits:tom", "--val-fraction", "0.2"],
+            &["--val-fraction", "--holdout every"],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = format!("r{}", i + 1);
+        let r = run(&out, extra);
+        assert_user_error(&r, needles);
+        assert!(
+            r.stderr
+                .trim()
+                .starts_with(&format!("error: {}:", needles[0])),
+            "{extra:?}: {}",
+            r.stderr
+        );
+        assert!(!tmp.path().join(&out).exists(), "{extra:?}");
+    }
+    // Holding out the tom folder trains on the kicks and says so; run.json records both choices.
+    let r = run("ok", &["--holdout", "kits:tom", "--trim-db", "-30"]);
+    assert!(r.success(), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("training on 3 clips; classes: kick 3, tom 0"),
+        "{}",
+        r.stderr
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("ok/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["audio"]["holdout"],
+        serde_json::json!({"kits": ["tom"]})
+    );
+    assert_eq!(config["audio"]["trim_silence"], "-30dB");
+}
+
+/// Class-conditional training on class folders with the drums recipe's flags (v-prediction, zero
+/// terminal SNR, data scaled to a spread, a position channel), then sampling a class by name with
+/// guidance; and every mistake with classes and guidance is one line naming its flag, with
+/// nothing written.
+#[test]
+fn class_conditional_audio_trains_samples_with_guidance_and_refuses_mistakes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = tmp.path().join("classes");
+    some_digits(&classes.join("kick"), &["0.wav", "1.wav", "2.wav"]);
+    some_digits(&classes.join("snare"), &["3.wav", "4.wav", "5.wav"]);
+    let run = tmp.path().join("run");
+    let recipe = [
+        "--class-conditional",
+        "--prediction-type",
+        "v_prediction",
+        "--zero-terminal-snr",
+        "--data-scale",
+        "std:0.5",
+        "--position-channel",
+        "--sample-sampler",
+        "dpm++2m",
+        "--sample-steps",
+        "3",
+        "--sample-every",
+        "2",
+        "--steps",
+        "2",
+        "--val-fraction",
+        "0.34",
+    ];
+    let out = run_ok(&train_args(s(&classes), s(&run), &recipe));
+    let _ = out;
+    let model = run.join("model");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("diffuse.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["class_names"], serde_json::json!(["kick", "snare"]));
+    assert!(info["data_scale"].as_f64().unwrap() > 1.0, "{info}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_class_embeds"], 3, "{config}");
+    assert_eq!(config["position_frames"], 2000, "{config}");
+    // The preview has one clip per class.
+    assert!(run.join("samples").read_dir().unwrap().count() >= 2);
+
+    let sample = |extra: &[&str]| {
+        let mut args = vec!["sample", "audio", "--model", s(&model), "--device", "cpu"];
+        if !extra.contains(&"--sampler") {
+            args.extend_from_slice(&["--sampler", "dpm++2m", "--steps", "3"]);
+        }
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    let wav = tmp.path().join("snare.wav");
+    let r = sample(&["--class", "Snare", "--guidance", "3", "--out", s(&wav)]);
+    assert!(r.success(), "{}", r.stderr);
+    let (rate, channels, _, samples) = read_wav(&wav);
+    assert_eq!((rate, channels, samples.len()), (8000, 1, 2000));
+    // By number, unconditional (the null class), and guidance rescale.
+    for extra in [
+        &["--class", "0"][..],
+        &[],
+        &[
+            "--class",
+            "kick",
+            "--guidance",
+            "2",
+            "--guidance-rescale",
+            "0.7",
+        ],
+    ] {
+        let out = tmp.path().join("more.wav");
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--out", s(&out)]);
+        let r = sample(&args);
+        assert!(r.success(), "{extra:?}: {}", r.stderr);
+    }
+
+    let bad = tmp.path().join("bad.wav");
+    for (extra, needles) in [
+        (
+            &["--class", "tom"][..],
+            &["--class", "'tom'", "0 kick, 1 snare"][..],
+        ),
+        (&["--class", "5"], &["--class", "out of range", "1 snare"]),
+        (&["--guidance", "3"], &["--guidance needs --class"]),
+        (
+            &["--class", "kick", "--guidance", "-1"],
+            &["--guidance", ">= 0"],
+        ),
+        (
+            &["--class", "kick", "--guidance-rescale", "2"],
+            &["--guidance-rescale", "[0, 1]"],
+        ),
+        (
+            &["--sampler", "heun"],
+            &["--sampler", "heun", "zero-terminal-SNR"],
+        ),
+    ] {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--out", s(&bad)]);
+        assert_user_error(&sample(&args), needles);
+        assert!(!bad.exists(), "{extra:?} wrote a file");
+    }
+    // An unconditional model takes neither a class nor guidance.
+    let plain = tiny_model(&tmp.path().join("plain"), &[]);
+    let plain_sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "audio",
+            "--model",
+            s(&plain),
+            "--device",
+            "cpu",
+            "--out",
+            s(&bad),
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    assert_user_error(
+        &plain_sample(&["--class", "kick"]),
+        &["--class", "not class-conditioned"],
+    );
+    assert_user_error(
+        &plain_sample(&["--guidance", "3"]),
+        &["--guidance", "not class-conditioned"],
+    );
+    assert!(!bad.exists());
+    // Training mistakes: no classes in the data, label dropout without classes, a bad scale,
+    // zero SNR with epsilon.
+    for (data, extra, needles) in [
+        (
+            fixture(),
+            &["--class-conditional"][..],
+            &["--class-conditional", "no classes"][..],
+        ),
+        (
+            classes.clone(),
+            &["--label-dropout", "0.2"],
+            &["--label-dropout", "--class-conditional"],
+        ),
+        (
+            classes.clone(),
+            &["--data-scale", "std:-1"],
+            &["--data-scale", "std:S"],
+        ),
+        (
+            classes.clone(),
+            &["--zero-terminal-snr"],
+            &["--zero-terminal-snr", "v_prediction"],
+        ),
+        (
+            classes.clone(),
+            &["--attention-levels", "3"],
+            &["--attention-levels", "unet1d"],
+        ),
+    ] {
+        let out = tmp.path().join("refused");
+        let r = diffuse(&train_args(s(&data), s(&out), extra), None);
+        assert_user_error(&r, needles);
+        assert!(!out.exists(), "{extra:?} left {}", out.display());
+    }
+}

@@ -265,6 +265,18 @@ impl AudioClip {
         }
     }
 
+    /// [`AudioClip::trim_leading_silence`] at `db` dB relative to the clip's own peak (e.g. -40:
+    /// a hundredth of it), so a quiet hit is cut where a loud one of the same shape is; an
+    /// absolute threshold sits anywhere from -45 to -4 dB below the peaks of real one-shots. A
+    /// silent clip is returned unchanged.
+    pub fn trim_leading_silence_db(&self, db: f32) -> Self {
+        let peak = self.peak();
+        if !(peak > 0.0 && peak.is_finite()) {
+            return self.clone();
+        }
+        self.trim_leading_silence(peak * 10f32.powf(db / 20.0))
+    }
+
     /// Largest absolute sample over all channels (0 for an empty clip).
     pub fn peak(&self) -> f32 {
         self.channels

@@ -4,18 +4,26 @@
 //!
 //! Every file goes through the same steps, in this order: read ([`crate::wav::read_audio`]), mix
 //! to the configured channel count, resample to the configured rate (band-limited), optionally
-//! cut leading silence (so one-shots and spoken words start at the onset, which is what a model
-//! of fixed-length clips should see), normalise the loudness, then cut or zero-pad to
+//! cut leading silence ([`Trim`]: so one-shots and spoken words start at the onset, which is what
+//! a model of fixed-length clips should see), normalise the loudness, then cut or zero-pad to
 //! `clip_frames`. Files are taken in sorted relative-path order, so a dataset is the same on
-//! every machine.
+//! every machine. A file that is silent as read (peak below [`crate::train::SILENCE_PEAK`], e.g.
+//! the drums' two `emptySample.flac`) is skipped with a warning, unless every file is.
 //!
-//! The held-out split is a fixed, evenly spread subset of the files (every k-th file of the
-//! sorted list, about `validation_fraction` of them), not a random one: no seed to carry around,
-//! and each part of an alphabetically grouped collection (drum kits, prompt folders) is
-//! represented in both splits. With fewer than [`MIN_FILES_FOR_VALIDATION`] files there is no
-//! held-out split: [`Split::Train`] gets every file and [`Split::Validation`] is an error.
+//! Each file also gets a group and perhaps a class label from the folder's layout (Hydrogen kits,
+//! class folders or neither; see [`crate::labels`]), carried beside its clip.
+//!
+//! The held-out split ([`Holdout`]) is decided on the file list before any file is read, so a
+//! skipped file never moves another between splits. By default it is a fixed, evenly spread
+//! subset of the files (every k-th file of the sorted list, about `validation_fraction` of them),
+//! not a random one: no seed to carry around, and each part of an alphabetically grouped
+//! collection is represented in both splits. With fewer than [`MIN_FILES_FOR_VALIDATION`] files
+//! there is no held-out split: [`Split::Train`] gets every file and [`Split::Validation`] is an
+//! error. [`Holdout::Groups`] holds out whole kits or top-level folders instead, so that no kit
+//! (and no velocity layer of one recorded hit) is on both sides.
 
 use crate::clip::AudioClip;
+use crate::labels::{label_files, Labelling, UNLABELLED};
 use crate::wav::{audio_extensions, is_audio_path, read_audio};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -169,6 +177,244 @@ impl TryFrom<String> for Normalize {
     }
 }
 
+/// Where a clip's leading silence ends. String form (configs): a bare level such as `0.01` is
+/// [`Trim::Absolute`] and `-40dB` is [`Trim::RelativeDb`]; in JSON the first is a plain number,
+/// which is what every `diffuse.json` written before relative trimming holds, so those models
+/// cut their held-out clips exactly as they were trained.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Trim {
+    /// Cut before the first sample louder than this level, in [0, 1), whatever the clip's peak
+    /// ([`AudioClip::trim_leading_silence`]). Before normalisation a fixed level sits anywhere
+    /// from -45 to -4 dB below a real one-shot's peak, so quiet hits were cut later than loud ones.
+    Absolute(f32),
+    /// Cut before the first sample within this many dB (< 0) of the clip's own peak
+    /// ([`AudioClip::trim_leading_silence_db`]); -40 equals `Absolute(0.01)` for a full-scale clip.
+    RelativeDb(f32),
+}
+
+impl Trim {
+    /// Apply to one clip (keeping 5 ms before the onset either way).
+    pub fn apply(&self, clip: &AudioClip) -> AudioClip {
+        match *self {
+            Trim::Absolute(level) => clip.trim_leading_silence(level),
+            Trim::RelativeDb(db) => clip.trim_leading_silence_db(db),
+        }
+    }
+
+    fn check(self) -> Result<Self> {
+        match self {
+            Trim::Absolute(t) if !(t.is_finite() && (0.0..1.0).contains(&t)) => Err(
+                Error::InvalidArgument(format!("the level must be in [0, 1), got {t}")),
+            ),
+            Trim::RelativeDb(db) if !(db.is_finite() && db < 0.0) => {
+                Err(Error::InvalidArgument(format!(
+                    "the relative level must be a finite number of dB below the peak (< 0), got \
+                     {db}"
+                )))
+            }
+            ok => Ok(ok),
+        }
+    }
+}
+
+impl std::fmt::Display for Trim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trim::Absolute(level) => write!(f, "{level}"),
+            Trim::RelativeDb(db) => write!(f, "{db}dB"),
+        }
+    }
+}
+
+impl FromStr for Trim {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim().to_ascii_lowercase();
+        let number = |v: &str| {
+            v.trim().parse::<f32>().map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "'{s}' is neither a level such as 0.01 nor a relative level such as -40dB"
+                ))
+            })
+        };
+        let trim = match t.strip_suffix("db") {
+            Some(db) => Trim::RelativeDb(number(db)?),
+            None => Trim::Absolute(number(&t)?),
+        };
+        trim.check()
+    }
+}
+
+impl Serialize for Trim {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match *self {
+            Trim::Absolute(level) => serializer.serialize_f32(level),
+            Trim::RelativeDb(_) => serializer.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Trim {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct TrimVisitor;
+
+        impl serde::de::Visitor<'_> for TrimVisitor {
+            type Value = Trim;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    f,
+                    "a level such as 0.01 or a relative level such as \"-40dB\""
+                )
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Trim, E> {
+                named(Trim::Absolute(v as f32).check())
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Trim, E> {
+                self.visit_f64(v as f64)
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Trim, E> {
+                self.visit_f64(v as f64)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Trim, E> {
+                named(v.parse())
+            }
+        }
+
+        // As with `normalize`, a JSON file is where the field gets named.
+        fn named<E: serde::de::Error>(r: Result<Trim>) -> std::result::Result<Trim, E> {
+            r.map_err(|e| E::custom(format!("trim_silence: {e}")))
+        }
+
+        deserializer.deserialize_any(TrimVisitor)
+    }
+}
+
+/// Which files are held out for [`Split::Validation`]. String form (the CLI): `every` or
+/// `kits:A,B` (whole kits or top-level folders by name); JSON: `"every"` or `{"kits": [...]}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Holdout {
+    /// Every k-th file of the sorted list, about `validation_fraction` of them (see the module
+    /// docs): what every run before group holdouts used.
+    #[default]
+    #[serde(rename = "every")]
+    EveryKth,
+    /// Every file of these groups ([`AudioDataset::groups`]: Hydrogen kits, class folders or
+    /// first-level folders) and no other; a name the data does not have is an error.
+    #[serde(rename = "kits")]
+    Groups(Vec<String>),
+}
+
+impl Holdout {
+    /// The indices (into the sorted file list, whose groups are `groups`) of `split`.
+    /// Errors start with `holdout:` (a group the data lacks, or no group left to train on), so
+    /// a caller can name its own setting instead.
+    pub fn indices(
+        &self,
+        groups: &[String],
+        validation_fraction: f64,
+        split: Split,
+    ) -> Result<Vec<usize>> {
+        let names = match self {
+            Holdout::EveryKth => {
+                return Ok(split_indices(groups.len(), validation_fraction, split))
+            }
+            Holdout::Groups(names) => names,
+        };
+        let mut known: Vec<&str> = groups.iter().map(String::as_str).collect();
+        known.sort_unstable();
+        known.dedup();
+        if let Some(unknown) = names
+            .iter()
+            .find(|n| known.binary_search(&n.as_str()).is_err())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "holdout: no kit or top-level folder '{unknown}' in this data (it has: {})",
+                known.join(", ")
+            )));
+        }
+        let held = |g: &String| names.contains(g);
+        if split == Split::Train && groups.iter().all(held) {
+            return Err(Error::InvalidArgument(format!(
+                "holdout: {self} holds out every file, leaving none to train on (hold out fewer)"
+            )));
+        }
+        Ok((0..groups.len())
+            .filter(|&i| match split {
+                Split::All => true,
+                Split::Validation => held(&groups[i]),
+                Split::Train => !held(&groups[i]),
+            })
+            .collect())
+    }
+
+    fn check(&self) -> Result<()> {
+        match self {
+            Holdout::Groups(names) if names.is_empty() => Err(Error::InvalidArgument(
+                "holdout: names no kit (expected kits:NAME,NAME)".into(),
+            )),
+            Holdout::Groups(names) if names.iter().any(|n| n.trim().is_empty()) => Err(
+                Error::InvalidArgument("holdout: a kit name is empty".into()),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Holdout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holdout::EveryKth => write!(f, "every"),
+            Holdout::Groups(names) => write!(f, "kits:{}", names.join(",")),
+        }
+    }
+}
+
+impl FromStr for Holdout {
+    type Err = Error;
+
+    /// `every`, or `kits:A,B` (also `folders:A,B`); names are trimmed, kept case as given.
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("every") {
+            return Ok(Holdout::EveryKth);
+        }
+        let list = t.split_once(':').and_then(|(kind, list)| {
+            ["kits", "folders"]
+                .iter()
+                .any(|k| kind.trim().eq_ignore_ascii_case(k))
+                .then_some(list)
+        });
+        let Some(list) = list else {
+            return Err(Error::InvalidArgument(format!(
+                "unknown holdout '{s}' (expected every or kits:NAME,NAME)"
+            )));
+        };
+        let names: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if names.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "'{s}' names no kit (expected kits:NAME,NAME)"
+            )));
+        }
+        Ok(Holdout::Groups(names))
+    }
+}
+
 /// How files become training clips.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -181,10 +427,12 @@ pub struct AudioDataConfig {
     pub clip_frames: usize,
     /// Loudness normalisation, applied after trimming.
     pub normalize: Normalize,
-    /// Cut what comes before the first sample louder than this (keeping 5 ms), if set.
-    pub trim_silence: Option<f32>,
-    /// Share of the files held out for [`Split::Validation`], in [0, 1).
+    /// Cut what comes before the onset (keeping 5 ms), if set; see [`Trim`].
+    pub trim_silence: Option<Trim>,
+    /// Share of the files held out for [`Split::Validation`] by [`Holdout::EveryKth`], in [0, 1).
     pub validation_fraction: f64,
+    /// Which files are held out (absent in configs written before it: every k-th file).
+    pub holdout: Holdout,
 }
 
 impl Default for AudioDataConfig {
@@ -194,8 +442,9 @@ impl Default for AudioDataConfig {
             channels: 1,
             clip_frames: 16384,
             normalize: Normalize::Peak(0.95),
-            trim_silence: Some(0.01),
+            trim_silence: Some(Trim::RelativeDb(-40.0)),
             validation_fraction: 0.1,
+            holdout: Holdout::EveryKth,
         }
     }
 }
@@ -217,10 +466,11 @@ impl AudioDataConfig {
             return bad("clip_frames must be at least 1".into());
         }
         if let Some(t) = self.trim_silence {
-            if !(t.is_finite() && (0.0..1.0).contains(&t)) {
-                return bad(format!("trim_silence must be in [0, 1), got {t}"));
+            if let Err(e) = t.check() {
+                return bad(format!("trim_silence: {e}"));
             }
         }
+        self.holdout.check()?;
         if !(0.0..1.0).contains(&self.validation_fraction) {
             return bad(format!(
                 "validation_fraction must be in [0, 1), got {}",
@@ -235,19 +485,24 @@ impl AudioDataConfig {
         let mut clip = clip
             .to_channels(self.channels)?
             .resample(self.sample_rate)?;
-        if let Some(threshold) = self.trim_silence {
-            clip = clip.trim_leading_silence(threshold);
+        if let Some(trim) = self.trim_silence {
+            clip = trim.apply(&clip);
         }
         Ok(self.normalize.apply(&clip).fit_length(self.clip_frames))
     }
 }
 
 /// In-memory audio dataset: clips `[N, C, L]` f32 on the CPU, one name per clip (its path
-/// relative to the dataset folder), one sample rate.
+/// relative to the dataset folder), one sample rate; per clip also its group and, when the
+/// folder's layout gives classes, its class label (see [`crate::labels`]).
 pub struct AudioDataset {
     clips: Tensor,
     names: Vec<String>,
     sample_rate: u32,
+    /// `[N]` i64: a class index, or [`UNLABELLED`].
+    labels: Option<Tensor>,
+    class_names: Option<Vec<String>>,
+    groups: Vec<String>,
 }
 
 impl std::fmt::Debug for AudioDataset {
@@ -255,14 +510,42 @@ impl std::fmt::Debug for AudioDataset {
         f.debug_struct("AudioDataset")
             .field("shape", &self.clips.size())
             .field("sample_rate", &self.sample_rate)
+            .field("class_names", &self.class_names)
             .finish()
+    }
+}
+
+/// How many clips of a dataset each class has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassCounts {
+    /// Every class in label order, with its clips (0 for a class with none in this split).
+    pub classes: Vec<(String, usize)>,
+    /// Clips without a class ([`UNLABELLED`]).
+    pub unlabelled: usize,
+}
+
+impl std::fmt::Display for ClassCounts {
+    /// `kick 45, snare 108, ...; 112 unlabelled` (the last part only when some are).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let classes: Vec<String> = self
+            .classes
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        write!(f, "{}", classes.join(", "))?;
+        if self.unlabelled > 0 {
+            write!(f, "; {} unlabelled", self.unlabelled)?;
+        }
+        Ok(())
     }
 }
 
 impl AudioDataset {
     /// A dataset from clips `[N, C, L]` (any float kind and device; kept as f32 on the CPU) at
     /// `sample_rate`, e.g. synthetic data. `names` may be empty (clips are then named
-    /// `clip-00000`, ...) or hold one name per clip. Panics on other shapes or a rate of 0.
+    /// `clip-00000`, ...) or hold one name per clip. It has no labels and one group
+    /// ([`crate::labels::TOP_LEVEL_GROUP`]); see [`AudioDataset::with_labels`] and
+    /// [`AudioDataset::with_groups`]. Panics on other shapes or a rate of 0.
     pub fn from_clips(clips: Tensor, sample_rate: u32, names: Vec<String>) -> Self {
         let size = clips.size();
         assert!(
@@ -289,9 +572,53 @@ impl AudioDataset {
                 .to_device(Device::Cpu)
                 .to_kind(Kind::Float)
                 .contiguous(),
+            groups: vec![crate::labels::TOP_LEVEL_GROUP.to_owned(); names.len()],
             names,
             sample_rate,
+            labels: None,
+            class_names: None,
         }
+    }
+
+    /// The same clips with class labels: `labels` `[N]` of any integer kind, each an index into
+    /// `class_names` or [`UNLABELLED`]. Panics on another shape or a label out of range.
+    pub fn with_labels(mut self, labels: &Tensor, class_names: Vec<String>) -> Self {
+        assert!(
+            labels.size() == [self.len() as i64] && !labels.is_floating_point(),
+            "labels must be integer [{}], got {:?} {:?}",
+            self.len(),
+            labels.kind(),
+            labels.size()
+        );
+        let labels = labels
+            .detach()
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Int64)
+            .contiguous();
+        if labels.numel() > 0 {
+            let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
+            assert!(
+                lo >= UNLABELLED && hi < class_names.len() as i64,
+                "labels must lie in [{UNLABELLED}, {}), got [{lo}, {hi}]",
+                class_names.len()
+            );
+        }
+        self.labels = Some(labels);
+        self.class_names = Some(class_names);
+        self
+    }
+
+    /// The same clips in these groups (one per clip). Panics on another count.
+    pub fn with_groups(mut self, groups: Vec<String>) -> Self {
+        assert_eq!(
+            groups.len(),
+            self.len(),
+            "one group per clip: {} groups for {} clips",
+            groups.len(),
+            self.len()
+        );
+        self.groups = groups;
+        self
     }
 
     /// Load a dataset.
@@ -302,11 +629,13 @@ impl AudioDataset {
     ///   run `cargo xtask setup --data NAME`); another plain name is also looked up there when no
     ///   such path exists;
     /// - a folder: every file with an audio extension (`.wav`, `.flac`, `.aif`, `.aiff`,
-    ///   case-insensitive) in it and its subfolders, hidden files and folders skipped;
-    /// - one audio file (read whatever its extension), which has no validation split.
+    ///   case-insensitive) in it and its subfolders, hidden files and folders skipped; its layout
+    ///   gives the labels and groups ([`crate::labels::label_files`]);
+    /// - one audio file (read whatever its extension), which has no validation split and no label.
     ///
-    /// See the module docs for the processing steps and the split. Any unreadable file is an
-    /// error naming it; so is a folder without audio files.
+    /// See the module docs for the processing steps, the split and silent files. Any unreadable
+    /// file is an error naming it; so is a folder without audio files, an empty class folder,
+    /// and a [`Holdout::Groups`] naming a group the data lacks (listing those it has).
     pub fn load(
         spec: &str,
         split: Split,
@@ -322,7 +651,17 @@ impl AudioDataset {
             (location.clone(), audio_files(&location)?)
         };
         let names: Vec<String> = files.iter().map(|f| relative_name(&root, f)).collect();
-        let chosen = split_indices(files.len(), config.validation_fraction, split);
+        // Labels come from the file list and the kits' XML, so a mislaid class folder is an
+        // error before minutes of reading audio.
+        let labelling = if location.is_file() {
+            Labelling::plain(1)
+        } else {
+            label_files(&root, &files)?
+        };
+        let chosen =
+            config
+                .holdout
+                .indices(&labelling.groups, config.validation_fraction, split)?;
         if chosen.is_empty() {
             let why = if config.validation_fraction <= 0.0 {
                 "the validation fraction is 0, so no file is held out (train with --val-fraction \
@@ -341,28 +680,64 @@ impl AudioDataset {
             )));
         }
         let chosen_files: Vec<&Path> = chosen.iter().map(|&i| files[i].as_path()).collect();
-        let clips = load_clips(&chosen_files, config)?;
+        let loaded = load_clips(&chosen_files, config)?;
+        // A silent file is dropped with its name, label and group; when every file is silent
+        // nothing is (there is nothing else to learn, and training warns about that).
+        let all_silent = loaded.iter().all(|l| l.silent.is_some());
+        let mut kept = Vec::with_capacity(loaded.len());
+        let mut skipped = 0;
+        for (slot, &i) in loaded.into_iter().zip(&chosen) {
+            match slot.silent {
+                Some(why) if !all_silent => {
+                    tracing::warn!("skipping {}: silent ({why})", names[i]);
+                    skipped += 1;
+                }
+                _ => kept.push((slot.clip, i)),
+            }
+        }
         let (c, l) = (config.channels, config.clip_frames);
-        let mut flat = Vec::with_capacity(clips.len() * c * l);
-        for clip in &clips {
+        let mut flat = Vec::with_capacity(kept.len() * c * l);
+        for (clip, _) in &kept {
             for ch in &clip.channels {
                 flat.extend_from_slice(ch);
             }
         }
-        let tensor = Tensor::from_slice(&flat).view([clips.len() as i64, c as i64, l as i64]);
+        let tensor = Tensor::from_slice(&flat).view([kept.len() as i64, c as i64, l as i64]);
+        let mut data = AudioDataset {
+            clips: tensor,
+            names: kept.iter().map(|&(_, i)| names[i].clone()).collect(),
+            sample_rate: config.sample_rate,
+            labels: None,
+            class_names: None,
+            groups: kept
+                .iter()
+                .map(|&(_, i)| labelling.groups[i].clone())
+                .collect(),
+        };
+        if let (Some(labels), Some(class_names)) = (&labelling.labels, &labelling.class_names) {
+            let kept_labels: Vec<i64> = kept.iter().map(|&(_, i)| labels[i]).collect();
+            data = data.with_labels(&Tensor::from_slice(&kept_labels), class_names.clone());
+        }
+        let skipped = if skipped > 0 {
+            format!(" ({skipped} silent file(s) skipped)")
+        } else {
+            String::new()
+        };
+        let classes = data
+            .class_counts()
+            .map(|counts| format!("; classes: {counts}"))
+            .unwrap_or_default();
         tracing::info!(
-            "loaded {} clip(s) of {} ({split:?} split of {} file(s)) as [{}, {c}, {l}] at {} Hz",
-            clips.len(),
+            "loaded {} clip(s) of {} ({split:?} split of {} file(s), held out: {}){skipped} as \
+             [{}, {c}, {l}] at {} Hz{classes}",
+            data.len(),
             location.display(),
             files.len(),
-            clips.len(),
+            config.holdout,
+            data.len(),
             config.sample_rate
         );
-        Ok(AudioDataset {
-            clips: tensor,
-            names: chosen.iter().map(|&i| names[i].clone()).collect(),
-            sample_rate: config.sample_rate,
-        })
+        Ok(data)
     }
 
     /// Where named datasets live ([`diffuse_tensor::data::default_datasets_dir`], one rule for
@@ -425,6 +800,59 @@ impl AudioDataset {
             panic!("clip index {bad} out of range for a dataset of {n} clips");
         }
         self.clips.index_select(0, &Tensor::from_slice(indices))
+    }
+
+    /// The class label of each clip `[N]` i64 (a class index, or [`UNLABELLED`]); `None` when
+    /// the data has no classes.
+    pub fn labels(&self) -> Option<&Tensor> {
+        self.labels.as_ref()
+    }
+
+    /// The class names (label `i` is `class_names()[i]`); `None` when the data has no classes.
+    pub fn class_names(&self) -> Option<&[String]> {
+        self.class_names.as_deref()
+    }
+
+    /// Clips per class and unlabelled clips; `None` when the data has no classes.
+    pub fn class_counts(&self) -> Option<ClassCounts> {
+        let (labels, names) = (self.labels.as_ref()?, self.class_names.as_ref()?);
+        let labels: Vec<i64> = Vec::<i64>::try_from(labels).ok()?;
+        let mut classes: Vec<(String, usize)> = names.iter().map(|n| (n.clone(), 0)).collect();
+        let mut unlabelled = 0;
+        for label in labels {
+            match usize::try_from(label).ok().and_then(|i| classes.get_mut(i)) {
+                Some((_, n)) => *n += 1,
+                None => unlabelled += 1,
+            }
+        }
+        Some(ClassCounts {
+            classes,
+            unlabelled,
+        })
+    }
+
+    /// The group of each clip (its Hydrogen kit, class folder or first-level folder), in clip
+    /// order: what [`Holdout::Groups`] names.
+    pub fn groups(&self) -> &[String] {
+        &self.groups
+    }
+
+    /// The labels of the clips at `indices` (as [`AudioDataset::batch`] takes them) as `[B]` i64
+    /// on the CPU; all [`UNLABELLED`] when the data has no classes. Panics on an index out of
+    /// range.
+    pub fn batch_labels(&self, indices: &[i64]) -> Tensor {
+        let n = self.len() as i64;
+        if let Some(bad) = indices.iter().find(|&&i| i < 0 || i >= n) {
+            panic!("clip index {bad} out of range for a dataset of {n} clips");
+        }
+        match &self.labels {
+            Some(labels) => labels.index_select(0, &Tensor::from_slice(indices)),
+            None => Tensor::full(
+                [indices.len() as i64],
+                UNLABELLED,
+                (Kind::Int64, Device::Cpu),
+            ),
+        }
     }
 }
 
@@ -556,12 +984,35 @@ pub fn split_indices(n: usize, validation_fraction: f64, split: Split) -> Vec<us
     }
 }
 
+/// One file as [`load_clips`] read it.
+struct Loaded {
+    /// The prepared clip.
+    clip: AudioClip,
+    /// Why the file counts as silent (peak below [`crate::train::SILENCE_PEAK`] as read), if it
+    /// does.
+    silent: Option<String>,
+}
+
+/// Whether a file's samples, as read, are silent, and how: all zeros, or the peak.
+fn silence(clip: &AudioClip) -> Option<String> {
+    let peak = clip.peak();
+    if (peak as f64) >= crate::train::SILENCE_PEAK || !peak.is_finite() {
+        return None;
+    }
+    let samples = clip.frames() * clip.num_channels();
+    Some(if peak == 0.0 {
+        format!("all {samples} samples are zero")
+    } else {
+        format!("peak {peak:.1e}, below half a step of 16-bit audio")
+    })
+}
+
 /// Read and prepare `files` on all cores, in order; the first failure (in file order) wins.
-fn load_clips(files: &[&Path], config: &AudioDataConfig) -> Result<Vec<AudioClip>> {
+fn load_clips(files: &[&Path], config: &AudioDataConfig) -> Result<Vec<Loaded>> {
     let n = files.len();
     let bar = (n >= PROGRESS_FROM)
         .then(|| diffuse_tensor::progress::progress_bar(n as u64, "loading audio", "file"));
-    let slots: Vec<Mutex<Option<Result<AudioClip>>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let slots: Vec<Mutex<Option<Result<Loaded>>>> = (0..n).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let workers = std::thread::available_parallelism()
         .map_or(1, |p| p.get())
@@ -576,10 +1027,12 @@ fn load_clips(files: &[&Path], config: &AudioDataConfig) -> Result<Vec<AudioClip
                 }
                 let path = files[i];
                 let result = read_audio(path).and_then(|clip| {
-                    config.prepare(&clip).map_err(|e| match e {
+                    let silent = silence(&clip);
+                    let clip = config.prepare(&clip).map_err(|e| match e {
                         Error::InvalidArgument(m) => Error::format(path, m),
                         other => other,
-                    })
+                    })?;
+                    Ok(Loaded { clip, silent })
                 });
                 let failed = result.is_err();
                 *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);

@@ -1,15 +1,20 @@
 //! DiffWave's unconditional denoiser (Kong et al. 2021, "DiffWave: A Versatile Diffusion Model for
 //! Audio Synthesis", sec. 3 and fig. 2): a stack of dilated, gated residual convolutions at the
 //! waveform's own rate, conditioned on the diffusion step. Fully convolutional: any length works.
+//! Optionally also conditioned on a class and given the position channel (both from `network`,
+//! both absent by default, when the network is exactly the reference's).
 //!
 //! Layout (variable names are those of the reference implementation, lmnt-com/diffwave's
 //! `model.py`, so its unconditional checkpoints load by name; `tests/golden/make_network_golden.py`
 //! is the same network in PyTorch and the parity test holds them to 1e-4):
 //!
-//! - `input_projection`: 1x1 conv `in_channels -> C`, then ReLU.
+//! - `input_projection`: 1x1 conv `in_channels -> C` (`in_channels + 1` with the position
+//!   channel, which comes after the audio's), then ReLU.
 //! - `diffusion_embedding.projection{1,2}`: 128 sinusoidal features of the real timestep t
 //!   (`[sin(10^(4i/63) t), cos(10^(4i/63) t)]`, i < 64), Linear `128 -> E`, SiLU, Linear
-//!   `E -> E`, SiLU (E = `time_embed_dim`, 512 in the paper). The reference code reads integer
+//!   `E -> E`, SiLU (E = `time_embed_dim`, 512 in the paper); with `num_class_embeds`, the row
+//!   of `class_embedding` (`[num_class_embeds, E]`, the last row the null class) for the label
+//!   is added before that last SiLU. The reference code reads integer
 //!   steps from a table and interpolates between rows for fractional ones; here the features are
 //!   evaluated at t directly, which agrees on integers and is exact in between.
 //! - `residual_layers.N`: `y = x + diffusion_projection(emb)` (Linear `E -> C`, broadcast over
@@ -21,6 +26,7 @@
 //!   `C -> C`), ReLU, `output_projection` (1x1, `C -> out_channels`, zero at first so a fresh
 //!   model predicts exactly 0).
 
+use crate::network::{check_conditioning, class_rows, with_positions, ClassEmbedding};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn;
@@ -45,6 +51,20 @@ pub struct DiffWaveConfig {
     pub dilation_cycle: i64,
     /// Width of the diffusion-step embedding (paper: 512).
     pub time_embed_dim: i64,
+    /// Class-conditional: rows of `class_embedding`, the classes plus one (the last row is the
+    /// null class). None: unconditional, and no `class_embedding` variable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_class_embeds: Option<i64>,
+    /// Append the position channel (frame / `position_frames`) to the input.
+    #[serde(skip_serializing_if = "is_false")]
+    pub position_channel: bool,
+    /// The training clip length in frames that positions are scaled by (with `position_channel`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position_frames: Option<i64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for DiffWaveConfig {
@@ -58,6 +78,9 @@ impl Default for DiffWaveConfig {
             residual_layers: 20,
             dilation_cycle: 10,
             time_embed_dim: 512,
+            num_class_embeds: None,
+            position_channel: false,
+            position_frames: None,
         }
     }
 }
@@ -89,7 +112,12 @@ impl DiffWaveConfig {
                 self.dilation_cycle
             )));
         }
-        Ok(())
+        check_conditioning(
+            self.num_class_embeds,
+            self.position_channel,
+            self.position_frames,
+        )
+        .map_err(invalid)
     }
 
     /// Dilation of residual layer `i`.
@@ -187,16 +215,20 @@ impl StepEmbedding {
         }
     }
 
-    /// `[B, E]` for real timesteps `t` `[B]`, in `kind`.
-    fn forward(&self, t: &Tensor, kind: Kind) -> Tensor {
+    /// `[B, E]` for real timesteps `t` `[B]`, in `kind`; `class` (`[B, E]` rows of the class
+    /// embedding) is added before the last SiLU.
+    fn forward(&self, t: &Tensor, class: Option<Tensor>, kind: Kind) -> Tensor {
         let args =
             t.to_kind(Kind::Float).unsqueeze(1) * self.freqs.to_device(t.device()).unsqueeze(0);
         let features = Tensor::cat(&[args.sin(), args.cos()], 1).to_kind(kind);
-        features
+        let emb = features
             .apply(&self.projection1)
             .silu()
-            .apply(&self.projection2)
-            .silu()
+            .apply(&self.projection2);
+        match class {
+            Some(rows) => (emb + rows).silu(),
+            None => emb.silu(),
+        }
     }
 }
 
@@ -238,6 +270,7 @@ pub struct DiffWave {
     config: DiffWaveConfig,
     input_projection: nn::Conv1D,
     diffusion_embedding: StepEmbedding,
+    class_embedding: Option<ClassEmbedding>,
     residual_layers: Vec<ResidualLayer>,
     skip_projection: nn::Conv1D,
     output_projection: nn::Conv1D,
@@ -254,8 +287,17 @@ impl DiffWave {
             .collect();
         Ok(DiffWave {
             config: cfg.clone(),
-            input_projection: conv(vs / "input_projection", cfg.in_channels, c, 1, 1),
+            input_projection: conv(
+                vs / "input_projection",
+                cfg.in_channels + i64::from(cfg.position_channel),
+                c,
+                1,
+                1,
+            ),
             diffusion_embedding: StepEmbedding::new(vs / "diffusion_embedding", cfg.time_embed_dim),
+            class_embedding: cfg
+                .num_class_embeds
+                .map(|rows| ClassEmbedding::new(vs / "class_embedding", rows, cfg.time_embed_dim)),
             residual_layers: layers,
             skip_projection: conv(vs / "skip_projection", c, c, 1, 1),
             output_projection: zero_conv(vs / "output_projection", c, cfg.out_channels),
@@ -266,11 +308,33 @@ impl DiffWave {
         &self.config
     }
 
-    /// `[B, out_channels, L]` for audio `[B, in_channels, L]` (any L) and real timesteps `t`
-    /// `[B]`. There is no dropout, so `train` changes nothing; it is taken for symmetry.
-    pub fn forward_t(&self, xs: &Tensor, t: &Tensor, _train: bool) -> Tensor {
-        let emb = self.diffusion_embedding.forward(t, xs.kind());
-        let mut x = xs.apply(&self.input_projection).relu();
+    /// `[B, out_channels, L]` for audio `[B, in_channels, L]` (any L), real timesteps `t` `[B]`
+    /// and class labels `[B]` (None: the null class when class-conditional; see
+    /// `network::AudioNetwork::forward_t`). The position channel, if any, is made here for this
+    /// L. There is no dropout, so `train` changes nothing; it is taken for symmetry.
+    pub fn forward_t(
+        &self,
+        xs: &Tensor,
+        t: &Tensor,
+        class_labels: Option<&Tensor>,
+        _train: bool,
+    ) -> Tensor {
+        let class = class_rows(
+            self.class_embedding.as_ref(),
+            class_labels,
+            xs.size()[0],
+            xs.device(),
+            xs.kind(),
+        );
+        let emb = self.diffusion_embedding.forward(t, class, xs.kind());
+        let position_frames = self
+            .config
+            .position_channel
+            .then_some(self.config.position_frames)
+            .flatten();
+        let mut x = with_positions(xs, position_frames)
+            .apply(&self.input_projection)
+            .relu();
         let mut skip: Option<Tensor> = None;
         for layer in &self.residual_layers {
             let (next, s) = layer.forward(&x, &emb);

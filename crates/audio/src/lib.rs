@@ -4,10 +4,11 @@
 //! `diffuse-core` drives. Depends on `diffuse-core`, never on the other modality crates.
 //!
 //! `clip` is one clip in memory ([`clip::AudioClip`]: channels, rate, resampling, trimming,
-//! normalisation); `wav` reads and writes files; `data` loads datasets; `features` computes
-//! log-mel spectrograms and their PNG pictures, and `eval` the log-mel Fréchet distance with its
-//! bounds; `diffwave`, `unet1d` and `network` are the networks; `pipeline` is a model directory
-//! (sample, fill gaps) and `train` the training run.
+//! normalisation); `wav` reads and writes files; `data` loads datasets, with the class labels
+//! and groups (kits, class folders) that `labels` reads from a folder's layout; `features`
+//! computes log-mel spectrograms and their PNG pictures, and `eval` the log-mel Fréchet distance
+//! with its bounds; `diffwave`, `unet1d` and `network` are the networks; `pipeline` is a model
+//! directory (sample, fill gaps) and `train` the training run.
 //! Tensor shape misuse panics (as tch does); everything touching files or user input returns
 //! [`diffuse_tensor::Error`].
 
@@ -16,6 +17,7 @@ pub mod data;
 pub mod diffwave;
 pub mod eval;
 pub mod features;
+pub mod labels;
 pub mod network;
 pub mod pipeline;
 pub mod train;

@@ -21,6 +21,7 @@ use crate::network::{AudioNetwork, AudioNetworkConfig};
 use crate::wav::ExactAudio;
 use diffuse_core::denoiser::Denoiser;
 use diffuse_core::editing::{self, Resampling};
+use diffuse_core::guidance::{ClassSpace, ClassifierFreeGuidance};
 use diffuse_core::losses::ObjectiveConfig;
 use diffuse_core::prediction::PredictionType;
 use diffuse_core::sampler_choice::{scheduler_prediction_type, SamplerChoice};
@@ -60,6 +61,12 @@ pub struct AudioModelInfo {
     pub objective: Option<ObjectiveConfig>,
     /// Optimiser steps it was trained for.
     pub steps: Option<u64>,
+    /// Names of the classes of a class-conditional model, by label (the null class, label K,
+    /// is the network's last class row and has no name).
+    pub class_names: Option<Vec<String>>,
+    /// The factor the training clips were multiplied by after normalisation (e.g. to bring
+    /// their spread to 0.5); samples are divided by it. `None`: 1.
+    pub data_scale: Option<f64>,
 }
 
 impl Default for AudioModelInfo {
@@ -72,6 +79,8 @@ impl Default for AudioModelInfo {
             dataset: None,
             objective: None,
             steps: None,
+            class_names: None,
+            data_scale: None,
         }
     }
 }
@@ -89,6 +98,12 @@ pub struct AudioSampleOptions {
     pub seed: Option<u64>,
     /// Clips per model call; `None` = all at once.
     pub batch_size: Option<usize>,
+    /// Class label for a class-conditional model (`None`: the null class, i.e. unconditional).
+    pub class: Option<i64>,
+    /// Classifier-free guidance scale w (1 = plain conditional sampling).
+    pub guidance: f64,
+    /// Guidance rescale phi (Lin et al. 2023; 0 = off).
+    pub guidance_rescale: f64,
 }
 
 impl Default for AudioSampleOptions {
@@ -99,23 +114,32 @@ impl Default for AudioSampleOptions {
             sampler: SamplerChoice::default(),
             seed: Some(0),
             batch_size: None,
+            class: None,
+            guidance: 1.0,
+            guidance_rescale: 0.0,
         }
     }
 }
 
-/// The network as a [`Denoiser`] (train or eval mode; learned-variance channels dropped for
-/// samplers that read only the mean).
+/// The network as a [`Denoiser`] (train or eval mode; class labels, one per example or one for
+/// all, or none; learned-variance channels dropped for samplers that read only the mean). One
+/// label for all (`[1]`) fits any chunk of the batch.
 pub struct NetworkDenoiser<'a> {
     pub network: &'a AudioNetwork,
     pub prediction_type: PredictionType,
     pub train: bool,
     /// Keep only the first this many output channels (None: all).
     pub keep_channels: Option<i64>,
+    /// `[B]` or `[1]` labels (`None`: unconditional, or the null class on a class-conditional
+    /// network).
+    pub class_labels: Option<Tensor>,
 }
 
 impl Denoiser for NetworkDenoiser<'_> {
     fn forward(&self, x_t: &Tensor, t: &Tensor) -> Tensor {
-        let out = self.network.forward_t(x_t, t, self.train);
+        let out = self
+            .network
+            .forward_t(x_t, t, self.class_labels.as_ref(), self.train);
         match self.keep_channels {
             Some(c) if out.size()[1] > c => out.narrow(1, 0, c),
             _ => out,
@@ -303,15 +327,66 @@ impl AudioPipeline {
         Ok(frames as usize)
     }
 
-    fn denoiser(&self, choice: &SamplerChoice) -> Result<NetworkDenoiser<'_>> {
-        let learned = choice.uses_learned_variance(&self.scheduler)?;
+    /// The model's classes as sampling checks them.
+    pub fn class_space(&self) -> ClassSpace {
+        let config = self.network.config();
+        ClassSpace {
+            class_embedded: config.num_classes().is_some(),
+            num_classes: config.num_classes(),
+            null_class: config.null_class(),
+            class_names: self.info.class_names.clone(),
+        }
+    }
+
+    /// The factor samples are divided by (the training data's scale).
+    pub fn data_scale(&self) -> f64 {
+        self.info.data_scale.unwrap_or(1.0)
+    }
+
+    /// Run `f` with the denoiser `options` ask for: the network for the class (or none),
+    /// guided by its null-class half when the guidance scale or rescale asks, and handed the
+    /// batch `chunk` examples at a time (guidance inside the chunks, so a chunk's two halves
+    /// see the same examples).
+    fn with_denoiser<T>(
+        &self,
+        options: &AudioSampleOptions,
+        chunk: i64,
+        f: impl FnOnce(&dyn Denoiser) -> Result<T>,
+    ) -> Result<T> {
+        let labels = self.class_space().guided(
+            options.class,
+            options.guidance,
+            options.guidance_rescale,
+            1,
+            self.device(),
+        )?;
+        let learned = options.sampler.uses_learned_variance(&self.scheduler)?;
         let channels = self.info.channels as i64;
         let out = self.network.config().out_channels();
-        Ok(NetworkDenoiser {
+        let network = |class_labels: Option<Tensor>| NetworkDenoiser {
             network: &self.network,
             prediction_type: self.prediction_type(),
             train: false,
             keep_channels: (out > channels && !learned).then_some(channels),
+            class_labels,
+        };
+        let conditional = network(labels.conditional);
+        let Some(null) = labels.unconditional else {
+            return f(&ChunkedDenoiser {
+                inner: conditional,
+                chunk,
+            });
+        };
+        let unconditional = network(Some(null));
+        let guided = ClassifierFreeGuidance {
+            conditional: &conditional,
+            unconditional: &unconditional,
+            scale: options.guidance,
+            rescale: options.guidance_rescale,
+        };
+        f(&ChunkedDenoiser {
+            inner: guided,
+            chunk,
         })
     }
 
@@ -344,29 +419,30 @@ impl AudioPipeline {
         Self::check_num(options)?;
         let frames = self.frames_for(options.seconds)? as i64;
         let channels = self.info.channels as i64;
-        let model = ChunkedDenoiser {
-            inner: self.denoiser(&options.sampler)?,
-            chunk: options.batch_size.unwrap_or(options.num).max(1) as i64,
-        };
-        if let Some(seed) = options.seed {
-            diffuse_tensor::manual_seed(seed);
-        }
-        let mut sampler = self.sampler(&options.sampler)?;
-        let total = sampler.timesteps().len();
-        // The initial noise comes from the CPU generator, as diffusers' pipelines draw it.
-        let noise = Tensor::randn(
-            [options.num as i64, channels, frames],
-            (Kind::Float, Device::Cpu),
-        )
-        .to(self.device())
-            * sampler.init_noise_sigma();
-        let mut done = 0;
-        let x = samplers::sample(sampler.as_mut(), &model, noise, |_: &StepInfo<'_>| {
-            done += 1;
-            on_step(done, total);
-        })?;
-        check_generated(&x)?;
-        Ok(x.clamp(-1.0, 1.0).to_device(Device::Cpu))
+        let chunk = options.batch_size.unwrap_or(options.num).max(1) as i64;
+        self.with_denoiser(options, chunk, |model| {
+            if let Some(seed) = options.seed {
+                diffuse_tensor::manual_seed(seed);
+            }
+            let mut sampler = self.sampler(&options.sampler)?;
+            let total = sampler.timesteps().len();
+            // The initial noise comes from the CPU generator, as diffusers' pipelines draw it.
+            let noise = Tensor::randn(
+                [options.num as i64, channels, frames],
+                (Kind::Float, Device::Cpu),
+            )
+            .to(self.device())
+                * sampler.init_noise_sigma();
+            let mut done = 0;
+            let x = samplers::sample(sampler.as_mut(), model, noise, |_: &StepInfo<'_>| {
+                done += 1;
+                on_step(done, total);
+            })?;
+            check_generated(&x)?;
+            Ok((x / self.data_scale())
+                .clamp(-1.0, 1.0)
+                .to_device(Device::Cpu))
+        })
     }
 
     /// [`AudioPipeline::sample`] as clips at the model's rate.
@@ -416,35 +492,24 @@ impl AudioPipeline {
         let conformed = self.conform(clip)?;
         let (range, model_range) = self.gap_frames_of(clip, conformed.frames(), gap)?;
         let gain = self.level_gain(&conformed, &model_range);
-        let model = self.denoiser(&options.sampler)?;
-        if let Some(seed) = options.seed {
-            diffuse_tensor::manual_seed(seed);
-        }
         let n = options.num as i64;
-        let c = self.info.channels as i64;
-        let l = conformed.frames() as i64;
+        let x = self.with_denoiser(options, n.max(1), |model| {
+            self.inpaint_gap(
+                &conformed,
+                gain,
+                &model_range,
+                resampling,
+                options,
+                model,
+                &mut on_step,
+            )
+        })?;
         let (first, len) = (model_range.start as i64, model_range.len() as i64);
         let device = self.device();
         let recording = conformed.to_tensor().to(device).unsqueeze(0);
-        let known = (&recording * gain as f64)
-            .expand([n, c, l], false)
-            .contiguous();
-        // 1 = keep the recording, 0 = generate.
+        let l = conformed.frames() as i64;
         let mask = Tensor::ones([1, 1, l], (Kind::Float, device));
         let _ = mask.narrow(2, first, len).fill_(0.0);
-        let mut sampler = self.sampler(&options.sampler)?;
-        let noise = Tensor::randn([n, c, l], (Kind::Float, Device::Cpu)).to(device)
-            * sampler.init_noise_sigma();
-        let x = editing::inpaint(
-            sampler.as_mut(),
-            &model,
-            noise,
-            &known,
-            &mask,
-            resampling,
-            |i, _| on_step(i),
-        )?;
-        check_generated(&x.narrow(2, first, len))?;
         // Clamped where the model's audio lives, then brought back to the recording's level
         // (and clamped again: a recording quieter than the data never needs it, a louder one
         // may). The recording outside the gap is exact, not a re-noised copy, nor scaled there
@@ -472,6 +537,52 @@ impl AudioPipeline {
                 Ok(splice_with_fades(clip, &back, range.clone()))
             })
             .collect()
+    }
+
+    /// The inpainting loop of [`AudioPipeline::fill_gap`]: the conformed recording at the
+    /// model's level (and the data's scale) outside `model_range`, generated inside; returns the
+    /// samples at the model's level.
+    #[allow(clippy::too_many_arguments)]
+    fn inpaint_gap(
+        &self,
+        conformed: &AudioClip,
+        gain: f32,
+        model_range: &Range<usize>,
+        resampling: Option<Resampling>,
+        options: &AudioSampleOptions,
+        model: &dyn Denoiser,
+        on_step: &mut impl FnMut(usize),
+    ) -> Result<Tensor> {
+        let scale = self.data_scale();
+        if let Some(seed) = options.seed {
+            diffuse_tensor::manual_seed(seed);
+        }
+        let n = options.num as i64;
+        let c = self.info.channels as i64;
+        let l = conformed.frames() as i64;
+        let (first, len) = (model_range.start as i64, model_range.len() as i64);
+        let device = self.device();
+        let recording = conformed.to_tensor().to(device).unsqueeze(0);
+        let known = (&recording * (gain as f64 * scale))
+            .expand([n, c, l], false)
+            .contiguous();
+        // 1 = keep the recording, 0 = generate.
+        let mask = Tensor::ones([1, 1, l], (Kind::Float, device));
+        let _ = mask.narrow(2, first, len).fill_(0.0);
+        let mut sampler = self.sampler(&options.sampler)?;
+        let noise = Tensor::randn([n, c, l], (Kind::Float, Device::Cpu)).to(device)
+            * sampler.init_noise_sigma();
+        let x = editing::inpaint(
+            sampler.as_mut(),
+            model,
+            noise,
+            &known,
+            &mask,
+            resampling,
+            |i, _| on_step(i),
+        )?;
+        check_generated(&x.narrow(2, first, len))?;
+        Ok(x / scale)
     }
 
     /// The gain that brings `conformed` (a recording at the model's rate and channels) to the
@@ -687,6 +798,28 @@ fn check_info(info: &AudioModelInfo, config: &AudioNetworkConfig) -> Result<()> 
     if let Some(data) = &info.data {
         data.validate()
             .map_err(|e| Error::InvalidArgument(format!("data: {e}")))?;
+    }
+    if let Some(scale) = info.data_scale {
+        if !(scale.is_finite() && scale > 0.0) {
+            return bad(format!("data_scale must be a positive number, got {scale}"));
+        }
+    }
+    if let Some(names) = &info.class_names {
+        match config.num_classes() {
+            None => {
+                return bad(format!(
+                    "class_names lists {} classes but the network is not class-conditional",
+                    names.len()
+                ))
+            }
+            Some(k) if k != names.len() as i64 => {
+                return bad(format!(
+                    "class_names lists {} classes but the network has {k}",
+                    names.len()
+                ))
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! A 1-D UNet for waveforms: diffusers' `UNet2DModel` layout carried over to one dimension, with
-//! strided-conv downsampling by per-level factors (audio wants x4 steps, not x2) and optional
-//! self-attention over time at the lowest resolution.
+//! strided-conv downsampling by per-level factors (audio wants x4 steps, not x2), optional
+//! self-attention over time at the lowest resolution and at chosen levels, and the optional class
+//! embedding and position channel of `network` (both absent by default, so older configs and
+//! weights load and compute as before).
 //!
 //! Layout (variable names follow diffusers' `UNet2DModel`; `tests/golden/make_network_golden.py`
 //! is the same network in PyTorch and the parity test holds them to 1e-4):
@@ -8,23 +10,32 @@
 //! - `time_embedding.linear_{1,2}`: sinusoidal features of the real timestep (diffusers'
 //!   `Timesteps` with `flip_sin_to_cos = true`, shift 0, width `block_out_channels[0]`), Linear,
 //!   SiLU, Linear to `time_embed_dim`. Every resnet reads `silu` of it.
-//! - `conv_in`: k 7 (a wider first window at the sample rate costs little with few channels in).
+//! - `class_embedding` (with `num_class_embeds`): a `[num_class_embeds, time_embed_dim]` table
+//!   whose row for the label is added to the time embedding before that `silu`, exactly where
+//!   `UNet2DModel` (and `diffuse-image`'s UNet2d) add theirs; the last row is the null class.
+//! - `conv_in`: k 7 (a wider first window at the sample rate costs little with few channels in);
+//!   with `position_channel` it reads one channel more, the position, after the audio's.
 //! - `down_blocks.N.resnets.M`: GroupNorm, SiLU, conv k 3, `+ time_emb_proj(silu(temb))`,
 //!   GroupNorm, SiLU, dropout, conv k 3, plus the input (through a 1x1 `conv_shortcut` when the
 //!   width changes). `down_blocks.N.downsamplers.0.conv`: kernel 2f, stride f, padding ceil(f/2)
-//!   for factor f, which maps a length L divisible by f to exactly L / f.
+//!   for factor f, which maps a length L divisible by f to exactly L / f. On a level whose
+//!   `attention_levels` entry is set, `down_blocks.N.attentions.M` follows resnet M (diffusers'
+//!   `AttnDownBlock2D`: the skip is taken after the attention).
 //! - `mid_block.resnets.{0,1}` around `mid_block.attentions.0` (GroupNorm, multi-head
-//!   self-attention over time, `to_q`/`to_k`/`to_v`/`to_out.0` with biases, residual) when
-//!   `attention` is set.
+//!   self-attention over time, `to_q`/`to_k`/`to_v`/`to_out.0` with biases, residual; no
+//!   position encoding) when `attention` is set. Every attention has the same layout.
 //! - `up_blocks.N`: `layers_per_block + 1` resnets, each on the running activations concatenated
 //!   with the next skip (diffusers' skips: `conv_in`'s output, every down resnet's and every
-//!   downsampler's), then `upsamplers.0.conv`: nearest-neighbour x f, conv k 3.
+//!   downsampler's), then `upsamplers.0.conv`: nearest-neighbour x f, conv k 3. Up block N is
+//!   level `levels - 1 - N`; if that level has attention, `up_blocks.N.attentions.M` follows
+//!   resnet M (`AttnUpBlock2D`).
 //! - `conv_norm_out`, SiLU, `conv_out` (k 3, zero at first so a fresh model predicts 0).
 //!
 //! The input length must be a multiple of [`UNet1dConfig::length_multiple`];
 //! `network::AudioNetwork` pads and crops other lengths.
 
 use crate::diffwave::{linear, torch_uniform};
+use crate::network::{check_conditioning, class_rows, with_positions, ClassEmbedding};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn;
@@ -57,6 +68,24 @@ pub struct UNet1dConfig {
     pub dropout: f64,
     /// Width of the time embedding.
     pub time_embed_dim: i64,
+    /// Class-conditional: rows of `class_embedding`, the classes plus one (the last row is the
+    /// null class). None: unconditional, and no `class_embedding` variable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_class_embeds: Option<i64>,
+    /// Append the position channel (frame / `position_frames`) to the input.
+    #[serde(skip_serializing_if = "is_false")]
+    pub position_channel: bool,
+    /// The training clip length in frames that positions are scaled by (with `position_channel`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position_frames: Option<i64>,
+    /// Self-attention after every resnet of level i, down and up, where entry i is true (one
+    /// entry per level, or none at all); the middle block's is `attention`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attention_levels: Vec<bool>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for UNet1dConfig {
@@ -75,6 +104,10 @@ impl Default for UNet1dConfig {
             norm_num_groups: 8,
             dropout: 0.0,
             time_embed_dim: 128,
+            num_class_embeds: None,
+            position_channel: false,
+            position_frames: None,
+            attention_levels: Vec::new(),
         }
     }
 }
@@ -151,6 +184,34 @@ impl UNet1dConfig {
                 )));
             }
         }
+        let levels = self.block_out_channels.len();
+        if !self.attention_levels.is_empty() && self.attention_levels.len() != levels {
+            return Err(invalid(format!(
+                "attention_levels needs one entry per level ({levels}) or none, got {:?}",
+                self.attention_levels
+            )));
+        }
+        for (i, _) in self
+            .attention_levels
+            .iter()
+            .enumerate()
+            .filter(|(_, &on)| on)
+        {
+            let c = self.block_out_channels[i];
+            if self.attention_head_dim <= 0 || c % self.attention_head_dim != 0 {
+                return Err(invalid(format!(
+                    "attention_head_dim must be positive and divide the {c} channels of level \
+                     {i} (attention_levels), got {}",
+                    self.attention_head_dim
+                )));
+            }
+        }
+        check_conditioning(
+            self.num_class_embeds,
+            self.position_channel,
+            self.position_frames,
+        )
+        .map_err(invalid)?;
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(invalid(format!(
                 "dropout must be in [0, 1), got {}",
@@ -163,6 +224,11 @@ impl UNet1dConfig {
     /// Input lengths must be multiples of this (the product of the down factors).
     pub fn length_multiple(&self) -> i64 {
         self.down_factors.iter().product()
+    }
+
+    /// Whether level `i` has self-attention after its resnets.
+    fn level_attention(&self, i: usize) -> bool {
+        self.attention_levels.get(i).copied().unwrap_or(false)
     }
 }
 
@@ -294,6 +360,8 @@ fn repeat_nearest(xs: &Tensor, f: i64) -> Tensor {
 #[derive(Debug)]
 struct DownBlock {
     resnets: Vec<ResnetBlock>,
+    /// One after each resnet on a level with attention, else none.
+    attentions: Vec<Attention>,
     /// The strided conv to the next level (none on the last level).
     downsampler: Option<nn::Conv1D>,
 }
@@ -301,8 +369,26 @@ struct DownBlock {
 #[derive(Debug)]
 struct UpBlock {
     resnets: Vec<ResnetBlock>,
+    /// One after each resnet on a level with attention, else none.
+    attentions: Vec<Attention>,
     /// The conv after nearest upsampling by `factor` (none on the finest level).
     upsampler: Option<(nn::Conv1D, i64)>,
+}
+
+/// `count` attentions of `channels` under `path/attentions/M` when `on`, else none.
+fn attentions(
+    path: &nn::Path,
+    on: bool,
+    count: i64,
+    channels: i64,
+    cfg: &UNet1dConfig,
+) -> Vec<Attention> {
+    if !on {
+        return Vec::new();
+    }
+    (0..count)
+        .map(|m| Attention::new(path / "attentions" / m, channels, cfg))
+        .collect()
 }
 
 /// The time embedding: sinusoidal features and `linear_1`, SiLU, `linear_2`.
@@ -340,6 +426,7 @@ impl TimeEmbedding {
 pub struct UNet1d {
     config: UNet1dConfig,
     time_embedding: TimeEmbedding,
+    class_embedding: Option<ClassEmbedding>,
     conv_in: nn::Conv1D,
     down_blocks: Vec<DownBlock>,
     mid_resnets: [ResnetBlock; 2],
@@ -381,6 +468,7 @@ impl UNet1d {
             });
             down_blocks.push(DownBlock {
                 resnets,
+                attentions: attentions(&p, cfg.level_attention(i), lpb, cout, cfg),
                 downsampler,
             });
             cin = cout;
@@ -414,7 +502,11 @@ impl UNet1d {
                 let f = cfg.down_factors[n - 2 - i];
                 (conv(&p / "upsamplers" / 0 / "conv", cout, cout, 3, 1, 1), f)
             });
-            up_blocks.push(UpBlock { resnets, upsampler });
+            up_blocks.push(UpBlock {
+                resnets,
+                attentions: attentions(&p, cfg.level_attention(n - 1 - i), lpb + 1, cout, cfg),
+                upsampler,
+            });
             prev_out = cout;
         }
 
@@ -427,9 +519,12 @@ impl UNet1d {
         Ok(UNet1d {
             config: cfg.clone(),
             time_embedding: TimeEmbedding::new(vs / "time_embedding", c0, cfg.time_embed_dim),
+            class_embedding: cfg
+                .num_class_embeds
+                .map(|rows| ClassEmbedding::new(vs / "class_embedding", rows, cfg.time_embed_dim)),
             conv_in: conv(
                 vs / "conv_in",
-                cfg.in_channels,
+                cfg.in_channels + i64::from(cfg.position_channel),
                 c0,
                 CONV_IN_KERNEL,
                 1,
@@ -448,10 +543,18 @@ impl UNet1d {
         &self.config
     }
 
-    /// `[B, out_channels, L]` for audio `[B, in_channels, L]` and real timesteps `t` `[B]`; L must
-    /// be a multiple of [`UNet1dConfig::length_multiple`] (panics otherwise). `train` enables
-    /// dropout.
-    pub fn forward_t(&self, xs: &Tensor, t: &Tensor, train: bool) -> Tensor {
+    /// `[B, out_channels, L]` for audio `[B, in_channels, L]`, real timesteps `t` `[B]` and class
+    /// labels `[B]` (None: the null class when class-conditional; see
+    /// `network::AudioNetwork::forward_t`); L must be a multiple of
+    /// [`UNet1dConfig::length_multiple`] (panics otherwise). The position channel, if any, is
+    /// made here for this L. `train` enables dropout.
+    pub fn forward_t(
+        &self,
+        xs: &Tensor,
+        t: &Tensor,
+        class_labels: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let len = xs.size().last().copied().unwrap_or(0);
         let multiple = self.config.length_multiple();
         assert!(
@@ -459,12 +562,33 @@ impl UNet1d {
             "UNet1d: the input length {len} is not a multiple of {multiple} (pad it, or use \
              AudioNetwork, which does)"
         );
-        let temb_act = self.time_embedding.forward(t, xs.kind()).silu();
-        let mut h = xs.apply(&self.conv_in);
+        let temb = self.time_embedding.forward(t, xs.kind());
+        let batch = xs.size()[0];
+        // The class row joins the time embedding before its activation (UNet2DModel's order).
+        let temb = match class_rows(
+            self.class_embedding.as_ref(),
+            class_labels,
+            batch,
+            xs.device(),
+            xs.kind(),
+        ) {
+            Some(rows) => temb + rows,
+            None => temb,
+        };
+        let temb_act = temb.silu();
+        let position_frames = self
+            .config
+            .position_channel
+            .then_some(self.config.position_frames)
+            .flatten();
+        let mut h = with_positions(xs, position_frames).apply(&self.conv_in);
         let mut skips = vec![h.shallow_clone()];
         for block in &self.down_blocks {
-            for resnet in &block.resnets {
+            for (m, resnet) in block.resnets.iter().enumerate() {
                 h = resnet.forward_t(&h, &temb_act, train);
+                if let Some(attn) = block.attentions.get(m) {
+                    h = attn.forward(&h);
+                }
                 skips.push(h.shallow_clone());
             }
             if let Some(down) = &block.downsampler {
@@ -478,9 +602,12 @@ impl UNet1d {
         }
         h = self.mid_resnets[1].forward_t(&h, &temb_act, train);
         for block in &self.up_blocks {
-            for resnet in &block.resnets {
+            for (m, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("UNet1d: one skip per up resnet");
                 h = resnet.forward_t(&Tensor::cat(&[&h, &skip], 1), &temb_act, train);
+                if let Some(attn) = block.attentions.get(m) {
+                    h = attn.forward(&h);
+                }
             }
             if let Some((conv, f)) = &block.upsampler {
                 h = repeat_nearest(&h, *f).apply(conv);

@@ -11,15 +11,17 @@ use crate::run_dir::{
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use diffuse_audio::clip::MAX_SAMPLE_RATE;
-use diffuse_audio::data::{AudioDataConfig, AudioDataset, Normalize, Split, DATASET_NAMES};
+use diffuse_audio::data::{
+    AudioDataConfig, AudioDataset, Holdout, Normalize, Split, Trim, DATASET_NAMES,
+};
 use diffuse_audio::diffwave::DiffWaveConfig;
 use diffuse_audio::eval::{log_mel_report, split_held_out};
 use diffuse_audio::features::save_spectrogram_png;
 use diffuse_audio::network::AudioNetworkConfig;
 use diffuse_audio::pipeline::{AudioPipeline, AudioSampleOptions};
 use diffuse_audio::train::{
-    check_config, default_sample_rate, load_dataset, read_run_config, train_audio_model,
-    AudioTrainConfig, RUN_CONFIG,
+    check_config, default_holdout, default_sample_rate, load_dataset, read_run_config,
+    train_audio_model, AudioTrainConfig, DataScale, RUN_CONFIG,
 };
 use diffuse_audio::unet1d::UNet1dConfig;
 use diffuse_audio::wav::{read_audio_exact, write_wav, write_wav_exact, SampleFormat};
@@ -58,7 +60,13 @@ pub struct TrainAudioArgs {
     /// Keep leading silence (by default clips start where the sound does).
     #[arg(long)]
     pub keep_silence: bool,
-    /// Fraction of the files held out for validation (`eval audio` uses them).
+    /// Clips start where the sound first comes within DB dB of the clip's own peak (default -40).
+    #[arg(long, value_name = "DB", allow_hyphen_values = true)]
+    pub trim_db: Option<f32>,
+    /// Held-out files: every (every k-th file, --val-fraction of them) or kits:A,B (whole kits or top-level folders; default for drums: kits:BJA_Pacific,Audiophob, else every).
+    #[arg(long)]
+    pub holdout: Option<String>,
+    /// Fraction of the files held out for validation (`eval audio` uses them) with --holdout every.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
     /// diffwave (dilated residual convolutions) or unet1d.
@@ -91,6 +99,21 @@ pub struct TrainAudioArgs {
     /// UNet1d: dropout in the residual blocks.
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// UNet1d: self-attention in the down and up blocks of these levels (0 = the finest), e.g. 3,4.
+    #[arg(long, value_delimiter = ',')]
+    pub attention_levels: Option<Vec<usize>>,
+    /// Give the network where in the clip each sample lies (an input channel counting 0 to 1 over the training length), so it can shape a decay.
+    #[arg(long)]
+    pub position_channel: bool,
+    /// Condition on the data's classes (drum kits' instruments, or one subfolder per class), for `sample audio --class`.
+    #[arg(long)]
+    pub class_conditional: bool,
+    /// Fraction of training labels dropped to the null class (for --guidance).
+    #[arg(long, default_value_t = 0.1)]
+    pub label_dropout: f64,
+    /// Scale of the normalised training clips: std:S (to a standard deviation of S), a factor, or none.
+    #[arg(long, default_value = "none")]
+    pub data_scale: String,
     #[command(flatten)]
     pub objective: ObjectiveArgs,
     #[arg(long, default_value_t = 16)]
@@ -165,17 +188,37 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
         .normalize
         .parse()
         .map_err(|e| anyhow!("--normalize: {e}"))?;
+    let trim_silence = match args.trim_db {
+        Some(_) if args.keep_silence => {
+            bail!("--trim-db: says where to cut leading silence, which --keep-silence keeps; give one of them")
+        }
+        Some(db) if !(db.is_finite() && db < 0.0) => {
+            bail!("--trim-db: expected a level in dB below each clip's peak (below 0, e.g. -40), got {db}")
+        }
+        Some(db) => Some(Trim::RelativeDb(db)),
+        None if args.keep_silence => None,
+        None => AudioDataConfig::default().trim_silence,
+    };
+    let holdout = match &args.holdout {
+        Some(text) => {
+            let holdout: Holdout = text.parse().map_err(|e| anyhow!("--holdout: {e}"))?;
+            if holdout != Holdout::EveryKth && crate::given::given("val_fraction") {
+                bail!("--val-fraction: sets how many files --holdout every holds out; {text} holds out whole kits (drop one of them)");
+            }
+            holdout
+        }
+        // A typed fraction asks for the every-k-th split, whatever the dataset's default.
+        None if crate::given::given("val_fraction") => Holdout::EveryKth,
+        None => default_holdout(&data),
+    };
     let audio = AudioDataConfig {
         sample_rate,
         channels: args.channels,
         clip_frames: (args.seconds * sample_rate as f64).round().max(1.0) as usize,
         normalize,
-        trim_silence: if args.keep_silence {
-            None
-        } else {
-            AudioDataConfig::default().trim_silence
-        },
+        trim_silence,
         validation_fraction: args.val_fraction,
+        holdout,
     };
     let chosen = match args.network.as_str() {
         "diffwave" => AudioNetworkConfig::DiffWave(DiffWaveConfig::default()),
@@ -208,11 +251,12 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
         || args.down_factors.is_some()
         || args.layers_per_block.is_some()
         || args.attention.is_some()
-        || args.dropout.is_some();
+        || args.dropout.is_some()
+        || args.attention_levels.is_some();
     match &mut network {
         AudioNetworkConfig::DiffWave(c) => {
             if unet_flags {
-                bail!("--block-out-channels, --down-factors, --layers-per-block, --attention and --dropout are UNet1d flags; this run's network is diffwave (give --network unet1d)");
+                bail!("--block-out-channels, --down-factors, --layers-per-block, --attention, --attention-levels and --dropout are UNet1d flags; this run's network is diffwave (give --network unet1d)");
             }
             if let Some(v) = args.residual_channels {
                 c.residual_channels = v;
@@ -256,12 +300,35 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
                 }
                 c.dropout = v;
             }
+            if let Some(levels) = &args.attention_levels {
+                let n = c.block_out_channels.len();
+                if let Some(bad) = levels.iter().find(|&&l| l >= n) {
+                    bail!("--attention-levels: level {bad} does not exist (the network has levels 0..{})", n - 1);
+                }
+                c.attention_levels = (0..n).map(|l| levels.contains(&l)).collect();
+            }
         }
     }
+    if args.position_channel {
+        network.set_position_channel(Some(audio.clip_frames as i64));
+    }
+    if !(0.0..1.0).contains(&args.label_dropout) {
+        bail!(
+            "--label-dropout: must lie in [0, 1), got {}",
+            args.label_dropout
+        );
+    }
+    if crate::given::given("label_dropout") && !args.class_conditional {
+        bail!("--label-dropout: drops class labels, which only --class-conditional training has");
+    }
+    let data_scale = parse_data_scale(&args.data_scale)?;
     let mut config = AudioTrainConfig {
         data,
         audio,
         network,
+        class_conditional: args.class_conditional,
+        label_dropout: args.label_dropout,
+        data_scale,
         batch_size: args.batch_size,
         sample_every: args.sample_every,
         sample_num: args.sample_num,
@@ -286,6 +353,31 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
     // its flags too: the library says --sample-sampler / --sample-steps itself.
     check_config(&config).map_err(|e| network_error(args, &e.to_string()))?;
     Ok(config)
+}
+
+/// `--data-scale`: std:S, a factor, or none.
+fn parse_data_scale(text: &str) -> Result<DataScale> {
+    let bad = || {
+        anyhow!("--data-scale: expected std:S (a target standard deviation), a factor or none, got '{text}'")
+    };
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if text == "none" {
+        return Ok(DataScale::Fixed(1.0));
+    }
+    if let Some(std) = text.strip_prefix("std:") {
+        let v: f64 = std.parse().map_err(|_| bad())?;
+        return if positive(v) {
+            Ok(DataScale::Std(v))
+        } else {
+            Err(bad())
+        };
+    }
+    let v: f64 = text.parse().map_err(|_| bad())?;
+    if positive(v) {
+        Ok(DataScale::Fixed(v))
+    } else {
+        Err(bad())
+    }
 }
 
 /// A network config error with the flag that caused it: the field it names, when a flag set
@@ -380,13 +472,35 @@ pub fn train(args: TrainAudioArgs) -> Result<()> {
         |config, device, resume, stop_after| {
             // Every other setting was checked with its own flag already; only reading the data
             // is the data's fault (its errors name the file or folder).
-            let data = load_dataset(config, Split::Train).map_err(|e| match &args.data {
-                Some(_) => anyhow!("--data: {e}"),
-                None => anyhow!(
-                    "{e} (the data {} names; --data with --resume replaces it)",
-                    args.out.join(RUN_CONFIG).display()
-                ),
+            let data = load_dataset(config, Split::Train).map_err(|e| {
+                let message = e.to_string();
+                // The held-out kits are --holdout's (or run.json's) to fix, not the data's.
+                if let Some(why) = message.strip_prefix("holdout: ") {
+                    return if args.resume {
+                        anyhow!("{}: holdout: {why}", args.out.join(RUN_CONFIG).display())
+                    } else if crate::given::given("holdout") {
+                        anyhow!("--holdout: {why}")
+                    } else {
+                        anyhow!(
+                            "--holdout: {why}; {} is the default for {} (give --holdout every or kits:NAME,NAME)",
+                            config.audio.holdout,
+                            config.data
+                        )
+                    };
+                }
+                match &args.data {
+                    Some(_) => anyhow!("--data: {message}"),
+                    None => anyhow!(
+                        "{message} (the data {} names; --data with --resume replaces it)",
+                        args.out.join(RUN_CONFIG).display()
+                    ),
+                }
             })?;
+            if let Some(counts) = data.class_counts() {
+                if diffuse_tensor::dist::is_main() {
+                    eprintln!("training on {} clips; classes: {counts}", data.len());
+                }
+            }
             train_audio_model(config, Some(data), &args.out, device, resume, stop_after)
                 .map_err(|e| anyhow!("{e}"))
         },
@@ -407,6 +521,15 @@ pub struct AudioModelArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Class of a class-conditional model, by name (kick, snare, hi-hat, ...) or number (default: none, the null class).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Classifier-free guidance scale (1 = plain conditional sampling; needs --class).
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    pub guidance: f64,
+    /// Guidance rescale in [0, 1] (Lin et al. 2023; 0 = off).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub guidance_rescale: f64,
 }
 
 impl AudioModelArgs {
@@ -421,12 +544,30 @@ impl AudioModelArgs {
         let pipeline =
             AudioPipeline::load(&self.model, device).map_err(|e| anyhow!("--model: {e}"))?;
         pipeline.sampler(&choice)?;
+        let space = pipeline.class_space();
+        let class = match &self.class {
+            Some(text) => Some(space.resolve(text).map_err(|e| anyhow!("{e}"))?),
+            None => None,
+        };
+        // Checked here, before any output is prepared: a refusal writes nothing.
+        space
+            .guided(
+                class,
+                self.guidance,
+                self.guidance_rescale,
+                1,
+                tch::Device::Cpu,
+            )
+            .map_err(|e| anyhow!("{e}"))?;
         let options = AudioSampleOptions {
             num,
             seconds,
             sampler: choice,
             seed: Some(self.seed),
             batch_size: None,
+            class,
+            guidance: self.guidance,
+            guidance_rescale: self.guidance_rescale,
         };
         pipeline.frames_for(seconds)?;
         Ok((pipeline, options))
@@ -769,7 +910,7 @@ pub fn inpaint(args: InpaintAudioArgs) -> Result<()> {
 pub struct EvalAudioArgs {
     #[command(flatten)]
     pub model: AudioModelArgs,
-    /// Held-out data: speech, drums, a folder or a file (default: the model's training dataset; its validation split).
+    /// Held-out data: speech, drums, a folder or a file (default: the model's training dataset; its validation split; other data: every k-th file).
     #[arg(long)]
     pub data: Option<String>,
     /// Generated clips (default: as many as the second held-out set has).
@@ -795,6 +936,10 @@ pub fn eval(args: EvalAudioArgs) -> Result<()> {
     config.sample_rate = info.sample_rate;
     config.channels = info.channels;
     config.clip_frames = info.clip_frames;
+    // Held-out kits are kits of the training data; other audio is held out every k-th file.
+    if args.data.is_some() && args.data != info.dataset {
+        config.holdout = Holdout::EveryKth;
+    }
     let held_out = AudioDataset::load(
         &data,
         Split::Validation,

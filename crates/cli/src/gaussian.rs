@@ -13,7 +13,7 @@ use diffuse_core::sampler_choice::{
     SamplerChoice, DIFFWAVE_FAST, MODEL_SCHEDULER, SAMPLER_NAMES, SCHEDULER_SAMPLERS,
 };
 use diffuse_core::samplers::ddpm::DdpmConfig;
-use diffuse_core::schedule::BetaSchedule;
+use diffuse_core::schedule::{BetaSchedule, TimestepSpacing};
 
 /// The samplers one modality's commands take, and the help that lists them, so each command's
 /// `--help` names only what fits its models.
@@ -157,6 +157,10 @@ pub struct ObjectiveArgs {
     /// Last beta of the schedule (default 0.02).
     #[arg(long)]
     pub beta_end: Option<f64>,
+    /// Rescale the schedule to end at pure noise (Lin et al. 2023) with trailing timesteps;
+    /// needs --prediction-type v_prediction or sample.
+    #[arg(long)]
+    pub zero_terminal_snr: bool,
 }
 
 /// Parse a snake_case serde enum from a flag value (dashes accepted for underscores).
@@ -201,6 +205,14 @@ impl ObjectiveArgs {
             .prediction_type
             .parse::<PredictionType>()
             .map_err(|e| anyhow!("--prediction-type: {e}"))?;
+        if self.zero_terminal_snr {
+            if objective.prediction_type == PredictionType::Epsilon {
+                bail!("--zero-terminal-snr: needs --prediction-type v_prediction or sample (at zero SNR the noise says nothing about the data)");
+            }
+            // Lin et al. 2023, sec. 3.1 and 3.3: the rescaled schedule, sampled from its last step.
+            schedule.rescale_betas_zero_snr = true;
+            scheduler.timestep_spacing = TimestepSpacing::Trailing;
+        }
         objective.weighting = match self.weighting.as_str() {
             "uniform" => Weighting::Uniform,
             "min-snr" | "min_snr" => Weighting::MinSnr {
@@ -267,6 +279,38 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    fn objective(args: &[&str]) -> Result<(DdpmConfig, ObjectiveConfig)> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            objective: ObjectiveArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("x").chain(args.iter().copied()),
+        )?;
+        let (mut scheduler, mut config) = (DdpmConfig::default(), ObjectiveConfig::default());
+        cli.objective.apply(&mut scheduler, &mut config)?;
+        Ok((scheduler, config))
+    }
+
+    /// `--zero-terminal-snr` rescales the schedule and samples from its last step, and is
+    /// refused for epsilon prediction, which says nothing about the data at zero SNR.
+    #[test]
+    fn zero_terminal_snr_needs_a_prediction_that_survives_it() {
+        let (scheduler, _) = objective(&[]).unwrap();
+        assert!(!scheduler.schedule.rescale_betas_zero_snr);
+        let (scheduler, config) =
+            objective(&["--zero-terminal-snr", "--prediction-type", "v_prediction"]).unwrap();
+        assert!(scheduler.schedule.rescale_betas_zero_snr);
+        assert_eq!(scheduler.timestep_spacing, TimestepSpacing::Trailing);
+        assert_eq!(config.prediction_type, PredictionType::VPrediction);
+        let err = objective(&["--zero-terminal-snr"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--zero-terminal-snr: needs --prediction-type"),
+            "{err}"
+        );
     }
 
     #[test]

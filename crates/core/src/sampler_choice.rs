@@ -66,6 +66,18 @@ pub fn scheduler_prediction_type(config: &SchedulerConfig) -> PredictionType {
     }
 }
 
+/// Whether a scheduler config's training schedule is rescaled to zero terminal SNR.
+pub fn scheduler_zero_terminal_snr(config: &SchedulerConfig) -> bool {
+    match config {
+        SchedulerConfig::Ddpm(c) => c.schedule.rescale_betas_zero_snr,
+        SchedulerConfig::Ddim(c) => c.schedule.rescale_betas_zero_snr,
+        SchedulerConfig::Euler(c) => c.schedule.rescale_betas_zero_snr,
+        SchedulerConfig::EulerAncestral(c) => c.schedule.rescale_betas_zero_snr,
+        SchedulerConfig::DpmSolver(c) => c.schedule.rescale_betas_zero_snr,
+        SchedulerConfig::Heun(_) => false,
+    }
+}
+
 /// The variance type of a DDPM scheduler config (fixed_small for the others).
 pub fn scheduler_variance_type(config: &SchedulerConfig) -> VarianceType {
     match config {
@@ -113,6 +125,13 @@ pub fn scheduler_for(base: &SchedulerConfig, name: &str, karras: bool) -> Result
             )))
         }
     };
+    if class == "HeunDiscreteScheduler" && scheduler_zero_terminal_snr(base) {
+        // diffusers' Heun scheduler has no rescale_betas_zero_snr: converting would silently
+        // sample a schedule the model was not trained on.
+        return Err(Error::InvalidArgument(
+            "--sampler: heun cannot sample a zero-terminal-SNR model (its schedule has no such rescale); use euler, dpm++2m, ddim or ddpm".into(),
+        ));
+    }
     let mut config = if base.class_name() == class {
         base.clone()
     } else {

@@ -196,6 +196,18 @@ impl NoiseSchedule {
         })
     }
 
+    /// diffusers' Euler-family clamp for zero terminal SNR: alpha_bar at the last timestep set to
+    /// `alpha_bar` (2^-24 there), so that its VE sigma is finite (about 4096) instead of infinite.
+    pub fn with_terminal_alpha_bar(mut self, alpha_bar: f64) -> Self {
+        if let (Some(last), Some(log_sigma)) =
+            (self.alphas_cumprod.last_mut(), self.log_sigmas.last_mut())
+        {
+            *last = alpha_bar;
+            *log_sigma = ((1.0 - alpha_bar) / alpha_bar).sqrt().ln();
+        }
+        self
+    }
+
     /// Number of training timesteps T.
     pub fn len(&self) -> usize {
         self.betas.len()
@@ -301,6 +313,11 @@ fn interpolate(values: &[f64], t: f64) -> f64 {
     }
     let i = t.floor() as usize;
     let w = t - i as f64;
+    if w == 0.0 {
+        // Exact at integer t even next to an infinite value (the log-sigma of a zero-terminal-SNR
+        // schedule's last step), where w * (inf - v) would be NaN.
+        return values[i];
+    }
     values[i] + w * (values[i + 1] - values[i])
 }
 

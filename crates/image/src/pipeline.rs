@@ -16,7 +16,7 @@ use crate::poisson::{count_sampler, from_counts, to_counts, UNetCounts, COUNT_DE
 use crate::unet::{load_unet_weights, save_unet_weights, UNet2d, UNet2dConfig};
 use diffuse_core::denoiser::Denoiser;
 use diffuse_core::editing::{self, Resampling};
-use diffuse_core::guidance::ClassifierFreeGuidance;
+use diffuse_core::guidance::{ClassSpace, ClassifierFreeGuidance};
 use diffuse_core::losses::ObjectiveConfig;
 use diffuse_core::poisson::{self, JumpConfig, JumpProcess, JumpSampler};
 use diffuse_core::prediction::PredictionType;
@@ -388,37 +388,18 @@ impl ImagePipeline {
 
     /// The UNet as a count denoiser for `options` (class, guidance).
     fn count_denoiser(&self, options: &SampleOptions, num: i64) -> Result<UNetCounts<'_>> {
-        if !(options.guidance.is_finite() && options.guidance >= 0.0) {
-            return Err(Error::InvalidArgument(format!(
-                "--guidance: must be a number >= 0, got {}",
-                options.guidance
-            )));
-        }
         if options.guidance_rescale != 0.0 {
             return Err(Error::InvalidArgument(
                 "--guidance-rescale: applies to Gaussian models only".into(),
             ));
         }
-        let labels = self.class_labels(options.class, num)?;
-        let unconditional = if options.guidance != 1.0 {
-            let Some(null) = self.info.null_class else {
-                return Err(Error::InvalidArgument(
-                    "--guidance: this model was not trained with a null class".into(),
-                ));
-            };
-            if options.class.is_none() {
-                return Err(Error::InvalidArgument(
-                    "--guidance needs --class (the class to guide towards)".into(),
-                ));
-            }
-            Some(Tensor::full([num], null, (Kind::Int64, self.device())))
-        } else {
-            None
-        };
+        let labels =
+            self.class_space()
+                .guided(options.class, options.guidance, 0.0, num, self.device())?;
         Ok(UNetCounts {
             unet: &self.unet,
-            class_labels: labels,
-            unconditional_labels: unconditional,
+            class_labels: labels.conditional,
+            unconditional_labels: labels.unconditional,
             guidance: options.guidance,
             train: false,
         })
@@ -467,32 +448,19 @@ impl ImagePipeline {
         (c.out_channels > c.in_channels && !sampler_config_learned).then_some(c.in_channels)
     }
 
-    fn class_labels(&self, class: Option<i64>, num: i64) -> Result<Option<Tensor>> {
-        let device = self.device();
-        let embeds = self.unet.config().num_class_embeds;
-        let class_embedded = embeds.is_some() || self.unet.config().class_embed_type.is_some();
-        match (class, class_embedded) {
-            (None, false) => Ok(None),
-            (Some(_), false) => Err(Error::InvalidArgument(
-                "--class: this model is not class-conditioned".into(),
-            )),
-            (None, true) => match self.info.null_class {
-                Some(null) => Ok(Some(Tensor::full([num], null, (Kind::Int64, device)))),
-                None => Err(Error::InvalidArgument(
-                    "this model is class-conditioned and was trained without a null class: give --class".into(),
-                )),
-            },
-            (Some(c), true) => {
-                let n = self.num_classes().unwrap_or(i64::MAX);
-                if c < 0 || c >= n {
-                    return Err(Error::InvalidArgument(format!(
-                        "--class: {c} is out of range (the model has classes 0..{})",
-                        n - 1
-                    )));
-                }
-                Ok(Some(Tensor::full([num], c, (Kind::Int64, device))))
-            }
+    /// The model's classes as sampling checks them.
+    pub fn class_space(&self) -> ClassSpace {
+        let config = self.unet.config();
+        ClassSpace {
+            class_embedded: config.num_class_embeds.is_some() || config.class_embed_type.is_some(),
+            num_classes: self.num_classes(),
+            null_class: self.info.null_class,
+            class_names: self.info.class_names.clone(),
         }
+    }
+
+    fn class_labels(&self, class: Option<i64>, num: i64) -> Result<Option<Tensor>> {
+        self.class_space().labels(class, num, self.device())
     }
 
     /// Run `f` with the denoiser `options` describe (guided when asked).
@@ -503,12 +471,13 @@ impl ImagePipeline {
         num: i64,
         f: impl FnOnce(&dyn Denoiser) -> Result<T>,
     ) -> Result<T> {
-        if !(options.guidance.is_finite() && options.guidance >= 0.0) {
-            return Err(Error::InvalidArgument(format!(
-                "--guidance: must be a number >= 0, got {}",
-                options.guidance
-            )));
-        }
+        let labels = self.class_space().guided(
+            options.class,
+            options.guidance,
+            options.guidance_rescale,
+            num,
+            self.device(),
+        )?;
         let keep = self.keep_channels(learned_sampler);
         let denoiser = |labels: Option<Tensor>| UNetDenoiser {
             unet: &self.unet,
@@ -517,25 +486,11 @@ impl ImagePipeline {
             train: false,
             keep_channels: keep,
         };
-        let conditional = denoiser(self.class_labels(options.class, num)?);
-        if options.guidance == 1.0 && options.guidance_rescale == 0.0 {
+        let conditional = denoiser(labels.conditional);
+        let Some(null_labels) = labels.unconditional else {
             return f(&conditional);
-        }
-        let Some(null) = self.info.null_class else {
-            return Err(Error::InvalidArgument(
-                "--guidance: this model was not trained with a null class (train with --classes and --label-dropout)".into(),
-            ));
         };
-        if options.class.is_none() {
-            return Err(Error::InvalidArgument(
-                "--guidance needs --class (the class to guide towards)".into(),
-            ));
-        }
-        let unconditional = denoiser(Some(Tensor::full(
-            [num],
-            null,
-            (Kind::Int64, self.device()),
-        )));
+        let unconditional = denoiser(Some(null_labels));
         let guided = ClassifierFreeGuidance {
             conditional: &conditional,
             unconditional: &unconditional,

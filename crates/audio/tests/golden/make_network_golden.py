@@ -11,12 +11,21 @@ PyTorch side of the audio speed benchmark uses them):
     from make_network_golden import build_network, forward_any_length
     model = build_network(json.load(open("config.json")))
     eps = forward_any_length(model, x, t)  # x [B, C, L] with any L, t [B] real timesteps
+    eps = forward_any_length(model, x, t, labels)  # class-conditional: labels [B] int64
+
+Both networks take the optional conditioning of `network.rs`: `num_class_embeds` (a
+`class_embedding` table whose last row is the null class, used when no labels are given, added to
+the time embedding before its activation) and `position_channel` with `position_frames` (arange(L)
+/ position_frames appended as the last input channel, made on the padded length); UNet1d also
+takes `attention_levels` (self-attention after every resnet of the chosen levels, down and up).
 
 Run as a script, it writes `networks/<case>/` for each case below: config.json, model.safetensors
 (seeded random weights, every parameter perturbed away from its initial value so that the
 zero-initialised output convolutions and the norms matter) and io.safetensors (inputs x, real
-fractional timesteps t and the outputs PyTorch computes; float32, CPU; metadata: torch version and
-parameter count).
+fractional timesteps t, class labels for the class-conditional cases, and the outputs PyTorch
+computes; float32, CPU; metadata: torch version and parameter count). Each case seeds its own
+generators, so adding a case leaves the others' files byte for byte as they were; name cases on the
+command line to write only those.
 
     PYTHONPATH=target/pyref:target/libtorch python3 crates/audio/tests/golden/make_network_golden.py
 """
@@ -40,6 +49,9 @@ DIFFWAVE_DEFAULTS = dict(
     residual_layers=20,
     dilation_cycle=10,
     time_embed_dim=512,
+    num_class_embeds=None,
+    position_channel=False,
+    position_frames=None,
 )
 
 UNET1D_DEFAULTS = dict(
@@ -53,6 +65,10 @@ UNET1D_DEFAULTS = dict(
     norm_num_groups=8,
     dropout=0.0,
     time_embed_dim=128,
+    num_class_embeds=None,
+    position_channel=False,
+    position_frames=None,
+    attention_levels=[],
 )
 
 
@@ -60,7 +76,35 @@ def _with_defaults(config, defaults):
     unknown = set(config) - set(defaults) - {"type"}
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}")
-    return {k: config.get(k, v) for k, v in defaults.items()}
+    cfg = {k: config.get(k, v) for k, v in defaults.items()}
+    if cfg["position_channel"] != (cfg["position_frames"] is not None):
+        raise ValueError("position_channel and position_frames go together")
+    return cfg
+
+
+def with_positions(x, cfg):
+    """x with the position channel (arange(L) / position_frames, float32 then x's dtype) appended."""
+    if not cfg["position_channel"]:
+        return x
+    b, _, n = x.shape
+    pos = torch.arange(n, dtype=torch.float32, device=x.device) / cfg["position_frames"]
+    return torch.cat([x, pos.to(x.dtype).view(1, 1, n).expand(b, 1, n)], dim=1)
+
+
+def class_rows(embedding, labels, batch, device, dtype):
+    """The class embedding's rows for labels [B] (the null class, the last row, when None)."""
+    if embedding is None:
+        if labels is not None:
+            raise ValueError("class labels given to a network without num_class_embeds")
+        return None
+    if labels is None:
+        labels = torch.full((batch,), embedding.num_embeddings - 1, dtype=torch.long, device=device)
+    return embedding(labels.to(device=device, dtype=torch.long)).to(dtype)
+
+
+def _class_embedding(cfg):
+    rows = cfg["num_class_embeds"]
+    return nn.Embedding(rows, cfg["time_embed_dim"]) if rows is not None else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,10 +128,11 @@ class DiffusionEmbedding(nn.Module):
         self.projection1 = nn.Linear(STEP_FEATURES, dim)
         self.projection2 = nn.Linear(dim, dim)
 
-    def forward(self, t, dtype):
+    def forward(self, t, dtype, class_emb=None):
         args = t.float().unsqueeze(1) * self.freqs.unsqueeze(0)
         x = torch.cat([torch.sin(args), torch.cos(args)], dim=1).to(dtype)
-        return F.silu(self.projection2(F.silu(self.projection1(x))))
+        x = self.projection2(F.silu(self.projection1(x)))
+        return F.silu(x if class_emb is None else x + class_emb)
 
 
 class ResidualBlock(nn.Module):
@@ -115,8 +160,9 @@ class DiffWave(nn.Module):
         cfg = _with_defaults(config, DIFFWAVE_DEFAULTS)
         self.cfg = cfg
         c = cfg["residual_channels"]
-        self.input_projection = _kaiming_conv(cfg["in_channels"], c, 1)
+        self.input_projection = _kaiming_conv(cfg["in_channels"] + int(cfg["position_channel"]), c, 1)
         self.diffusion_embedding = DiffusionEmbedding(cfg["time_embed_dim"])
+        self.class_embedding = _class_embedding(cfg)
         self.residual_layers = nn.ModuleList(
             [
                 ResidualBlock(c, cfg["time_embed_dim"], 2 ** (i % cfg["dilation_cycle"]))
@@ -131,9 +177,10 @@ class DiffWave(nn.Module):
     def length_multiple(self):
         return 1
 
-    def forward(self, x, t):
-        emb = self.diffusion_embedding(t, x.dtype)
-        x = F.relu(self.input_projection(x))
+    def forward(self, x, t, labels=None):
+        rows = class_rows(self.class_embedding, labels, x.shape[0], x.device, x.dtype)
+        emb = self.diffusion_embedding(t, x.dtype, rows)
+        x = F.relu(self.input_projection(with_positions(x, self.cfg)))
         skip = None
         for layer in self.residual_layers:
             x, s = layer(x, emb)
@@ -232,12 +279,17 @@ class Upsample1d(nn.Module):
         return self.conv(x)
 
 
+def _attentions(on, count, channels, cfg):
+    """diffusers' AttnDownBlock2D / AttnUpBlock2D: one attention after each resnet."""
+    return nn.ModuleList([Attention1d(channels, cfg) for _ in range(count)]) if on else None
+
+
 class DownBlock1d(nn.Module):
-    def __init__(self, cin, cout, factor, cfg):
+    def __init__(self, cin, cout, factor, attention, cfg):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [ResnetBlock1d(cin if j == 0 else cout, cout, cfg) for j in range(cfg["layers_per_block"])]
-        )
+        lpb = cfg["layers_per_block"]
+        self.resnets = nn.ModuleList([ResnetBlock1d(cin if j == 0 else cout, cout, cfg) for j in range(lpb)])
+        self.attentions = _attentions(attention, lpb, cout, cfg)
         self.downsamplers = nn.ModuleList([Downsample1d(cout, factor)]) if factor else None
 
 
@@ -249,7 +301,7 @@ class MidBlock1d(nn.Module):
 
 
 class UpBlock1d(nn.Module):
-    def __init__(self, prev_out, cout, skip_in, factor, cfg):
+    def __init__(self, prev_out, cout, skip_in, factor, attention, cfg):
         super().__init__()
         lpb = cfg["layers_per_block"]
         resnets = []
@@ -258,6 +310,7 @@ class UpBlock1d(nn.Module):
             res_in = prev_out if j == 0 else cout
             resnets.append(ResnetBlock1d(res_in + skip, cout, cfg))
         self.resnets = nn.ModuleList(resnets)
+        self.attentions = _attentions(attention, lpb + 1, cout, cfg)
         self.upsamplers = nn.ModuleList([Upsample1d(cout, factor)]) if factor else None
 
 
@@ -273,13 +326,17 @@ class UNet1d(nn.Module):
         factors = cfg["down_factors"]
         n = len(ch)
         assert len(factors) == n - 1
+        levels = cfg["attention_levels"] or [False] * n
+        assert len(levels) == n
         c0 = ch[0]
         self.time_embedding = TimestepEmbedding(c0, cfg["time_embed_dim"])
-        self.conv_in = nn.Conv1d(cfg["in_channels"], c0, CONV_IN_KERNEL, padding=CONV_IN_KERNEL // 2)
+        cin = cfg["in_channels"] + int(cfg["position_channel"])
+        self.conv_in = nn.Conv1d(cin, c0, CONV_IN_KERNEL, padding=CONV_IN_KERNEL // 2)
+        self.class_embedding = _class_embedding(cfg)
         downs = []
         cin = c0
         for i, cout in enumerate(ch):
-            downs.append(DownBlock1d(cin, cout, factors[i] if i < n - 1 else None, cfg))
+            downs.append(DownBlock1d(cin, cout, factors[i] if i < n - 1 else None, levels[i], cfg))
             cin = cout
         self.down_blocks = nn.ModuleList(downs)
         self.mid_block = MidBlock1d(ch[-1], cfg)
@@ -289,7 +346,7 @@ class UNet1d(nn.Module):
         for i, cout in enumerate(rev):
             skip_in = rev[min(i + 1, n - 1)]
             factor = factors[n - 2 - i] if i < n - 1 else None
-            ups.append(UpBlock1d(prev_out, cout, skip_in, factor, cfg))
+            ups.append(UpBlock1d(prev_out, cout, skip_in, factor, levels[n - 1 - i], cfg))
             prev_out = cout
         self.up_blocks = nn.ModuleList(ups)
         self.conv_norm_out = nn.GroupNorm(cfg["norm_num_groups"], c0, eps=NORM_EPS)
@@ -300,15 +357,21 @@ class UNet1d(nn.Module):
     def length_multiple(self):
         return math.prod(self.cfg["down_factors"])
 
-    def forward(self, x, t):
+    def forward(self, x, t, labels=None):
         if x.shape[-1] % self.length_multiple() != 0:
             raise ValueError(f"length {x.shape[-1]} is not a multiple of {self.length_multiple()}")
-        temb_act = F.silu(self.time_embedding(t, x.dtype))
-        h = self.conv_in(x)
+        temb = self.time_embedding(t, x.dtype)
+        rows = class_rows(self.class_embedding, labels, x.shape[0], x.device, x.dtype)
+        if rows is not None:
+            temb = temb + rows
+        temb_act = F.silu(temb)
+        h = self.conv_in(with_positions(x, self.cfg))
         skips = [h]
         for block in self.down_blocks:
-            for resnet in block.resnets:
+            for m, resnet in enumerate(block.resnets):
                 h = resnet(h, temb_act)
+                if block.attentions is not None:
+                    h = block.attentions[m](h)
                 skips.append(h)
             if block.downsamplers is not None:
                 h = block.downsamplers[0](h)
@@ -318,8 +381,10 @@ class UNet1d(nn.Module):
             h = self.mid_block.attentions[0](h)
         h = self.mid_block.resnets[1](h, temb_act)
         for block in self.up_blocks:
-            for resnet in block.resnets:
+            for m, resnet in enumerate(block.resnets):
                 h = resnet(torch.cat([h, skips.pop()], dim=1), temb_act)
+                if block.attentions is not None:
+                    h = block.attentions[m](h)
             if block.upsamplers is not None:
                 h = block.upsamplers[0](h)
         return self.conv_out(F.silu(self.conv_norm_out(h)))
@@ -339,14 +404,16 @@ def build_network(config):
     raise ValueError(f"unknown audio network type {kind!r} (expected diffwave or unet1d)")
 
 
-def forward_any_length(model, x, t):
-    """AudioNetwork::forward_t: zero-pad the length up to the network's multiple, crop back."""
+def forward_any_length(model, x, t, labels=None):
+    """AudioNetwork::forward_t: zero-pad the length up to the network's multiple (the position
+    channel, if any, is then made on the padded length), crop back. labels: [B] int64 class labels
+    or None (the null class on a class-conditional network)."""
     n = x.shape[-1]
     m = model.length_multiple()
     pad = (m - n % m) % m
     if t.dim() == 0:
         t = t.expand(x.shape[0])
-    out = model(F.pad(x, (0, pad)) if pad else x, t)
+    out = model(F.pad(x, (0, pad)) if pad else x, t, labels)
     return out[..., :n] if pad else out
 
 
@@ -375,6 +442,26 @@ CASES = {
              norm_num_groups=4, dropout=0.0, time_embed_dim=16),
         (3, 1, 64),
     ),
+    # Class-conditional (3 classes + the null class; the labels include the null class), the
+    # position channel scaled to 32 frames (so positions pass 1 inside the 40 frames and in the
+    # padding to 42), attention after every resnet of the two coarser levels as well as in the
+    # middle (head dim 4 divides 12 and 16), two resnets per level.
+    "unet1d_classes_position_attnlevels": (
+        dict(type="unet1d", in_channels=1, out_channels=1, block_out_channels=[8, 12, 16],
+             down_factors=[2, 3], layers_per_block=2, attention=True, attention_head_dim=4,
+             norm_num_groups=4, dropout=0.1, time_embed_dim=16, num_class_embeds=4,
+             position_channel=True, position_frames=32, attention_levels=[False, True, True]),
+        (3, 1, 40),
+        [0, 2, 3],
+    ),
+    # DiffWave, class-conditional (2 classes + null) and with the position channel.
+    "diffwave_classes": (
+        dict(type="diffwave", in_channels=1, out_channels=1, residual_channels=8,
+             residual_layers=4, dilation_cycle=2, time_embed_dim=32, num_class_embeds=3,
+             position_channel=True, position_frames=48),
+        (3, 1, 50),
+        [1, 2, 0],
+    ),
 }
 
 
@@ -392,12 +479,17 @@ def perturb(model, gen):
                 p.add_(0.1 * noise)
 
 
-def make():
+def make(only=()):
     import safetensors.torch
 
+    unknown = set(only) - set(CASES)
+    if unknown:
+        raise SystemExit(f"unknown cases {sorted(unknown)} (known: {', '.join(CASES)})")
     here = os.path.dirname(os.path.abspath(__file__))
     total = 0
-    for name, (cfg, shape) in CASES.items():
+    for name, (cfg, shape, *labels) in CASES.items():
+        if only and name not in only:
+            continue
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(1234)
         model = build_network(cfg).eval()
@@ -412,9 +504,12 @@ def make():
         x = torch.randn(shape, generator=gen) * 0.5
         # Real, fractional timesteps over a T = 200 schedule (what DiffWave's fast sampler asks).
         t = torch.tensor([0.0, 37.25, 181.6], dtype=torch.float32)
+        labels = torch.tensor(labels[0], dtype=torch.int64) if labels else None
         with torch.no_grad():
-            out = forward_any_length(model, x, t)
+            out = forward_any_length(model, x, t, labels)
         io = {"x": x, "t": t, "out": out.contiguous()}
+        if labels is not None:
+            io["labels"] = labels
         meta = {
             "torch_version": torch.__version__,
             "num_parameters": str(sum(p.numel() for p in model.parameters())),
@@ -428,4 +523,6 @@ def make():
 
 
 if __name__ == "__main__":
-    make()
+    import sys
+
+    make(sys.argv[1:])

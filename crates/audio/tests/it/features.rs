@@ -4,7 +4,7 @@
 //! < different; and the spectrogram PNG.
 
 use super::wav::speech_digits_dir;
-use diffuse_audio::data::{AudioDataConfig, AudioDataset, Normalize, Split};
+use diffuse_audio::data::{AudioDataConfig, AudioDataset, Holdout, Normalize, Split, Trim};
 use diffuse_audio::features::{
     log_mel_frechet, log_mel_spectrogram, log_mel_stats, mel_filterbank, save_spectrogram_png,
     MelConfig,
@@ -168,8 +168,9 @@ fn digits(split: Split) -> Tensor {
         channels: 1,
         clip_frames: 6000,
         normalize: Normalize::Peak(0.9),
-        trim_silence: Some(0.01),
+        trim_silence: Some(Trim::Absolute(0.01)),
         validation_fraction: 0.0,
+        holdout: Holdout::EveryKth,
     };
     let nowhere = tempfile::tempdir().unwrap();
     AudioDataset::load(

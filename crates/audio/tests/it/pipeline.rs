@@ -66,6 +66,7 @@ fn fast(num: usize, seconds: Option<f64>) -> AudioSampleOptions {
         },
         seed: Some(7),
         batch_size: None,
+        ..AudioSampleOptions::default()
     }
 }
 
@@ -146,6 +147,7 @@ fn seeded_clips_do_not_depend_on_the_batch_size() {
             },
             seed: Some(5),
             batch_size,
+            ..AudioSampleOptions::default()
         };
         let all = pipeline.sample(&options(None), |_, _| {}).unwrap();
         for batch in [1, 2, 3, 7] {

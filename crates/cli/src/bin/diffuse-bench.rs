@@ -1204,6 +1204,7 @@ fn bench_audio_train_step(
         net: &net,
         prediction_type: PredictionType::Epsilon,
         train: true,
+        class_labels: None,
     };
     reset_peak_rss();
     let mut failed = None;
@@ -1269,6 +1270,7 @@ fn bench_audio(device: Device) -> Result<()> {
         net: &net,
         prediction_type: PredictionType::Epsilon,
         train: false,
+        class_labels: None,
     };
     let schedule = audio_schedule();
     let len = 16000i64;

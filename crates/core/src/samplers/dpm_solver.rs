@@ -238,7 +238,7 @@ impl DpmSolverSampler {
         let mut abar = schedule.alphas_cumprod().to_vec();
         if config.schedule.rescale_betas_zero_snr {
             if let Some(last) = abar.last_mut() {
-                *last = 2f64.powi(-24);
+                *last = super::sigmas::ZERO_SNR_TERMINAL_ALPHA_BAR;
             }
         }
         let train_sigmas: Vec<f64> = abar.iter().map(|a| ((1.0 - a) / a).sqrt()).collect();

@@ -4,6 +4,7 @@
 
 use super::sigmas::{
     euler_sigmas, init_noise_sigma, x0_from_ve, FinalSigma, SigmaOptions, SigmaSteps,
+    ZERO_SNR_TERMINAL_ALPHA_BAR,
 };
 use super::{Sampler, StepOutput};
 use crate::prediction::PredictionType;
@@ -50,7 +51,11 @@ impl EulerAncestralSampler {
                     .into(),
             ));
         }
-        let schedule = NoiseSchedule::new(&config.schedule)?;
+        let mut schedule = NoiseSchedule::new(&config.schedule)?;
+        if config.schedule.rescale_betas_zero_snr {
+            // As diffusers: sigma_max would be infinite at alpha_bar_T = 0.
+            schedule = schedule.with_terminal_alpha_bar(ZERO_SNR_TERMINAL_ALPHA_BAR);
+        }
         Ok(EulerAncestralSampler {
             config,
             schedule,

@@ -10,6 +10,10 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+/// alpha_bar at the last training timestep of a zero-terminal-SNR schedule as diffusers' Euler and
+/// DPM-Solver schedulers see it (2^-24), so that sigma_max is finite.
+pub const ZERO_SNR_TERMINAL_ALPHA_BAR: f64 = 1.0 / 16_777_216.0;
+
 /// The sigma the last step goes to (diffusers' `final_sigmas_type`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

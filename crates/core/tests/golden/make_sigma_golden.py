@@ -36,6 +36,9 @@ CASES = [
     ("heun", {"use_karras_sigmas": True}, 10, {}),
     ("heun", {"timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 7, {}),
     ("heun", {"clip_sample": True, "prediction_type": "sample"}, 10, {}),
+    # Zero terminal SNR: diffusers clamps alpha_bar_T to 2^-24 so that sigma_max is finite.
+    ("euler", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 8, {}),
+    ("euler_ancestral", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction", **SCALED}, 8, {}),
 ]
 CLASSES = {"euler": EulerDiscreteScheduler, "euler_ancestral": EulerAncestralDiscreteScheduler, "heun": HeunDiscreteScheduler}
 

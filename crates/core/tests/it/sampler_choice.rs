@@ -64,3 +64,45 @@ fn each_sampler_has_its_own_default_steps() {
     // A training schedule shorter than the default is sampled at every step.
     assert_eq!(timesteps(&ddpm_model(12), Some("dpm++2m"), None).len(), 12);
 }
+
+/// A zero-terminal-SNR model samples with every sampler that knows the rescale (the Euler family
+/// with diffusers' finite sigma_max of sqrt(2^24 - 1), DPM-Solver, DDIM, DDPM), and Heun, whose
+/// diffusers scheduler has no such key, is refused rather than silently given another schedule.
+#[test]
+fn zero_terminal_snr_models_keep_their_schedule_or_are_refused() {
+    let base = SchedulerConfig::Ddpm(DdpmConfig {
+        schedule: BetaScheduleConfig {
+            rescale_betas_zero_snr: true,
+            ..BetaScheduleConfig::default()
+        },
+        prediction_type: diffuse_core::prediction::PredictionType::VPrediction,
+        timestep_spacing: diffuse_core::schedule::TimestepSpacing::Trailing,
+        ..DdpmConfig::default()
+    });
+    for name in ["ddpm", "ddim", "euler", "euler-ancestral", "dpm++2m"] {
+        let sampler = SamplerChoice {
+            name: Some(name.into()),
+            steps: Some(10),
+            ..SamplerChoice::default()
+        }
+        .build(&base)
+        .unwrap();
+        let sigma = sampler.init_noise_sigma();
+        assert!(sigma.is_finite(), "{name}: init noise sigma {sigma}");
+        if name.starts_with("euler") {
+            assert!(
+                (sigma - (16_777_215f64).sqrt()).abs() < 1e-6,
+                "{name}: {sigma}"
+            );
+        }
+    }
+    let err = SamplerChoice {
+        name: Some("heun".into()),
+        ..SamplerChoice::default()
+    }
+    .build(&base)
+    .err()
+    .expect("heun on a zero-SNR model is refused")
+    .to_string();
+    assert!(err.contains("zero-terminal-SNR"), "{err}");
+}

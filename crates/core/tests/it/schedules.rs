@@ -96,6 +96,32 @@ fn reference_facts_hold() {
     assert_eq!(zero_snr, 0.0);
 }
 
+/// Training noises every integer timestep of a zero-terminal-SNR schedule with finite
+/// coefficients (the log-sigma table ends at infinity, which interpolation must not touch at
+/// integer t), matching alpha_bar exactly, and the last one is pure noise.
+#[test]
+fn zero_terminal_snr_noises_every_timestep_finitely() {
+    let config = BetaScheduleConfig {
+        num_train_timesteps: 200,
+        rescale_betas_zero_snr: true,
+        ..Default::default()
+    };
+    let schedule = NoiseSchedule::new(&config).unwrap();
+    let t: Vec<f64> = (0..200).map(f64::from).collect();
+    let (alpha, sigma) = schedule.alpha_sigma(&t, tch::Device::Cpu, 1);
+    let alpha = Vec::<f64>::try_from(alpha).unwrap();
+    let sigma = Vec::<f64>::try_from(sigma).unwrap();
+    for (i, (a, s)) in alpha.iter().zip(&sigma).enumerate() {
+        assert!(
+            a.is_finite() && s.is_finite(),
+            "t = {i}: alpha {a}, sigma {s}"
+        );
+        let want = schedule.alphas_cumprod()[i];
+        assert!((a * a - want).abs() < 1e-9, "t = {i}: {} vs {want}", a * a);
+    }
+    assert_eq!((alpha[199], sigma[199]), (0.0, 1.0));
+}
+
 fn spacing(v: &Value) -> TimestepSpacing {
     serde_json::from_value(v.clone()).unwrap()
 }

@@ -125,8 +125,16 @@ fn euler_family_step_maths_matches_diffusers() {
             case["sampler"], case["config"], case["n"], case["step_kwargs"]
         );
         eprintln!("{what}: step maths off by {worst:.2e} of the scale");
+        // From sigma_max = 4096 (zero terminal SNR) the first step lands near sigma 10, and
+        // x + d dt cancels a sample of size 4096 down to one of size 10 in float32 on both sides:
+        // 4096 * 2^-24 = 2.4e-4 absolute, 2e-5 of the scale, whatever the order of operations.
+        let tolerance = if case["config"]["rescale_betas_zero_snr"] == true {
+            1e-4
+        } else {
+            1e-5
+        };
         assert!(
-            worst <= 1e-5,
+            worst <= tolerance,
             "{what}: on diffusers' schedule, off by {worst:e} of the scale"
         );
     }
