@@ -15,6 +15,7 @@
 pub mod clip;
 pub mod data;
 pub mod diffwave;
+pub mod envelope;
 pub mod eval;
 pub mod features;
 pub mod labels;

@@ -21,6 +21,7 @@ mod error;
 pub mod ffi;
 pub mod frechet;
 pub mod grad;
+pub mod kid;
 pub mod lr;
 pub mod metrics;
 pub mod optim;
