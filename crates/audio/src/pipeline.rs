@@ -21,7 +21,7 @@ use crate::network::{AudioNetwork, AudioNetworkConfig};
 use crate::wav::ExactAudio;
 use diffuse_core::denoiser::Denoiser;
 use diffuse_core::editing::{self, Resampling};
-use diffuse_core::guidance::{ClassSpace, ClassifierFreeGuidance};
+use diffuse_core::guidance::ClassSpace;
 use diffuse_core::losses::ObjectiveConfig;
 use diffuse_core::prediction::PredictionType;
 use diffuse_core::sampler_choice::{scheduler_prediction_type, SamplerChoice};
@@ -370,24 +370,17 @@ impl AudioPipeline {
             keep_channels: (out > channels && !learned).then_some(channels),
             class_labels,
         };
-        let conditional = network(labels.conditional);
-        let Some(null) = labels.unconditional else {
-            return f(&ChunkedDenoiser {
-                inner: conditional,
-                chunk,
-            });
-        };
-        let unconditional = network(Some(null));
-        let guided = ClassifierFreeGuidance {
-            conditional: &conditional,
-            unconditional: &unconditional,
-            scale: options.guidance,
-            rescale: options.guidance_rescale,
-        };
-        f(&ChunkedDenoiser {
-            inner: guided,
-            chunk,
-        })
+        labels.with_denoiser(
+            options.guidance,
+            options.guidance_rescale,
+            network,
+            |model| {
+                f(&ChunkedDenoiser {
+                    inner: model,
+                    chunk,
+                })
+            },
+        )
     }
 
     fn check_num(options: &AudioSampleOptions) -> Result<()> {

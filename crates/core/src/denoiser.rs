@@ -24,6 +24,23 @@ pub trait Denoiser {
     }
 }
 
+/// A borrowed denoiser is one, so wrappers that own their inner denoiser (chunking, guidance)
+/// can hold `&dyn Denoiser`.
+impl<D: Denoiser + ?Sized> Denoiser for &D {
+    fn forward(&self, x_t: &Tensor, t: &Tensor) -> Tensor {
+        (**self).forward(x_t, t)
+    }
+    fn prediction_type(&self) -> PredictionType {
+        (**self).prediction_type()
+    }
+    fn self_conditioning(&self) -> bool {
+        (**self).self_conditioning()
+    }
+    fn forward_self_cond(&self, x_t: &Tensor, t: &Tensor, x0_prev: &Tensor) -> Tensor {
+        (**self).forward_self_cond(x_t, t, x0_prev)
+    }
+}
+
 /// A denoiser from a closure, for tests, examples and wrapping models.
 pub struct FnDenoiser<F: Fn(&Tensor, &Tensor) -> Tensor> {
     pub f: F,

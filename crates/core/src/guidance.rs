@@ -188,6 +188,31 @@ impl ClassSpace {
     }
 }
 
+impl GuidedLabels {
+    /// Run `f` with the denoiser these labels ask for: `make(conditional)` alone, or guided at
+    /// `scale` (and `rescale`) by `make(unconditional)`. `make` builds the modality's network
+    /// denoiser for a set of labels.
+    pub fn with_denoiser<D: Denoiser, T>(
+        self,
+        scale: f64,
+        rescale: f64,
+        make: impl Fn(Option<Tensor>) -> D,
+        f: impl FnOnce(&dyn Denoiser) -> T,
+    ) -> T {
+        let conditional = make(self.conditional);
+        let Some(null) = self.unconditional else {
+            return f(&conditional);
+        };
+        let unconditional = make(Some(null));
+        f(&ClassifierFreeGuidance {
+            conditional: &conditional,
+            unconditional: &unconditional,
+            scale,
+            rescale,
+        })
+    }
+}
+
 /// "0 kick, 1 snare, ..."
 fn numbered(names: &[String]) -> String {
     names

@@ -16,7 +16,7 @@ use crate::poisson::{count_sampler, from_counts, to_counts, UNetCounts, COUNT_DE
 use crate::unet::{load_unet_weights, save_unet_weights, UNet2d, UNet2dConfig};
 use diffuse_core::denoiser::Denoiser;
 use diffuse_core::editing::{self, Resampling};
-use diffuse_core::guidance::{ClassSpace, ClassifierFreeGuidance};
+use diffuse_core::guidance::ClassSpace;
 use diffuse_core::losses::ObjectiveConfig;
 use diffuse_core::poisson::{self, JumpConfig, JumpProcess, JumpSampler};
 use diffuse_core::prediction::PredictionType;
@@ -486,18 +486,7 @@ impl ImagePipeline {
             train: false,
             keep_channels: keep,
         };
-        let conditional = denoiser(labels.conditional);
-        let Some(null_labels) = labels.unconditional else {
-            return f(&conditional);
-        };
-        let unconditional = denoiser(Some(null_labels));
-        let guided = ClassifierFreeGuidance {
-            conditional: &conditional,
-            unconditional: &unconditional,
-            scale: options.guidance,
-            rescale: options.guidance_rescale,
-        };
-        f(&guided)
+        labels.with_denoiser(options.guidance, options.guidance_rescale, denoiser, f)
     }
 
     fn learned_sampler(&self, options: &SampleOptions) -> Result<bool> {
