@@ -1527,3 +1527,212 @@ fn class_conditional_audio_trains_samples_with_guidance_and_refuses_mistakes() {
         assert!(!out.exists(), "{extra:?} left {}", out.display());
     }
 }
+
+/// Class folders of synthetic sounds at 8 kHz: `tone` (a decaying 220 Hz sine) and `burst` (a
+/// decaying noise burst), `n` quarter-second clips each with their own level and decay.
+fn tone_and_burst_classes(dir: &Path, n: usize) -> PathBuf {
+    let mut state = 12345u64;
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for class in ["tone", "burst"] {
+        let folder = dir.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..n {
+            let (level, tau) = (0.2 + 0.6 * uniform(), 0.03 + 0.05 * uniform());
+            let samples: Vec<i16> = (0..2000)
+                .map(|k| {
+                    let t = k as f64 / 8000.0;
+                    let body = if class == "tone" {
+                        (2.0 * std::f64::consts::PI * 220.0 * t).sin()
+                    } else {
+                        2.0 * uniform() - 1.0
+                    };
+                    (body * level * (-t / tau).exp() * 32000.0) as i16
+                })
+                .collect();
+            write_wav(&folder.join(format!("{i}.wav")), 8000, 1, &samples);
+        }
+    }
+    dir.to_path_buf()
+}
+
+#[test]
+fn an_audio_judge_trains_and_eval_audio_reports_what_it_hears() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = tone_and_burst_classes(&tmp.path().join("classes"), 10);
+    let judge = tmp.path().join("judge");
+    let out = run_ok(&[
+        "train",
+        "classifier",
+        "--data",
+        s(&classes),
+        "--out",
+        s(&judge),
+        "--sample-rate",
+        "8000",
+        "--seconds",
+        "0.25",
+        "--steps",
+        "40",
+        "--batch-size",
+        "16",
+        "--folds",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.contains("held-out"), "{out}");
+    // Class folders are the groups, so the folds take every other clip of each class.
+    assert!(out.contains("k-fold over clips (2 folds)"), "{out}");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(judge.join("info.json")).unwrap()).unwrap();
+    assert_eq!(info["class_names"], serde_json::json!(["burst", "tone"]));
+    assert_eq!(info["audio"]["fold_by"], "clips");
+    assert_eq!(info["audio"]["input"]["sample_rate"], 8000);
+    let loko = &info["audio"]["leave_kits_out"];
+    assert_eq!(
+        loko["clips"].as_u64().unwrap() + info["test_images"].as_u64().unwrap(),
+        20
+    );
+    assert!(
+        info["audio"]["held_out"]["accuracy"].as_f64().unwrap() >= 0.5,
+        "{info}"
+    );
+
+    // A class-conditional model of the same sounds, judged.
+    let run = tmp.path().join("run");
+    run_ok(&train_args(
+        s(&classes),
+        s(&run),
+        &[
+            "--class-conditional",
+            "--prediction-type",
+            "v_prediction",
+            "--steps",
+            "2",
+            "--val-fraction",
+            "0.5",
+        ],
+    ));
+    let model = run.join("model");
+    let plots = tmp.path().join("plots");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "audio",
+            "--model",
+            s(&model),
+            "--sampler",
+            "dpm++2m",
+            "--steps",
+            "3",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    let r = eval(&[
+        "--judge",
+        s(&judge),
+        "--guidance",
+        "2",
+        "--plots",
+        s(&plots),
+        "--json",
+    ]);
+    assert!(r.success(), "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let c = &report["judge"]["conditional"];
+    assert_eq!(
+        report["classes"],
+        serde_json::json!(["burst", "tone"]),
+        "{report}"
+    );
+    let per_class = c["per_class"].as_array().unwrap();
+    assert_eq!(per_class.len(), 2, "{report}");
+    let generated: u64 = per_class.iter().map(|p| p["clips"].as_u64().unwrap()).sum();
+    assert_eq!(generated, report["generated_clips"].as_u64().unwrap());
+    assert_eq!(c["chance"], 0.5);
+    for key in ["kid_generated", "kid_held_out", "kid_shaped_noise"] {
+        assert!(
+            report["judge"][key]["mean"].as_f64().unwrap().is_finite(),
+            "{key}"
+        );
+    }
+    let envelope = &report["envelope"];
+    assert_eq!(envelope["generated_median_db"].as_array().unwrap().len(), 8);
+    assert!(report["shaped_noise"].as_f64().unwrap() < report["white_noise"].as_f64().unwrap());
+    assert!(plots.join("envelope.png").is_file() && plots.join("confusion.png").is_file());
+    // Text output names the bounds.
+    let r = eval(&["--judge", s(&judge), "--classes", "tone"]);
+    assert!(r.success(), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("heard as the requested class") && r.stdout.contains("chance 50.0%"),
+        "{}",
+        r.stdout
+    );
+
+    // Mistakes: one clear line each.
+    let image_judge = repo_root().join("data/models/mnist-classifier");
+    assert_user_error(
+        &eval(&["--judge", s(&image_judge)]),
+        &["--judge", "not an audio judge"],
+    );
+    assert_user_error(
+        &eval(&["--judge", s(&judge), "--classes", "cello"]),
+        &["--classes", "cello"],
+    );
+    assert_user_error(
+        &eval(&["--judge", s(&judge), "--class", "tone", "--classes", "tone"]),
+        &["--classes", "either --class or --classes"],
+    );
+    let plain = tiny_model(&tmp.path().join("plain"), &[]);
+    let r = diffuse(
+        &[
+            "eval",
+            "audio",
+            "--model",
+            s(&plain),
+            "--classes",
+            "tone",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--classes", "not class-conditioned"]);
+    let r = diffuse(
+        &[
+            "eval",
+            "audio",
+            "--model",
+            s(&plain),
+            "--guidance",
+            "3",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--guidance", "not class-conditioned"]);
+    let r = diffuse(
+        &[
+            "train",
+            "classifier",
+            "--data",
+            s(&classes),
+            "--out",
+            s(&tmp.path().join("j2")),
+            "--resolution",
+            "28",
+        ],
+        None,
+    );
+    assert_user_error(&r, &["--resolution", "only for images"]);
+    assert!(!tmp.path().join("j2").exists());
+}

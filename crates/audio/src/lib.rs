@@ -18,6 +18,7 @@ pub mod diffwave;
 pub mod envelope;
 pub mod eval;
 pub mod features;
+pub mod judge;
 pub mod labels;
 pub mod network;
 pub mod pipeline;

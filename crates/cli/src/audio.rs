@@ -15,8 +15,10 @@ use diffuse_audio::data::{
     AudioDataConfig, AudioDataset, Holdout, Normalize, Split, Trim, DATASET_NAMES,
 };
 use diffuse_audio::diffwave::DiffWaveConfig;
-use diffuse_audio::eval::{log_mel_report, split_held_out};
+use diffuse_audio::envelope::{decay_envelope, envelope_report};
+use diffuse_audio::eval::{judge_report, log_mel_report, split_held_out};
 use diffuse_audio::features::save_spectrogram_png;
+use diffuse_audio::judge::AudioJudge;
 use diffuse_audio::network::AudioNetworkConfig;
 use diffuse_audio::pipeline::{AudioPipeline, AudioSampleOptions};
 use diffuse_audio::train::{
@@ -29,9 +31,11 @@ use diffuse_core::editing::Resampling;
 use diffuse_tensor::atomic::temp_path_for;
 use diffuse_tensor::data::recorded_data_path;
 use diffuse_tensor::ema::EmaConfig;
+use diffuse_tensor::plot::{save_confusion_matrix, save_line_plot, LineSeries};
 use diffuse_tensor::progress::progress_bar;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tch::Tensor;
 
 /// `diffuse train audio`.
 #[derive(Args, Debug)]
@@ -913,25 +917,158 @@ pub struct EvalAudioArgs {
     /// Held-out data: speech, drums, a folder or a file (default: the model's training dataset; its validation split; other data: every k-th file).
     #[arg(long)]
     pub data: Option<String>,
-    /// Generated clips (default: as many as the second held-out set has).
+    /// Generated clips (default: as many as the second held-out set has; a class-conditional model shares them out over the classes as the held-out clips are).
     #[arg(long)]
     pub num: Option<usize>,
     /// Clips per network call (default: all at once). Only memory depends on it: with the same --seed, the generated clips and the distance are the same at any batch size.
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// The judge: a classifier directory from `diffuse train classifier` on audio (default: data/models/<dataset>-classifier when there is one; none skips it).
+    #[arg(long)]
+    pub judge: Option<String>,
+    /// Classes to ask a class-conditional model for, comma-separated names or numbers (default: every class it knows except other; --class asks for one).
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// Folder to write the pictures into: envelope.png (decay envelopes) and, with a judge and classes, confusion.png.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
+/// Normalised class name, for matching a model's classes with a judge's or a dataset's.
+fn class_key(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The judge `eval audio` uses: `--judge DIR`, none for `--judge none`, else the dataset's
+/// bundled one when it exists.
+fn eval_judge(args: &EvalAudioArgs, data: &str, device: tch::Device) -> Result<Option<AudioJudge>> {
+    match args.judge.as_deref() {
+        Some("none") => Ok(None),
+        Some(dir) => AudioJudge::load(Path::new(dir), device)
+            .map(Some)
+            .map_err(|e| anyhow!("--judge: {e}")),
+        None => {
+            let short = Path::new(data)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| data.to_owned());
+            let dir = crate::fid::default_models_dir().join(format!("{short}-classifier"));
+            if !dir.join(diffuse_tensor::classifier::INFO_FILE).is_file() {
+                return Ok(None);
+            }
+            AudioJudge::load(&dir, device)
+                .map(Some)
+                .map_err(|e| anyhow!("{}: {e} (--judge none skips the judge)", dir.display()))
+        }
+    }
+}
+
+/// Rows of `clips` whose label is in `keep` (all when `keep` is `None`).
+fn select_rows(clips: &Tensor, labels: &[i64], keep: &dyn Fn(i64) -> bool) -> (Tensor, Vec<i64>) {
+    let idx: Vec<i64> = (0..labels.len() as i64)
+        .filter(|&i| keep(labels[i as usize]))
+        .collect();
+    let kept = idx.iter().map(|&i| labels[i as usize]).collect();
+    (clips.index_select(0, &Tensor::from_slice(&idx)), kept)
+}
+
 pub fn eval(args: EvalAudioArgs) -> Result<()> {
     check_model_kind(&args.model.model, ModelKind::Audio, "eval")?;
-    let (pipeline, mut options) = args.model.load(1, None)?;
+    // Without --class, a class-conditional model is asked for each class in turn, so the guidance
+    // is checked per class below rather than against no class.
+    let mut unguided = args.model.clone();
+    if unguided.class.is_none() {
+        unguided.guidance = 1.0;
+        unguided.guidance_rescale = 0.0;
+    }
+    let (pipeline, mut options) = unguided.load(1, None)?;
+    options.guidance = args.model.guidance;
+    options.guidance_rescale = args.model.guidance_rescale;
     let info = pipeline.info.clone();
     let data = match args.data.clone().or(info.dataset.clone()) {
         Some(d) => d,
         None => bail!("--data: required (the model does not say what it was trained on)"),
     };
+    let space = pipeline.class_space();
+    if !space.class_embedded {
+        for (flag, value, plain) in [
+            ("--guidance", args.model.guidance, 1.0),
+            ("--guidance-rescale", args.model.guidance_rescale, 0.0),
+        ] {
+            if value != plain {
+                bail!("{flag}: this model is not class-conditioned");
+            }
+        }
+    }
+    // The classes to ask for, checked before any work.
+    let requested: Option<Vec<i64>> = if !space.class_embedded {
+        if args.classes.is_some() {
+            bail!("--classes: this model is not class-conditioned");
+        }
+        None
+    } else if let Some(c) = options.class {
+        if args.classes.is_some() {
+            bail!("--classes: give either --class or --classes");
+        }
+        Some(vec![c])
+    } else {
+        let list: Vec<i64> = match &args.classes {
+            Some(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    space
+                        .resolve(t)
+                        .map_err(|e| anyhow!("{}", e.to_string().replace("--class:", "--classes:")))
+                })
+                .collect::<Result<_>>()?,
+            None => {
+                let n = space.num_classes.unwrap_or(0);
+                (0..n)
+                    .filter(|&c| {
+                        space
+                            .class_names
+                            .as_ref()
+                            .and_then(|names| names.get(c as usize))
+                            .is_none_or(|name| class_key(name) != "other")
+                    })
+                    .collect()
+            }
+        };
+        if list.is_empty() {
+            bail!("--classes: names no class");
+        }
+        for &c in &list {
+            space
+                .guided(
+                    Some(c),
+                    options.guidance,
+                    options.guidance_rescale,
+                    1,
+                    tch::Device::Cpu,
+                )
+                .map_err(|e| anyhow!("{}", e.to_string().replace("--class:", "--classes:")))?;
+        }
+        Some(list)
+    };
+    let model_class_name = |c: i64| -> String {
+        space
+            .class_names
+            .as_ref()
+            .and_then(|n| n.get(c as usize).cloned())
+            .unwrap_or_else(|| c.to_string())
+    };
+    if let Some(plots) = &args.plots {
+        check_dir_target(plots, "--plots")?;
+    }
+    let judge = eval_judge(&args, &data, pipeline.device())?;
     let mut config = info.data.clone().unwrap_or_default();
     config.sample_rate = info.sample_rate;
     config.channels = info.channels;
@@ -952,19 +1089,92 @@ pub fn eval(args: EvalAudioArgs) -> Result<()> {
             "{e} (the model's training data, named in its diffuse.json; --data evaluates on other audio)"
         ),
     })?;
-    let (reference, second) = split_held_out(held_out.clips()).map_err(|e| match &args.data {
+    // Held-out labels by class name (-1: none), so the real clips can be matched with the
+    // requested classes and with the judge's.
+    let held_names: Vec<Option<String>> = match (held_out.labels(), held_out.class_names()) {
+        (Some(labels), Some(names)) => Vec::<i64>::try_from(labels)?
+            .into_iter()
+            .map(|l| (l >= 0).then(|| names[l as usize].clone()))
+            .collect(),
+        _ => vec![None; held_out.len()],
+    };
+    // A conditional evaluation compares with the held-out clips of the requested classes.
+    let requested_keys: Option<Vec<String>> = requested
+        .as_ref()
+        .map(|r| r.iter().map(|&c| class_key(&model_class_name(c))).collect());
+    let labelled_held = held_names.iter().any(Option::is_some);
+    let index_of_name: Vec<i64> = held_names
+        .iter()
+        .map(|n| match (n, &requested_keys) {
+            (Some(n), Some(keys)) => keys
+                .iter()
+                .position(|k| *k == class_key(n))
+                .map_or(-1, |p| p as i64),
+            _ => -1,
+        })
+        .collect();
+    let (real, real_requested) = match &requested_keys {
+        Some(_) if labelled_held => select_rows(held_out.clips(), &index_of_name, &|l| l >= 0),
+        _ => (held_out.clips().shallow_clone(), index_of_name.clone()),
+    };
+    let real_names: Vec<Option<String>> = match &requested_keys {
+        Some(_) if labelled_held => held_names
+            .iter()
+            .zip(&index_of_name)
+            .filter(|(_, &i)| i >= 0)
+            .map(|(n, _)| n.clone())
+            .collect(),
+        _ => held_names.clone(),
+    };
+    let (reference, second) = split_held_out(&real).map_err(|e| match &args.data {
         Some(_) => anyhow!("--data: {data}: {e} in its held-out split"),
         // Nothing was typed: say which clips these were and how to evaluate on others.
         None => anyhow!(
             "{e} in the held-out split of the model's training data {data} (named in its diffuse.json); give --data with other audio (speech, drums, a folder or a file) to evaluate on that"
         ),
     })?;
-    options.num = args.num.unwrap_or(second.size()[0] as usize);
+    let total = args.num.unwrap_or(second.size()[0] as usize);
+    if total == 0 {
+        bail!("--num: expected at least 1 clip");
+    }
     options.batch_size = args.batch_size;
     let started = Instant::now();
-    let (bar, on_step) = step_bar("sample");
-    let generated = pipeline.sample(&options, on_step)?;
-    bar.finish();
+    // Generate: one set, or per class in the held-out clips' proportions (at least one each).
+    let (generated, generated_class) = match &requested {
+        None => {
+            options.num = total;
+            let (bar, on_step) = step_bar("sample");
+            let g = pipeline.sample(&options, on_step)?;
+            bar.finish();
+            (g, None)
+        }
+        Some(classes) => {
+            let counts: Vec<usize> = classes
+                .iter()
+                .enumerate()
+                .map(|(i, _)| real_requested.iter().filter(|&&r| r == i as i64).count())
+                .collect();
+            let sum: usize = counts.iter().sum();
+            let mut parts = Vec::new();
+            let mut labels = Vec::new();
+            for (i, &c) in classes.iter().enumerate() {
+                let n = if sum > 0 {
+                    ((total * counts[i]) as f64 / sum as f64).round() as usize
+                } else {
+                    total.div_ceil(classes.len())
+                }
+                .max(1);
+                options.num = n;
+                options.class = Some(c);
+                options.seed = Some(args.model.seed.wrapping_add(i as u64));
+                let (bar, on_step) = step_bar(&format!("sample {}", model_class_name(c)));
+                parts.push(pipeline.sample(&options, on_step)?);
+                bar.finish();
+                labels.extend(std::iter::repeat_n(i as i64, n));
+            }
+            (Tensor::cat(&parts, 0), Some(labels))
+        }
+    };
     let report = log_mel_report(
         &generated,
         &reference,
@@ -972,6 +1182,129 @@ pub fn eval(args: EvalAudioArgs) -> Result<()> {
         info.sample_rate,
         config_normalize(&info),
     )?;
+    let segments = 8;
+    let envelope = envelope_report(&real, &generated, segments)?;
+    let envelope_floor = envelope_report(&reference, &second, segments)?;
+    let noise = diffuse_audio::eval::white_noise_like(
+        generated.size()[0].max(2),
+        real.size()[1],
+        real.size()[2],
+        info.sample_rate,
+        config_normalize(&info),
+    )?;
+    let envelope_noise = envelope_report(&real, &noise, segments)?;
+    let judged = match &judge {
+        None => None,
+        Some(judge) => {
+            let judge_index = |name: &str| {
+                judge
+                    .class_names()
+                    .iter()
+                    .position(|n| class_key(n) == class_key(name))
+                    .map_or(-1, |p| p as i64)
+            };
+            let real_labels: Vec<i64> = real_names
+                .iter()
+                .map(|n| n.as_deref().map_or(-1, judge_index))
+                .collect();
+            // The same alternate split as the reference and second sets.
+            let real_labels = Tensor::from_slice(&real_labels);
+            let requested_judge = match (&requested, &generated_class) {
+                (Some(classes), Some(per_clip)) => {
+                    let map: Vec<i64> = classes
+                        .iter()
+                        .map(|&c| judge_index(&model_class_name(c)))
+                        .collect();
+                    if let Some(i) = map.iter().position(|&m| m < 0) {
+                        bail!(
+                            "--judge: the judge does not know the class '{}' (its classes: {})",
+                            model_class_name(classes[i]),
+                            judge.class_names().join(", ")
+                        );
+                    }
+                    Some(Tensor::from_slice(
+                        &per_clip
+                            .iter()
+                            .map(|&i| map[i as usize])
+                            .collect::<Vec<_>>(),
+                    ))
+                }
+                _ => None,
+            };
+            let (ref_idx, sec_idx) = split_held_out(&Tensor::arange(
+                real.size()[0],
+                (tch::Kind::Int64, tch::Device::Cpu),
+            ))?;
+            let labels = Tensor::cat(
+                &[
+                    real_labels.index_select(0, &ref_idx),
+                    real_labels.index_select(0, &sec_idx),
+                ],
+                0,
+            );
+            Some(judge_report(
+                judge,
+                &generated,
+                requested_judge.as_ref(),
+                &reference,
+                &second,
+                &labels,
+                info.sample_rate,
+                args.model.seed,
+            )?)
+        }
+    };
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow!("--plots: cannot create {}: {e}", dir.display()))?;
+        let series = |label: &str, clips: &Tensor| -> Result<LineSeries> {
+            let levels = decay_envelope(clips, segments)?;
+            let q = |p: f64| -> Result<Vec<f64>> {
+                Ok(Vec::<f64>::try_from(
+                    levels.quantile_scalar(p, 0, false, "linear"),
+                )?)
+            };
+            let (lo, mid, hi) = (q(0.25)?, q(0.5)?, q(0.75)?);
+            let x = |i: usize| (i + 1) as f64;
+            Ok(LineSeries {
+                label: label.into(),
+                points: mid.iter().enumerate().map(|(i, &m)| (x(i), m)).collect(),
+                band: Some((0..lo.len()).map(|i| (x(i), lo[i], hi[i])).collect()),
+            })
+        };
+        save_line_plot(
+            &[
+                series("real (held out)", &real)?,
+                series("generated", &generated)?,
+            ],
+            &format!(
+                "decay envelope: median and 25-75% (largest gap {:.1} dB)",
+                envelope.max_abs_diff_db
+            ),
+            "eighth of the clip",
+            "RMS dB",
+            &dir.join("envelope.png"),
+        )?;
+        if let (Some(judge), Some(c)) =
+            (&judge, judged.as_ref().and_then(|j| j.conditional.as_ref()))
+        {
+            let rows: Vec<String> = c.per_class.iter().map(|p| p.class.clone()).collect();
+            save_confusion_matrix(
+                &c.confusion,
+                &rows,
+                judge.class_names(),
+                &match c.real_mean_accuracy {
+                    Some(real) => format!(
+                        "heard as requested: {:.0}% (real clips {:.0}%)",
+                        100.0 * c.mean_accuracy,
+                        100.0 * real
+                    ),
+                    None => format!("heard as requested: {:.0}%", 100.0 * c.mean_accuracy),
+                },
+                &dir.join("confusion.png"),
+            )?;
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
         let mut value = serde_json::to_value(&report)?;
@@ -991,18 +1324,109 @@ pub fn eval(args: EvalAudioArgs) -> Result<()> {
             "steps".into(),
             pipeline.sampler(&options.sampler)?.timesteps().len().into(),
         );
+        if let Some(classes) = &requested {
+            map.insert(
+                "classes".into(),
+                classes
+                    .iter()
+                    .map(|&c| model_class_name(c))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            map.insert("guidance".into(), options.guidance.into());
+        }
+        map.insert(
+            "envelope".into(),
+            serde_json::json!({
+                "segments": segments,
+                "real_median_db": envelope.real_median,
+                "generated_median_db": envelope.generated_median,
+                "max_abs_diff_db": envelope.max_abs_diff_db,
+                "held_out_max_abs_diff_db": envelope_floor.max_abs_diff_db,
+                "white_noise_max_abs_diff_db": envelope_noise.max_abs_diff_db,
+            }),
+        );
+        if let Some(j) = &judged {
+            map.insert("judge".into(), serde_json::to_value(j)?);
+        }
         map.insert("seconds".into(), seconds.into());
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!(
-            "log-mel Fréchet distance to {} held-out clips of {data}: generated {:.3} ({} clips); bounds: white noise {:.3}, a second held-out set {:.3} ({} clips)",
+            "log-mel Fréchet distance to {} held-out clips of {data} (by quarters, levels within {} dB of each clip's peak): generated {:.3} ({} clips); bounds: white noise {:.3}, noise shaped like the real clips {:.3}, a second held-out set {:.3} ({} clips)",
             report.reference_clips,
+            -report.floor_db,
             report.generated,
             report.generated_clips,
             report.white_noise,
+            report.shaped_noise,
             report.held_out,
             report.second_set_clips
         );
+        let fmt = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "decay envelope (median dB by eighths): real {}; generated {}; largest gap {:.1} dB (a second held-out set {:.1}, white noise {:.1})",
+            fmt(&envelope.real_median),
+            fmt(&envelope.generated_median),
+            envelope.max_abs_diff_db,
+            envelope_floor.max_abs_diff_db,
+            envelope_noise.max_abs_diff_db
+        );
+        if let Some(j) = &judged {
+            if let Some(c) = &j.conditional {
+                let line = |v: &[diffuse_audio::judge::ClassAccuracy]| {
+                    v.iter()
+                        .map(|p| match p.accuracy {
+                            Some(a) => format!("{} {:.0}%", p.class, 100.0 * a),
+                            None => format!("{} -", p.class),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let real = match c.real_mean_accuracy {
+                    Some(real) => format!(
+                        "real held-out clips {:.1}% ({})",
+                        100.0 * real,
+                        line(&c.real_per_class)
+                    ),
+                    None => "real held-out clips: none of these classes".into(),
+                };
+                println!(
+                    "heard as the requested class: {:.1}% ({}); {real}; chance {:.1}%",
+                    100.0 * c.mean_accuracy,
+                    line(&c.per_class),
+                    100.0 * c.chance
+                );
+            }
+            let mix = |v: &[f64]| {
+                j.classes
+                    .iter()
+                    .zip(v)
+                    .map(|(n, s)| format!("{n} {:.0}%", 100.0 * s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!(
+                "heard as: generated {} (confidence {:.2}); real {} (confidence {:.2}); shaped noise confidence {:.2}",
+                mix(&j.generated_mix),
+                j.generated_confidence,
+                mix(&j.real_mix),
+                j.real_confidence,
+                j.shaped_noise_confidence
+            );
+            println!(
+                "KID on the judge's features (x1000): generated {:.2} ± {:.2}; bounds: a second held-out set {:.2}, shaped noise {:.2}",
+                1e3 * j.kid_generated.mean,
+                1e3 * j.kid_generated.std,
+                1e3 * j.kid_held_out.mean,
+                1e3 * j.kid_shaped_noise.mean
+            );
+        }
     }
     Ok(())
 }

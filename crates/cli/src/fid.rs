@@ -20,7 +20,7 @@ pub fn default_models_dir() -> PathBuf {
 }
 
 /// A dataset's short name: `mnist` stays `mnist`, a path gives its last component.
-fn dataset_short_name(data: &str) -> String {
+pub(crate) fn dataset_short_name(data: &str) -> String {
     Path::new(data)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -108,23 +108,38 @@ pub fn eval_fid(
 /// `diffuse train classifier`.
 #[derive(Args, Debug)]
 pub struct TrainClassifierArgs {
-    /// Labelled dataset: mnist, fashion-mnist, or a folder with one subfolder per class.
+    /// Labelled dataset: mnist, fashion-mnist, drums, or a folder with one subfolder per class (images or audio).
     #[arg(long)]
     pub data: String,
-    /// Directory to write (config.json, model.safetensors, info.json, reference_stats.safetensors).
+    /// Directory to write (config.json, model.safetensors, info.json and, for images, reference_stats.safetensors).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 2000)]
-    pub steps: u64,
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
+    /// Optimiser steps (default: 2000 for images, 1500 for audio).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Examples per step (default: 128 images, 64 clips).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate (default: 3e-3 for images, 2e-3 for audio).
+    #[arg(long)]
+    pub lr: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Image side (default: the dataset's own).
+    /// Image side (default: the dataset's own). Images only.
     #[arg(long)]
     pub resolution: Option<u32>,
+    /// Audio only: the files held out of training, whose accuracy is reported: every (every k-th file) or kits:NAME,NAME (default: drums holds out BJA_Pacific and Audiophob, other data every).
+    #[arg(long)]
+    pub holdout: Option<String>,
+    /// Audio only: leave-kits-out folds over the training kits, each training a fresh classifier (0 skips them).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Audio only: clip length the classifier hears, seconds.
+    #[arg(long, default_value_t = 0.512)]
+    pub seconds: f64,
+    /// Audio only: rate clips are resampled to, Hz (default: the dataset's own, 16000 for drums).
+    #[arg(long)]
+    pub sample_rate: Option<u32>,
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
@@ -158,6 +173,14 @@ pub fn train(args: TrainClassifierArgs) -> Result<()> {
             );
         }
     }
+    if crate::audio_judge::is_audio_data(&args.data) {
+        return crate::audio_judge::train(&args, device);
+    }
+    if let Some(flag) =
+        crate::given::given_among(["holdout", "folds", "seconds", "sample_rate"]).first()
+    {
+        bail!("{flag}: only for audio data; {} holds images", args.data);
+    }
     let dir = ImageDataset::default_datasets_dir();
     let load = |split| {
         ImageDataset::load(&args.data, split, args.resolution, None, &dir)
@@ -180,12 +203,13 @@ pub fn train(args: TrainClassifierArgs) -> Result<()> {
         num_classes: classes,
         ..ClassifierConfig::default()
     };
+    let defaults = ClassifierTrainConfig::default();
     let train_config = ClassifierTrainConfig {
-        steps: args.steps,
-        batch_size: args.batch_size,
-        lr: args.lr,
+        steps: args.steps.unwrap_or(defaults.steps),
+        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+        lr: args.lr.unwrap_or(defaults.lr),
         seed: args.seed,
-        ..ClassifierTrainConfig::default()
+        ..defaults
     };
     let vs = tch::nn::VarStore::new(device);
     let model = Classifier::new(&vs.root(), &config)?;
@@ -202,6 +226,7 @@ pub fn train(args: TrainClassifierArgs) -> Result<()> {
         test_images: test_set.len() as i64,
         test_accuracy: acc,
         reference_split: "test".into(),
+        ..ClassifierInfo::default()
     };
     save_classifier_dir(&args.out, &model, &vs, &info, Some(&reference))?;
     println!(

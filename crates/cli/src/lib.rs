@@ -4,6 +4,7 @@
 //! `cargo xtask bench`, shares the timing code in [`measure`].
 
 pub mod audio;
+pub mod audio_judge;
 pub mod counts;
 pub mod doctor;
 pub mod fid;

@@ -58,7 +58,7 @@ enum Command {
 enum TrainCommand {
     /// Train an image diffusion model (UNet2d) on MNIST, Fashion-MNIST or a folder of images.
     Image(Box<image::TrainImageArgs>),
-    /// Train the small classifier whose features `eval image --metric fid` compares.
+    /// Train the small classifier: the image one whose features `eval image --metric fid` compares, or the audio judge `eval audio` uses.
     Classifier(fid::TrainClassifierArgs),
     /// Train a text model (MDLM, D3PM absorbing/uniform, or the autoregressive baseline).
     Text(Box<text::TrainTextArgs>),

@@ -9,9 +9,9 @@
 //! product S1 S2 (pytorch-fid's route) loses digits, e.g. when a covariance is singular.
 
 use crate::classifier::{images_to_unit_range, Classifier, ClassifierConfig, ClassifierInfo};
-use diffuse_tensor::progress::progress_bar;
+use diffuse_tensor::classifier::classifier_outputs;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 pub use diffuse_tensor::frechet::{frechet_distance, FeatureStats};
 
@@ -19,28 +19,10 @@ pub use diffuse_tensor::frechet::{frechet_distance, FeatureStats};
 /// u8 in 0..=255), computed in batches without gradients on the classifier's device, with a
 /// progress bar.
 pub fn classifier_features(model: &Classifier, images: &Tensor, batch_size: i64) -> Tensor {
-    assert!(
-        batch_size > 0,
-        "classifier_features needs a positive batch size"
-    );
-    let n = images.size()[0];
-    let bar = progress_bar(n as u64, "features", "image");
-    let mut parts = Vec::new();
-    tch::no_grad(|| {
-        let mut start = 0;
-        while start < n {
-            let len = batch_size.min(n - start);
-            let xs = images_to_unit_range(&images.narrow(0, start, len).to_device(model.device()));
-            parts.push(model.features(&xs).to_device(Device::Cpu));
-            start += len;
-            bar.inc(len as u64);
-        }
-    });
-    bar.finish_and_clear();
-    if parts.is_empty() {
-        return Tensor::zeros([0, model.config().feature_dim], (Kind::Float, Device::Cpu));
-    }
-    Tensor::cat(&parts, 0)
+    classifier_outputs(model, images, batch_size, "image", |xs, _| {
+        images_to_unit_range(xs)
+    })
+    .1
 }
 
 /// A classifier-feature Fréchet distance together with the protocol that produced it, the form in

@@ -13,6 +13,7 @@
 //! is a programming error and panics, as tch itself does.
 
 pub mod atomic;
+pub mod classifier;
 pub mod data;
 pub mod device;
 pub mod dist;

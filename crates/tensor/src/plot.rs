@@ -1,7 +1,7 @@
-//! Loss curves as PNG pictures, drawn pixel by pixel (no plotting or font crates): raw losses as a
-//! faint line, an exponential moving average as a bold one, axes with tick labels written in a
-//! built-in 5x7 bitmap font (upper-case letters, digits and a little punctuation; lower case is
-//! drawn as upper case).
+//! Plots as PNG pictures, drawn pixel by pixel (no plotting or font crates): loss curves (raw
+//! losses as a faint line, an exponential moving average as a bold one), count histograms,
+//! confusion matrices and line plots, with axes and labels written in a built-in 5x7 bitmap font
+//! (letters, digits and a little punctuation).
 
 use crate::{atomic, Error, Result};
 use image::{ImageEncoder, Rgb, RgbImage};
@@ -77,56 +77,21 @@ pub fn save_loss_curve(points: &[(u64, f64)], title: &str, path: &Path) -> Resul
             .map(|(v, step)| (v, format_value(v, step)))
             .collect()
     };
-    for (v, label) in &y_ticks {
-        let y = py(*v).round() as i64;
-        hline(&mut img, LEFT, RIGHT, y, GRID);
-        hline(&mut img, LEFT - 5, LEFT, y, BLACK);
-        let w = text_width(label, 2);
-        draw_text(&mut img, label, LEFT - 9 - w, y - 7, 2, BLACK);
-    }
-    for (v, step) in linear_ticks(x_lo, x_hi) {
-        if v.fract() != 0.0 {
-            continue; // steps are whole numbers
-        }
-        let x = px(v).round() as i64;
-        vline(&mut img, x, TOP, BOTTOM, GRID);
-        vline(&mut img, x, BOTTOM, BOTTOM + 5, BLACK);
-        let label = format_count(v, step);
-        let w = text_width(&label, 2);
-        draw_text(&mut img, &label, x - w / 2, BOTTOM + 10, 2, BLACK);
-    }
-    // Axes frame.
-    hline(&mut img, LEFT, RIGHT, BOTTOM, BLACK);
-    hline(&mut img, LEFT, RIGHT, TOP, BLACK);
-    vline(&mut img, LEFT, TOP, BOTTOM, BLACK);
-    vline(&mut img, RIGHT, TOP, BOTTOM, BLACK);
-
-    let tw = text_width(title, 3);
-    draw_text(&mut img, title, (WIDTH as i64 - tw) / 2, 8, 3, BLACK);
+    let y_ticks: Vec<(i64, String)> = y_ticks
+        .into_iter()
+        .map(|(v, label)| (py(v).round() as i64, label))
+        .collect();
+    let x_ticks: Vec<(i64, String)> = linear_ticks(x_lo, x_hi)
+        .into_iter()
+        .filter(|(v, _)| v.fract() == 0.0) // steps are whole numbers
+        .map(|(v, step)| (px(v).round() as i64, format_count(v, step)))
+        .collect();
+    draw_axes(&mut img, &y_ticks, &x_ticks);
     let y_name = if log { "loss (log scale)" } else { "loss" };
-    draw_text(&mut img, y_name, LEFT, TOP - 18, 2, TEXT_GRAY);
-    let x_name = "step";
-    let w = text_width(x_name, 2);
-    draw_text(
-        &mut img,
-        x_name,
-        RIGHT - w,
-        HEIGHT as i64 - 22,
-        2,
-        TEXT_GRAY,
-    );
+    draw_names(&mut img, title, "step", y_name);
 
     if pts.is_empty() {
-        let msg = "no data";
-        let w = text_width(msg, 3);
-        draw_text(
-            &mut img,
-            msg,
-            (LEFT + RIGHT - w) / 2,
-            (TOP + BOTTOM) / 2 - 10,
-            3,
-            TEXT_GRAY,
-        );
+        draw_no_data(&mut img);
     } else {
         let screen: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (px(x), py(fy(y)))).collect();
         polyline(&mut img, &screen, 1, RAW);
@@ -140,6 +105,51 @@ pub fn save_loss_curve(points: &[(u64, f64)], title: &str, path: &Path) -> Resul
     }
 
     write_png(&img, path)
+}
+
+/// Grid lines, tick marks and tick labels of the plot area of a [`WIDTH`] x [`HEIGHT`] chart, at
+/// the given screen rows (y ticks) and columns (x ticks), then the frame around the plot area.
+fn draw_axes(img: &mut RgbImage, y_ticks: &[(i64, String)], x_ticks: &[(i64, String)]) {
+    for (y, label) in y_ticks {
+        hline(img, LEFT, RIGHT, *y, GRID);
+        hline(img, LEFT - 5, LEFT, *y, BLACK);
+        let w = text_width(label, 2);
+        draw_text(img, label, LEFT - 9 - w, y - 7, 2, BLACK);
+    }
+    for (x, label) in x_ticks {
+        vline(img, *x, TOP, BOTTOM, GRID);
+        vline(img, *x, BOTTOM, BOTTOM + 5, BLACK);
+        let w = text_width(label, 2);
+        draw_text(img, label, x - w / 2, BOTTOM + 10, 2, BLACK);
+    }
+    frame(img, LEFT, RIGHT, TOP, BOTTOM);
+}
+
+/// The title of a [`WIDTH`] x [`HEIGHT`] chart centred on top (smaller or cut short when too
+/// wide), the y axis name above the plot area's top-left corner and the x axis name under its
+/// bottom-right corner.
+fn draw_names(img: &mut RgbImage, title: &str, x_name: &str, y_name: &str) {
+    let (text, scale) = fit_title(title, WIDTH as i64 - 16);
+    let tw = text_width(&text, scale);
+    draw_text(
+        img,
+        &text,
+        (WIDTH as i64 - tw) / 2,
+        8 + 7 * (3 - scale) / 2,
+        scale,
+        BLACK,
+    );
+    draw_text(img, y_name, LEFT, TOP - 18, 2, TEXT_GRAY);
+    let w = text_width(x_name, 2);
+    draw_text(img, x_name, RIGHT - w, HEIGHT as i64 - 22, 2, TEXT_GRAY);
+}
+
+/// "no data" in the middle of the plot area of a [`WIDTH`] x [`HEIGHT`] chart.
+fn draw_no_data(img: &mut RgbImage) {
+    let msg = "no data";
+    let w = text_width(msg, 3);
+    let (x, y) = ((LEFT + RIGHT - w) / 2, (TOP + BOTTOM) / 2 - 10);
+    draw_text(img, msg, x, y, 3, TEXT_GRAY);
 }
 
 /// Encode `img` as PNG and write it atomically to `path`.
@@ -312,27 +322,34 @@ fn text_width(text: &str, scale: i64) -> i64 {
     }
 }
 
-/// Draw `text` with its top-left corner at (x, y), each font pixel a `scale` x `scale` square.
-fn draw_text(img: &mut RgbImage, text: &str, x: i64, y: i64, scale: i64, c: Rgb<u8>) {
+/// Call `f(dx, dy)` for every lit pixel of `text` drawn at `scale`, (dx, dy) counted from the
+/// text's top-left corner, each font pixel a `scale` x `scale` square.
+fn text_pixels(text: &str, scale: i64, mut f: impl FnMut(i64, i64)) {
     for (i, ch) in text.chars().enumerate() {
-        let gx = x + i as i64 * 6 * scale;
+        let gx = i as i64 * 6 * scale;
         for (row, bits) in glyph(ch).iter().enumerate() {
             for (col, b) in bits.bytes().enumerate() {
                 if b == b'#' {
                     for dy in 0..scale {
                         for dx in 0..scale {
-                            put(
-                                img,
-                                gx + col as i64 * scale + dx,
-                                y + row as i64 * scale + dy,
-                                c,
-                            );
+                            f(gx + col as i64 * scale + dx, row as i64 * scale + dy);
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// Draw `text` with its top-left corner at (x, y), each font pixel a `scale` x `scale` square.
+fn draw_text(img: &mut RgbImage, text: &str, x: i64, y: i64, scale: i64, c: Rgb<u8>) {
+    text_pixels(text, scale, |dx, dy| put(img, x + dx, y + dy, c));
+}
+
+/// Draw `text` turned a quarter turn anticlockwise (read from bottom to top, as a y axis name),
+/// the bottom-left corner of the turned text at (x, y).
+fn draw_text_up(img: &mut RgbImage, text: &str, x: i64, y: i64, scale: i64, c: Rgb<u8>) {
+    text_pixels(text, scale, |dx, dy| put(img, x + dy, y - dx, c));
 }
 
 /// The 5x7 bitmap of a character (unknown characters as `?`). Lower case has its own glyphs, so
@@ -945,6 +962,497 @@ fn fit_text(text: &str, max_w: i64) -> (String, i64) {
     (format!("{cut}..."), 1)
 }
 
+/// Side of one cell of [`save_confusion_matrix`] in pixels.
+pub const CELL: u32 = 72;
+
+/// matplotlib's "Blues" colour map at its nine anchors, from 0 (near white) to 1 (dark blue).
+const BLUES: [[u8; 3]; 9] = [
+    [247, 251, 255],
+    [222, 235, 247],
+    [198, 219, 239],
+    [158, 202, 225],
+    [107, 174, 214],
+    [66, 146, 198],
+    [33, 113, 181],
+    [8, 81, 156],
+    [8, 48, 107],
+];
+/// A cell of a row with no counts.
+const EMPTY_CELL: Rgb<u8> = Rgb([217, 217, 217]);
+/// The widest row label of a confusion matrix, in pixels; wider ones are drawn smaller or cut.
+const MAX_ROW_LABEL: i64 = 240;
+/// The longest turned column label of a confusion matrix, in pixels.
+const MAX_COL_LABEL: i64 = 160;
+
+/// "Blues" at `f` in [0, 1], linear between its anchors.
+fn blues(f: f64) -> Rgb<u8> {
+    let t = f.clamp(0.0, 1.0) * (BLUES.len() - 1) as f64;
+    let k = (t.floor() as usize).min(BLUES.len() - 2);
+    let u = t - k as f64;
+    Rgb(std::array::from_fn(|i| {
+        (f64::from(BLUES[k][i]) * (1.0 - u) + f64::from(BLUES[k + 1][i]) * u).round() as u8
+    }))
+}
+
+/// Perceived brightness of a colour, 0 to 255 (ITU-R BT.601 weights).
+fn luma(c: Rgb<u8>) -> f64 {
+    let [r, g, b] = c.0.map(f64::from);
+    0.299 * r + 0.587 * g + 0.114 * b
+}
+
+/// A confusion matrix as a PNG, written atomically: one row per requested (true) class, one
+/// column per predicted class (there may be more columns than rows, e.g. an "other" column).
+///
+/// Each cell is shaded from white to dark blue (matplotlib's "Blues") by its share of its row's
+/// counts and holds that share as a whole percent, in white on dark cells and black on light ones;
+/// a row with no counts is gray with "-" in every cell. Row labels stand on the left under the
+/// caption "REQUESTED", column labels on top under "PREDICTED", `title` above all. Cells are
+/// [`CELL`] pixels square, so the picture grows with the matrix; labels too wide for their place
+/// are drawn smaller or cut short. An empty matrix, rows of unequal length, or label counts that
+/// do not match the matrix's rows and columns are [`Error::InvalidArgument`].
+pub fn save_confusion_matrix(
+    matrix: &[Vec<u64>],
+    row_labels: &[String],
+    col_labels: &[String],
+    title: &str,
+    path: &Path,
+) -> Result<()> {
+    let invalid = |msg: String| Err(Error::InvalidArgument(format!("confusion matrix: {msg}")));
+    let (rows, cols) = (matrix.len(), matrix.first().map_or(0, Vec::len));
+    if rows == 0 || cols == 0 {
+        return invalid(format!("no cells ({rows} rows, {cols} columns)"));
+    }
+    if let Some((i, row)) = matrix.iter().enumerate().find(|(_, r)| r.len() != cols) {
+        return invalid(format!("row {i} has {} cells, row 0 has {cols}", row.len()));
+    }
+    if row_labels.len() != rows || col_labels.len() != cols {
+        return invalid(format!(
+            "{} row and {} column labels for {rows} rows and {cols} columns",
+            row_labels.len(),
+            col_labels.len()
+        ));
+    }
+
+    let lay = MatrixLayout::new(rows, cols, row_labels, col_labels, title);
+    let mut img = RgbImage::from_pixel(lay.width as u32, lay.height as u32, WHITE);
+    let cell = CELL as i64;
+    let (left, top) = (lay.left, lay.top);
+    let (right, bottom) = (left + cols as i64 * cell, top + rows as i64 * cell);
+    let all = (0, 0, lay.width, lay.height);
+
+    let tw = text_width(&lay.title, lay.title_scale);
+    let ty = 8 + 7 * (3 - lay.title_scale) / 2;
+    draw_text(
+        &mut img,
+        &lay.title,
+        (lay.width - tw) / 2,
+        ty,
+        lay.title_scale,
+        BLACK,
+    );
+    let caption = "PREDICTED";
+    let w = text_width(caption, 2);
+    draw_text(&mut img, caption, (left + right - w) / 2, 40, 2, TEXT_GRAY);
+    let caption = "REQUESTED";
+    let cs = if text_width(caption, 2) <= bottom - top {
+        2
+    } else {
+        1
+    };
+    let w = text_width(caption, cs);
+    draw_text_up(
+        &mut img,
+        caption,
+        lay.caption_x,
+        (top + bottom + w) / 2,
+        cs,
+        TEXT_GRAY,
+    );
+
+    for (c, label) in lay.col_labels.iter().enumerate() {
+        let (s, x0) = (lay.col_scale, left + c as i64 * cell);
+        if lay.col_turned {
+            draw_text_up(&mut img, label, x0 + (cell - 7 * s) / 2, top - 9, s, BLACK);
+        } else {
+            let w = text_width(label, s);
+            draw_text(&mut img, label, x0 + (cell - w) / 2, top - 22, s, BLACK);
+        }
+    }
+    for (r, (label, counts)) in lay.row_labels.iter().zip(matrix).enumerate() {
+        let y0 = top + r as i64 * cell;
+        let s = lay.row_scale;
+        let w = text_width(label, s);
+        draw_text(
+            &mut img,
+            label,
+            left - 10 - w,
+            y0 + (cell - 7 * s) / 2,
+            s,
+            BLACK,
+        );
+        let total: f64 = counts.iter().map(|&v| v as f64).sum();
+        for (c, &v) in counts.iter().enumerate() {
+            let x0 = left + c as i64 * cell;
+            let (fill, text, ink) = if total > 0.0 {
+                let f = v as f64 / total;
+                let fill = blues(f);
+                let ink = if luma(fill) < 140.0 { WHITE } else { BLACK };
+                (fill, format!("{:.0}%", f * 100.0), ink)
+            } else {
+                (EMPTY_CELL, "-".to_string(), TEXT_GRAY)
+            };
+            fill_rect(&mut img, x0, y0, x0 + cell - 1, y0 + cell - 1, fill, all);
+            let w = text_width(&text, 2);
+            draw_text(
+                &mut img,
+                &text,
+                x0 + (cell - w) / 2,
+                y0 + (cell - 14) / 2,
+                2,
+                ink,
+            );
+        }
+    }
+    // White lines between the cells, a black frame just outside them.
+    for c in 1..cols as i64 {
+        vline(&mut img, left + c * cell, top, bottom - 1, WHITE);
+    }
+    for r in 1..rows as i64 {
+        hline(&mut img, left, right - 1, top + r * cell, WHITE);
+    }
+    rect_outline(&mut img, left - 1, top - 1, right, bottom, BLACK);
+    write_png(&img, path)
+}
+
+/// Where [`save_confusion_matrix`] puts things: the picture's size, the top-left corner of the
+/// cells, the x of the turned "REQUESTED" caption, and the labels as drawn with their scales
+/// (column labels turned to read upwards when one of them is too wide for its cell).
+struct MatrixLayout {
+    width: i64,
+    height: i64,
+    left: i64,
+    top: i64,
+    caption_x: i64,
+    title: String,
+    title_scale: i64,
+    row_labels: Vec<String>,
+    row_scale: i64,
+    col_labels: Vec<String>,
+    col_scale: i64,
+    col_turned: bool,
+}
+
+impl MatrixLayout {
+    fn new(
+        rows: usize,
+        cols: usize,
+        row_labels: &[String],
+        col_labels: &[String],
+        title: &str,
+    ) -> Self {
+        let margin = 16;
+        let (row_labels, row_scale) = fit_all(row_labels, MAX_ROW_LABEL);
+        let flat = col_labels
+            .iter()
+            .all(|l| text_width(l, 2) <= CELL as i64 - 6);
+        let (col_labels, col_scale) = if flat {
+            (col_labels.to_vec(), 2)
+        } else {
+            fit_all(col_labels, MAX_COL_LABEL)
+        };
+        let col_h = if flat {
+            7 * col_scale
+        } else {
+            let widest = col_labels.iter().map(|l| text_width(l, col_scale)).max();
+            widest.unwrap_or(0)
+        };
+        let label_w = row_labels.iter().map(|l| text_width(l, row_scale)).max();
+        // Caption (14 px) and a gap, the row labels, a gap, then the cells.
+        let left = margin + 14 + 12 + label_w.unwrap_or(0) + 10;
+        let cells_w = cols as i64 * CELL as i64;
+        let natural = left + cells_w + margin;
+        let width = natural.max((text_width(title, 3) + 32).min(1200)).max(240);
+        let shift = (width - natural) / 2;
+        let (title, title_scale) = fit_title(title, width - 16);
+        // Title (8..29), "PREDICTED" (40..54), column labels (from 62), then the cells.
+        let top = 62 + col_h + 8;
+        MatrixLayout {
+            width,
+            height: top + rows as i64 * CELL as i64 + margin + 4,
+            left: left + shift,
+            top,
+            caption_x: margin + shift,
+            title,
+            title_scale,
+            row_labels,
+            row_scale,
+            col_labels,
+            col_scale,
+            col_turned: !flat,
+        }
+    }
+}
+
+/// matplotlib's "tab10" colours in its order (C0 blue, C1 orange, C2 green, C3 red, ...); series
+/// `i` of [`save_line_plot`] is drawn in colour `i % 10`.
+const TAB10: [Rgb<u8>; 10] = [
+    Rgb([31, 119, 180]),
+    Rgb([255, 127, 14]),
+    Rgb([44, 160, 44]),
+    Rgb([214, 39, 40]),
+    Rgb([148, 103, 189]),
+    Rgb([140, 86, 75]),
+    Rgb([227, 119, 194]),
+    Rgb([127, 127, 127]),
+    Rgb([188, 189, 34]),
+    Rgb([23, 190, 207]),
+];
+/// Opacity of a band of [`save_line_plot`] over what lies under it.
+const BAND_ALPHA: f64 = 0.25;
+
+/// One curve of [`save_line_plot`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LineSeries {
+    /// The text of the curve in the legend.
+    pub label: String,
+    /// The (x, y) points, joined in the given order; non-finite points are left out.
+    pub points: Vec<(f64, f64)>,
+    /// An optional shaded band of (x, lo, hi), e.g. the 25-75% quantiles at each x, drawn under
+    /// the lines as a light tint of the curve's colour (joined in order of x; non-finite triples
+    /// are left out).
+    pub band: Option<Vec<(f64, f64, f64)>>,
+}
+
+/// Curves on linear axes as a PNG of [`WIDTH`] x [`HEIGHT`] pixels, written atomically.
+///
+/// The axes cover every finite point and band value with 5% to spare on each side, with grid
+/// lines at round tick values (as [`save_loss_curve`]'s), `x_label` under the x axis and `y_label`
+/// above the y axis; negative values are fine. Each series is drawn in its own colour
+/// (matplotlib's tab10 order: blue, orange, green, red, ...) as a 2-pixel line with a dot at each
+/// point, over its band, if any, as a light tint of the same colour; a legend box lists the labels
+/// with their colours, in the corner of the plot area where it hides the least. No series, or no
+/// finite values at all, gives a picture saying "no data" (not an error).
+pub fn save_line_plot(
+    series: &[LineSeries],
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    path: &Path,
+) -> Result<()> {
+    let lines: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|s| {
+            let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+            s.points.iter().filter(finite).copied().collect()
+        })
+        .collect();
+    let bands: Vec<Vec<(f64, f64, f64)>> = series
+        .iter()
+        .map(|s| {
+            let finite = |b: &&(f64, f64, f64)| [b.0, b.1, b.2].iter().all(|v| v.is_finite());
+            let mut band: Vec<_> = s.band.iter().flatten().filter(finite).copied().collect();
+            band.sort_by(|a, b| a.0.total_cmp(&b.0));
+            band
+        })
+        .collect();
+    let xs = lines.iter().flatten().map(|p| p.0);
+    let xs = xs.chain(bands.iter().flatten().map(|b| b.0));
+    let ys = lines.iter().flatten().map(|p| p.1);
+    let ys = ys.chain(bands.iter().flatten().flat_map(|b| [b.1, b.2]));
+    let (x_range, y_range) = (padded_range(xs), padded_range(ys));
+    let (x_lo, x_hi) = x_range.unwrap_or((0.0, 1.0));
+    let (y_lo, y_hi) = y_range.unwrap_or((0.0, 1.0));
+    // Screen positions, kept near the picture so that wild values cannot make long lines.
+    let px = |x: f64| {
+        (LEFT as f64 + (x - x_lo) / (x_hi - x_lo) * (RIGHT - LEFT) as f64).clamp(-1e4, 1e4)
+    };
+    let py = |y: f64| {
+        (BOTTOM as f64 - (y - y_lo) / (y_hi - y_lo) * (BOTTOM - TOP) as f64).clamp(-1e4, 1e4)
+    };
+
+    let mut img = RgbImage::from_pixel(WIDTH, HEIGHT, WHITE);
+    let ticks = |lo: f64, hi: f64, screen: &dyn Fn(f64) -> f64| -> Vec<(i64, String)> {
+        linear_ticks(lo, hi)
+            .into_iter()
+            .map(|(v, step)| (screen(v).round() as i64, format_value(v, step)))
+            .collect()
+    };
+    draw_axes(&mut img, &ticks(y_lo, y_hi, &py), &ticks(x_lo, x_hi, &px));
+    draw_names(&mut img, title, x_label, y_label);
+    if x_range.is_none() {
+        draw_no_data(&mut img);
+        return write_png(&img, path);
+    }
+
+    // Bands under every line, blended so that overlapping ones both show.
+    for (i, band) in bands.iter().enumerate() {
+        let screen: Vec<(f64, f64, f64)> = band
+            .iter()
+            .map(|&(x, lo, hi)| (px(x), py(lo), py(hi)))
+            .collect();
+        fill_band(&mut img, &screen, TAB10[i % TAB10.len()]);
+    }
+    for (i, line) in lines.iter().enumerate() {
+        let c = TAB10[i % TAB10.len()];
+        let screen: Vec<(f64, f64)> = line.iter().map(|&(x, y)| (px(x), py(y))).collect();
+        if screen.len() >= 2 {
+            polyline(&mut img, &screen, 2, c);
+        }
+        for &(x, y) in &screen {
+            dot(&mut img, x.round() as i64, y.round() as i64, c);
+        }
+    }
+    let labels: Vec<&str> = series.iter().map(|s| s.label.as_str()).collect();
+    draw_series_legend(&mut img, &labels);
+    write_png(&img, path)
+}
+
+/// The smallest and largest of `values` widened by 5% of their span on each side (by 10% of
+/// their size, or 1 at zero, when they are all equal); `None` when there are none.
+fn padded_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if lo > hi {
+        return None;
+    }
+    let pad = if hi > lo {
+        (hi - lo) * 0.05
+    } else if lo == 0.0 {
+        1.0
+    } else {
+        lo.abs() * 0.1
+    };
+    Some((lo - pad, hi + pad))
+}
+
+/// Tint the region between the lower and upper edges of a band of screen points (x, lo, hi),
+/// sorted by x, inside the plot area; each pixel once, `c` blended over it at [`BAND_ALPHA`].
+fn fill_band(img: &mut RgbImage, pts: &[(f64, f64, f64)], c: Rgb<u8>) {
+    let (Some(first), Some(last)) = (pts.first(), pts.last()) else {
+        return;
+    };
+    let (x0, x1) = (first.0.round() as i64, last.0.round() as i64);
+    // A band of one x is a 3-pixel column.
+    let (x0, x1) = if x0 == x1 { (x0 - 1, x1 + 1) } else { (x0, x1) };
+    let mut k = 0;
+    for x in x0.max(LEFT + 1)..=x1.min(RIGHT - 1) {
+        let xf = x as f64;
+        while k + 2 < pts.len() && pts[k + 1].0 < xf {
+            k += 1;
+        }
+        let (a, b) = (pts[k], pts[(k + 1).min(pts.len() - 1)]);
+        let t = if b.0 > a.0 {
+            ((xf - a.0) / (b.0 - a.0)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let lo = a.1 + (b.1 - a.1) * t;
+        let hi = a.2 + (b.2 - a.2) * t;
+        let (y0, y1) = (lo.min(hi).round() as i64, lo.max(hi).round() as i64);
+        for y in y0.max(TOP + 1)..=y1.min(BOTTOM - 1) {
+            let under = *img.get_pixel(x as u32, y as u32);
+            let mix = |i: usize| {
+                (f64::from(under[i]) * (1.0 - BAND_ALPHA) + f64::from(c[i]) * BAND_ALPHA).round()
+                    as u8
+            };
+            img.put_pixel(x as u32, y as u32, Rgb([mix(0), mix(1), mix(2)]));
+        }
+    }
+}
+
+/// A round dot of radius 3 centred on (x, y), clipped to the plot area.
+fn dot(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
+    for dy in -3..=3i64 {
+        for dx in -3..=3i64 {
+            let (px, py) = (x + dx, y + dy);
+            let inside = (LEFT..=RIGHT).contains(&px) && (TOP..=BOTTOM).contains(&py);
+            if dx * dx + dy * dy <= 10 && inside {
+                put(img, px, py, c);
+            }
+        }
+    }
+}
+
+/// The legend of [`save_line_plot`]: a white box with a line and dot in each series' colour and
+/// its label, in the corner of the plot area whose box covers the fewest drawn pixels (top right
+/// first when that is a tie).
+fn draw_series_legend(img: &mut RgbImage, labels: &[&str]) {
+    if labels.is_empty() {
+        return;
+    }
+    let (labels, scale) = fit_all(labels, (RIGHT - LEFT) / 2);
+    let (pad, swatch, gap, row_h) = (8, 24, 8, 7 * scale + 8);
+    let text_w = labels
+        .iter()
+        .map(|l| text_width(l, scale))
+        .max()
+        .unwrap_or(0);
+    let (w, h) = (
+        pad + swatch + gap + text_w + pad,
+        row_h * labels.len() as i64 + pad,
+    );
+    let inset = 10;
+    let corners = [
+        (RIGHT - inset - w, TOP + inset),
+        (LEFT + inset, TOP + inset),
+        (RIGHT - inset - w, BOTTOM - inset - h),
+        (LEFT + inset, BOTTOM - inset - h),
+    ];
+    let covered = |(x0, y0): (i64, i64)| {
+        let mut n = 0;
+        for y in y0.max(0)..(y0 + h).min(HEIGHT as i64) {
+            for x in x0.max(0)..(x0 + w).min(WIDTH as i64) {
+                let p = *img.get_pixel(x as u32, y as u32);
+                n += usize::from(p != WHITE && p != GRID);
+            }
+        }
+        n
+    };
+    let (x0, y0) = *corners
+        .iter()
+        .min_by_key(|c| covered(**c))
+        .unwrap_or(&corners[0]);
+    let all = (0, 0, WIDTH as i64, HEIGHT as i64);
+    fill_rect(img, x0, y0, x0 + w - 1, y0 + h - 1, WHITE, all);
+    rect_outline(img, x0, y0, x0 + w - 1, y0 + h - 1, BAR_EDGE);
+    for (i, label) in labels.iter().enumerate() {
+        let c = TAB10[i % TAB10.len()];
+        let y = y0 + pad + i as i64 * row_h;
+        let mid = y + 7 * scale / 2;
+        fill_rect(img, x0 + pad, mid - 1, x0 + pad + swatch - 1, mid, c, all);
+        dot(img, x0 + pad + swatch / 2, mid, c);
+        draw_text(img, label, x0 + pad + swatch + gap, y, scale, BLACK);
+    }
+}
+
+/// A title and its scale: 3 when it fits in `max_w` pixels, else as [`fit_text`].
+fn fit_title(title: &str, max_w: i64) -> (String, i64) {
+    if text_width(title, 3) <= max_w {
+        (title.to_string(), 3)
+    } else {
+        fit_text(title, max_w)
+    }
+}
+
+/// `texts` fitted to `max_w` pixels at one shared scale: 2 when they all fit at 2, else 1 (those
+/// still too wide cut short, ending in "...").
+fn fit_all<S: AsRef<str>>(texts: &[S], max_w: i64) -> (Vec<String>, i64) {
+    let scale = if texts.iter().all(|t| text_width(t.as_ref(), 2) <= max_w) {
+        2
+    } else {
+        1
+    };
+    let fitted = texts
+        .iter()
+        .map(|t| match t.as_ref() {
+            t if text_width(t, scale) <= max_w => t.to_string(),
+            t => fit_text(t, max_w).0,
+        })
+        .collect();
+    (fitted, scale)
+}
+
 /// Redraw `RUN_DIR/loss.png` from the run's `metrics.jsonl` (nothing when it has fewer than two
 /// records), as every training command does after its checkpoints and preview samples.
 pub fn write_loss_curve(run_dir: &Path) -> Result<()> {
@@ -1196,6 +1704,321 @@ mod tests {
         eprintln!("1e6 values: {elapsed:?}");
         // Generous: a shared, unoptimised test build; only catches accidental quadratic work.
         assert!(elapsed.as_secs_f64() < 20.0, "{elapsed:?}");
+    }
+
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A pixel near the top-left corner of cell (r, c), away from its text.
+    fn cell_colour(img: &RgbImage, lay: &MatrixLayout, r: usize, c: usize) -> Rgb<u8> {
+        let x = lay.left + c as i64 * CELL as i64 + 5;
+        let y = lay.top + r as i64 * CELL as i64 + 5;
+        *img.get_pixel(x as u32, y as u32)
+    }
+
+    /// Whether the middle of cell (r, c) (where its text is) has a pixel of colour `ink`.
+    fn cell_has_ink(img: &RgbImage, lay: &MatrixLayout, r: usize, c: usize, ink: Rgb<u8>) -> bool {
+        let (x0, y0) = (
+            lay.left + c as i64 * CELL as i64,
+            lay.top + r as i64 * CELL as i64,
+        );
+        (y0 + 24..y0 + 48)
+            .any(|y| (x0 + 8..x0 + 64).any(|x| *img.get_pixel(x as u32, y as u32) == ink))
+    }
+
+    #[test]
+    fn confusion_matrix_grows_with_its_cells() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = strings(&["kick", "snare", "hihat", "tom", "cymbal"]);
+        let cols6 = strings(&["kick", "snare", "hihat", "tom", "cymbal", "other"]);
+        let mut sizes = Vec::new();
+        for (n_rows, n_cols) in [(5, 6), (5, 5), (4, 6), (1, 1)] {
+            let m = vec![vec![1u64; n_cols]; n_rows];
+            let path = dir.path().join(format!("m{n_rows}x{n_cols}.png"));
+            save_confusion_matrix(&m, &rows[..n_rows], &cols6[..n_cols], "drums", &path).unwrap();
+            let img = image::open(&path).unwrap();
+            let lay = MatrixLayout::new(n_rows, n_cols, &rows[..n_rows], &cols6[..n_cols], "drums");
+            assert_eq!(
+                (img.width() as i64, img.height() as i64),
+                (lay.width, lay.height)
+            );
+            sizes.push((img.width() as i64, img.height() as i64));
+        }
+        // One more column is one cell wider, one more row one cell taller.
+        assert_eq!(sizes[0].0 - sizes[1].0, CELL as i64);
+        assert_eq!(sizes[0].1 - sizes[2].1, CELL as i64);
+        // "cymbal" is too wide for a cell at scale 2: the column labels are turned.
+        let lay = MatrixLayout::new(5, 6, &rows, &cols6, "drums");
+        assert!(lay.col_turned && lay.col_scale == 2);
+        assert_eq!(lay.top, 62 + text_width("cymbal", 2) + 8);
+        assert_eq!(sizes[0].1, lay.top + 5 * CELL as i64 + 20);
+        let short = strings(&["kick", "snare"]);
+        let lay = MatrixLayout::new(2, 2, &short, &short, "drums");
+        assert!(!lay.col_turned && lay.top == 84);
+        // Even one cell leaves room for the captions.
+        assert!(sizes[3].0 >= 240);
+    }
+
+    #[test]
+    fn confusion_matrix_shades_each_cell_by_its_share_of_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.png");
+        let m = vec![vec![3, 1], vec![1, 1], vec![50, 50], vec![0, 0]];
+        let (rows, cols) = (strings(&["a", "b", "c", "d"]), strings(&["x", "y"]));
+        save_confusion_matrix(&m, &rows, &cols, "shares", &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let lay = MatrixLayout::new(4, 2, &rows, &cols, "shares");
+        let cell = |r, c| cell_colour(&img, &lay, r, c);
+        // 75% is darker than 25%; 50% lies between; shares, not counts, set the shade.
+        assert_eq!(cell(0, 0), blues(0.75));
+        assert_eq!(cell(0, 1), blues(0.25));
+        assert!(luma(cell(0, 0)) < luma(cell(1, 0)) && luma(cell(1, 0)) < luma(cell(0, 1)));
+        assert_eq!(cell(1, 0), cell(1, 1));
+        assert_eq!(cell(1, 0), cell(2, 0));
+        // White text on the dark cell, black on the light one, gray "-" on the empty row.
+        assert!(cell_has_ink(&img, &lay, 0, 0, WHITE));
+        assert!(!cell_has_ink(&img, &lay, 0, 0, BLACK));
+        assert!(cell_has_ink(&img, &lay, 0, 1, BLACK));
+        assert_eq!((cell(3, 0), cell(3, 1)), (EMPTY_CELL, EMPTY_CELL));
+        assert!(cell_has_ink(&img, &lay, 3, 1, TEXT_GRAY));
+        // The colour map runs from near white to dark blue.
+        assert!(luma(blues(0.0)) > 245.0 && luma(blues(1.0)) < 60.0);
+        assert!((0..20).all(|k| luma(blues(k as f64 / 20.0)) > luma(blues((k + 1) as f64 / 20.0))));
+    }
+
+    #[test]
+    fn confusion_matrix_of_an_identity_is_darkest_on_the_diagonal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.png");
+        // Four requested classes, five predicted ones (the last "other").
+        let m: Vec<Vec<u64>> = (0..4)
+            .map(|r| (0..5).map(|c| if r == c { 7 } else { 0 }).collect())
+            .collect();
+        let rows = strings(&["kick", "snare", "closed hihat", "tom"]);
+        let cols = strings(&["kick", "snare", "closed hihat", "tom", "other"]);
+        save_confusion_matrix(&m, &rows, &cols, "identity", &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let lay = MatrixLayout::new(4, 5, &rows, &cols, "identity");
+        let darkest = (0..4)
+            .flat_map(|r| (0..5).map(move |c| (r, c)))
+            .map(|(r, c)| luma(cell_colour(&img, &lay, r, c)))
+            .fold(f64::INFINITY, f64::min);
+        for r in 0..4 {
+            for c in 0..5 {
+                let l = luma(cell_colour(&img, &lay, r, c));
+                if r == c {
+                    assert_eq!(l, darkest);
+                    assert_eq!(cell_colour(&img, &lay, r, c), blues(1.0));
+                } else {
+                    assert!(l > darkest + 100.0, "({r}, {c})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn confusion_matrix_of_the_wrong_shape_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.png");
+        let (two, three) = (strings(&["a", "b"]), strings(&["a", "b", "c"]));
+        let rejected = |m: &[Vec<u64>], rows: &[String], cols: &[String], want: &str| {
+            match save_confusion_matrix(m, rows, cols, "bad", &path) {
+                Err(Error::InvalidArgument(msg)) => assert!(msg.contains(want), "{msg}"),
+                other => panic!("{m:?}: {other:?}"),
+            }
+        };
+        rejected(&[], &[], &[], "no cells");
+        rejected(&[vec![]], &two[..1], &[], "no cells");
+        rejected(&[vec![1, 2], vec![3]], &two, &two, "row 1 has 1 cells");
+        let want = "2 row and 2 column labels for 3 rows";
+        rejected(&[vec![1, 2], vec![3, 4], vec![5, 6]], &two, &two, want);
+        let want = "2 row and 3 column labels for 2 rows and 2 columns";
+        rejected(&[vec![1, 2], vec![3, 4]], &two, &three, want);
+        assert!(!path.exists());
+        // A good matrix into a missing directory is an I/O error.
+        let missing = dir.path().join("no").join("m.png");
+        assert!(save_confusion_matrix(&[vec![1]], &two[..1], &two[..1], "x", &missing).is_err());
+    }
+
+    /// Rows of column `x` whose pixel is exactly `c`.
+    fn rows_of(img: &RgbImage, x: i64, c: Rgb<u8>) -> Vec<i64> {
+        (0..HEIGHT as i64)
+            .filter(|&y| *img.get_pixel(x as u32, y as u32) == c)
+            .collect()
+    }
+
+    #[test]
+    fn line_plot_draws_each_curve_at_its_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lines.png");
+        let xs = 1..=8;
+        let series = [
+            LineSeries {
+                label: "real".into(),
+                points: xs.clone().map(|x| (f64::from(x), -10.0)).collect(),
+                band: None,
+            },
+            LineSeries {
+                label: "generated".into(),
+                points: xs.clone().map(|x| (f64::from(x), -40.0)).collect(),
+                band: Some(xs.map(|x| (f64::from(x), -45.0, -35.0)).collect()),
+            },
+        ];
+        save_line_plot(&series, "decay", "eighth", "dB", &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
+        // y spans -45..-10 (band included) with 5% to spare: -46.75..-8.25; x spans 0.65..8.35.
+        let py = |v: f64| BOTTOM as f64 - (v + 46.75) / 38.5 * (BOTTOM - TOP) as f64;
+        let px = |v: f64| LEFT as f64 + (v - 0.65) / 7.7 * (RIGHT - LEFT) as f64;
+        let x = px(4.5).round() as i64; // between two dots
+        let (blue, orange) = (rows_of(&img, x, TAB10[0]), rows_of(&img, x, TAB10[1]));
+        assert_eq!(blue.len(), 2, "{blue:?}");
+        assert_eq!(orange.len(), 2, "{orange:?}");
+        assert!(
+            blue.iter().all(|&y| (y as f64 - py(-10.0)).abs() <= 1.5),
+            "{blue:?}"
+        );
+        assert!(
+            orange.iter().all(|&y| (y as f64 - py(-40.0)).abs() <= 1.5),
+            "{orange:?}"
+        );
+        // The band: an orange tint between -45 and -35 (away from the line), nothing above it.
+        let tint = *img.get_pixel(x as u32, py(-43.0).round() as u32);
+        assert_eq!(tint, Rgb([255, 223, 195]));
+        let above = *img.get_pixel(x as u32, py(-30.0).round() as u32);
+        assert!(above == WHITE || above == GRID, "{above:?}");
+        // Dots are wider than the line: at x = 1 the curve has more than 2 rows.
+        assert!(rows_of(&img, px(1.0).round() as i64, TAB10[0]).len() >= 5);
+    }
+
+    #[test]
+    fn line_plot_puts_the_legend_where_there_is_no_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("legend.png");
+        // Both curves rise from the bottom-left to the top-right corner.
+        let series: Vec<LineSeries> = (0..2)
+            .map(|i| LineSeries {
+                label: format!("curve {i}"),
+                points: (0..=10).map(|x| (f64::from(x), f64::from(x + i))).collect(),
+                band: None,
+            })
+            .collect();
+        save_line_plot(&series, "legend", "x", "y", &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let count = |x0: i64, y0: i64, c: Rgb<u8>| {
+            (y0..y0 + 60)
+                .flat_map(|y| (x0..x0 + 160).map(move |x| (x, y)))
+                .filter(|&(x, y)| *img.get_pixel(x as u32, y as u32) == c)
+                .count()
+        };
+        // Top left: both swatches and black label text; bottom right: nothing of the curves.
+        let (l, t) = (LEFT + 2, TOP + 2);
+        assert!(count(l, t, TAB10[0]) > 20 && count(l, t, TAB10[1]) > 20);
+        assert!(count(l, t, BLACK) > 50);
+        let (r, b) = (RIGHT - 162, BOTTOM - 62);
+        assert_eq!(count(r, b, TAB10[0]) + count(r, b, TAB10[1]), 0);
+    }
+
+    #[test]
+    fn line_plot_without_finite_data_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+        save_line_plot(&[], "t", "x", "y", &a).unwrap();
+        let nan = LineSeries {
+            label: "nan".into(),
+            points: vec![(f64::NAN, 1.0), (2.0, f64::INFINITY)],
+            band: Some(vec![(1.0, f64::NAN, 2.0)]),
+        };
+        save_line_plot(&[nan], "t", "x", "y", &b).unwrap();
+        let (a, b) = (
+            image::open(&a).unwrap().to_rgb8(),
+            image::open(&b).unwrap().to_rgb8(),
+        );
+        assert_eq!(a.dimensions(), (WIDTH, HEIGHT));
+        assert!(a == b, "all-NaN series differ from no series");
+        let mid = (TOP + BOTTOM) / 2;
+        assert!((LEFT..RIGHT).any(|x| *a.get_pixel(x as u32, mid as u32) == TEXT_GRAY));
+        // A lone finite point among NaNs sits in the middle.
+        let path = dir.path().join("one.png");
+        let one = LineSeries {
+            label: "one".into(),
+            points: vec![(f64::NAN, 0.0), (3.0, -20.0)],
+            band: None,
+        };
+        save_line_plot(&[one], "t", "x", "y", &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let centre = *img.get_pixel(((LEFT + RIGHT) / 2) as u32, mid as u32);
+        assert_eq!(centre, TAB10[0]);
+        assert!(save_line_plot(&[], "t", "x", "y", &dir.path().join("no/such.png")).is_err());
+    }
+
+    #[test]
+    fn turned_text_reads_upwards() {
+        let mut img = RgbImage::from_pixel(40, 40, WHITE);
+        draw_text_up(&mut img, "AB", 10, 30, 1, BLACK);
+        let ink: Vec<(u32, u32)> = img
+            .enumerate_pixels()
+            .filter(|(_, _, p)| **p == BLACK)
+            .map(|(x, y, _)| (x, y))
+            .collect();
+        // 7 pixels wide, 11 tall, its bottom at y = 30: the glyphs' bottom rows run along the
+        // right side (x = 16), the left side of "A" along the bottom and "B" above it.
+        assert!(ink
+            .iter()
+            .all(|&(x, y)| (10..17).contains(&x) && (20..=30).contains(&y)));
+        assert!(ink.iter().any(|&(x, y)| x == 16 && y == 30));
+        assert!(ink.iter().any(|&(_, y)| y == 20));
+    }
+
+    /// Writes one example of each plot into the directory `DIFFUSE_PLOT_EXAMPLES` when it is set.
+    #[test]
+    fn plot_examples() {
+        let Some(dir) = std::env::var_os("DIFFUSE_PLOT_EXAMPLES") else {
+            return;
+        };
+        let dir = Path::new(&dir);
+        let rows = strings(&["kick", "snare", "closed hihat", "tom", "crash"]);
+        let cols = strings(&["kick", "snare", "closed hihat", "tom", "crash", "other"]);
+        let m = vec![
+            vec![41, 2, 0, 5, 0, 2],
+            vec![3, 30, 6, 1, 2, 8],
+            vec![0, 4, 44, 0, 1, 1],
+            vec![0, 0, 0, 0, 0, 0],
+            vec![0, 3, 12, 0, 20, 15],
+        ];
+        let title = "drum classes: requested vs classified";
+        save_confusion_matrix(&m, &rows, &cols, title, &dir.join("confusion.png")).unwrap();
+        let envelope = |peak: f64, slope: f64| -> Vec<(f64, f64)> {
+            (1..=8)
+                .map(|k| (f64::from(k), peak - slope * f64::from(k - 1)))
+                .collect()
+        };
+        let band = |pts: &[(f64, f64)], w: f64| -> Vec<(f64, f64, f64)> {
+            pts.iter().map(|&(x, y)| (x, y - w, y + w)).collect()
+        };
+        let (real, generated) = (envelope(-12.0, 6.5), envelope(-14.0, 5.0));
+        let series = [
+            LineSeries {
+                label: "real".into(),
+                band: Some(band(&real, 4.0)),
+                points: real,
+            },
+            LineSeries {
+                label: "generated".into(),
+                band: Some(band(&generated, 6.0)),
+                points: generated,
+            },
+        ];
+        let path = dir.join("envelope.png");
+        save_line_plot(
+            &series,
+            "decay envelope",
+            "eighth of the clip",
+            "RMS dB",
+            &path,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod data;
 mod features;
+mod judge;
 mod learning;
 mod networks;
 mod pipeline;
