@@ -954,10 +954,7 @@ fn eval_judge(args: &EvalAudioArgs, data: &str, device: tch::Device) -> Result<O
             .map(Some)
             .map_err(|e| anyhow!("--judge: {e}")),
         None => {
-            let short = Path::new(data)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| data.to_owned());
+            let short = crate::fid::dataset_short_name(data);
             let dir = crate::fid::default_models_dir().join(format!("{short}-classifier"));
             if !dir.join(diffuse_tensor::classifier::INFO_FILE).is_file() {
                 return Ok(None);
