@@ -70,11 +70,24 @@ fn write_wav(path: &Path, rate: u32, channels: u16, samples: &[i16]) {
     std::fs::write(path, b).unwrap();
 }
 
-/// A DiffWave of 4 layers of width 8 on quarter-second clips at the fixture's 8 kHz, 6 steps
-/// unless `extra` says otherwise: each command takes seconds.
+/// A DiffWave of 4 layers of width 8 on quarter-second clips at the fixture's 8 kHz, 6 steps,
+/// with DiffWave's own recipe (epsilon prediction on its linear schedule, no data scale, its
+/// 6-step preview sampler) unless `extra` says otherwise: each command
+/// takes seconds. (`train audio`'s defaults are the UNet recipe; its own test checks them.)
 fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["train", "audio", "--data", data, "--out", out];
+    let unet = extra.contains(&"--network-config")
+        || extra.windows(2).any(|w| w == ["--network", "unet1d"]);
+    if !unet && !extra.contains(&"--network") {
+        args.extend_from_slice(&["--network", "diffwave"]);
+    }
+    let v_prediction = extra.windows(2).any(|w| w[0] == "--prediction-type");
+    if !v_prediction && !extra.contains(&"--zero-terminal-snr") {
+        args.extend_from_slice(&["--prediction-type", "epsilon"]);
+    }
     let defaults = [
+        ("--data-scale", "none"),
+        ("--sample-sampler", "diffwave-fast"),
         ("--sample-rate", "8000"),
         ("--seconds", "0.25"),
         ("--residual-channels", "8"),
@@ -1282,6 +1295,8 @@ fn holdout_trim_and_class_folder_mistakes_name_their_flag() {
             "8000",
             "--seconds",
             "0.25",
+            "--network",
+            "diffwave",
             "--residual-channels",
             "8",
             "--residual-layers",
@@ -1512,7 +1527,7 @@ fn class_conditional_audio_trains_samples_with_guidance_and_refuses_mistakes() {
         ),
         (
             classes.clone(),
-            &["--zero-terminal-snr"],
+            &["--zero-terminal-snr", "--prediction-type", "epsilon"],
             &["--zero-terminal-snr", "v_prediction"],
         ),
         (
@@ -1735,4 +1750,110 @@ fn an_audio_judge_trains_and_eval_audio_reports_what_it_hears() {
     );
     assert_user_error(&r, &["--resolution", "only for images"]);
     assert!(!tmp.path().join("j2").exists());
+}
+
+/// `train audio` with no recipe flags trains the measured recipe (BENCHMARKS.md, "Choosing the
+/// audio recipe"): the five-level UNet1d with attention in its two coarsest levels (no position
+/// channel), v-prediction on DiffWave's schedule rescaled to zero terminal SNR with
+/// trailing steps, clips scaled to a spread of 0.5, DDIM previews, and a clip length the network
+/// takes whole (1.024 s at a folder's default 16 kHz: 16384 frames, a multiple of 4^4); each part
+/// can be turned off or changed by its flag.
+#[test]
+fn train_audio_defaults_to_the_measured_recipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture();
+    let train = |name: &str, extra: &[&str]| -> serde_json::Value {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "train",
+            "audio",
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--sample-every",
+            "0",
+            "--sample-num",
+            "1",
+            "--sample-steps",
+            "2",
+            "--val-fraction",
+            "0.4",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        run_ok(&args);
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap()
+    };
+    let run = train("default", &[]);
+    assert_eq!(run["audio"]["sample_rate"], 16000);
+    assert_eq!(run["audio"]["clip_frames"], 16384);
+    let net = &run["network"];
+    assert_eq!(net["type"], "unet1d");
+    assert_eq!(
+        net["block_out_channels"],
+        serde_json::json!([16, 32, 64, 96, 128])
+    );
+    assert_eq!(net["down_factors"], serde_json::json!([4, 4, 4, 4]));
+    assert_eq!(
+        net["attention_levels"],
+        serde_json::json!([false, false, false, true, true])
+    );
+    // Off, so not written.
+    assert!(net["position_channel"].is_null() && net["position_frames"].is_null());
+    assert_eq!(run["objective"]["prediction_type"], "v_prediction");
+    assert_eq!(run["scheduler"]["rescale_betas_zero_snr"], true);
+    assert_eq!(run["scheduler"]["timestep_spacing"], "trailing");
+    assert_eq!(run["data_scale"], serde_json::json!({"std": 0.5}));
+    assert_eq!(run["sample_sampler"], "ddim");
+    assert_eq!(run["train"]["optimizer"]["lr"], 4e-4);
+
+    // Each part by its flag: a typed length is kept as typed, the position channel turns on
+    // (sized to it), epsilon prediction leaves the rescaled schedule out, four levels keep
+    // attention in their two coarsest.
+    let run = train(
+        "changed",
+        &[
+            "--seconds",
+            "0.3",
+            "--position-channel",
+            "--prediction-type",
+            "epsilon",
+            "--block-out-channels",
+            "16,32,64,96",
+        ],
+    );
+    assert_eq!(run["audio"]["clip_frames"], 4800);
+    assert_eq!(run["network"]["position_channel"], true);
+    assert_eq!(run["network"]["position_frames"], 4800);
+    assert_eq!(
+        run["network"]["attention_levels"],
+        serde_json::json!([false, false, true, true])
+    );
+    assert_eq!(run["objective"]["prediction_type"], "epsilon");
+    assert_eq!(run["scheduler"]["rescale_betas_zero_snr"], false);
+    let run = train(
+        "diffwave",
+        &[
+            "--network",
+            "diffwave",
+            "--residual-channels",
+            "8",
+            "--residual-layers",
+            "2",
+            "--zero-terminal-snr",
+            "false",
+        ],
+    );
+    assert_eq!(run["network"]["type"], "diffwave");
+    // DiffWave takes any length: 1.024 s as it is; the zero-SNR schedule turns off.
+    assert_eq!(run["audio"]["clip_frames"], 16384);
+    assert!(run["network"]["position_channel"].is_null());
+    assert_eq!(run["objective"]["prediction_type"], "v_prediction");
+    assert_eq!(run["scheduler"]["rescale_betas_zero_snr"], false);
 }

@@ -158,29 +158,37 @@ fn image_grid(ctx: &Demo) -> Result<()> {
     Ok(())
 }
 
-/// Four drum one-shots from the bundled drums model with its full 200-step DDPM chain (seconds on
-/// a CPU), each as a WAV file with its spectrogram.
+/// One drum one-shot per class (kick, snare, hi-hat, tom, cymbal) from the bundled
+/// class-conditional drums model with its full 200-step DDPM chain (seconds each on a CPU), each
+/// as a WAV file with its spectrogram.
 fn audio_sample(ctx: &Demo) -> Result<()> {
     let model = ctx.repo.join("data").join("models").join("drums");
-    let out = ctx.out.join("drums.wav");
-    let (model, out) = (model.display().to_string(), out.display().to_string());
-    diffuse(
-        ctx,
-        &[
-            "sample",
-            "audio",
-            "--model",
-            &model,
-            "--num",
-            "4",
-            "--seed",
-            "0",
-            "--out",
-            &out,
-            "--spectrogram",
-        ],
-    )?;
-    println!("demo: wrote out/drums-0.wav .. out/drums-3.wav and their spectrograms (.png)");
+    let model = model.display().to_string();
+    let classes = ["kick", "snare", "hi-hat", "tom", "cymbal"];
+    for class in classes {
+        let out = ctx.out.join(format!("drums-{class}.wav"));
+        let out = out.display().to_string();
+        diffuse(
+            ctx,
+            &[
+                "sample",
+                "audio",
+                "--model",
+                &model,
+                "--class",
+                class,
+                "--seed",
+                "0",
+                "--out",
+                &out,
+                "--spectrogram",
+            ],
+        )?;
+    }
+    println!(
+        "demo: wrote out/drums-{{{}}}.wav and their spectrograms (.png)",
+        classes.join(",")
+    );
     Ok(())
 }
 

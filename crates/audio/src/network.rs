@@ -124,6 +124,16 @@ impl AudioNetworkConfig {
         }
     }
 
+    /// Whether the position channel is on but its length not yet set (the recipe's network
+    /// before the clip length is known).
+    pub fn position_channel_unsized(&self) -> bool {
+        let (on, frames) = match self {
+            AudioNetworkConfig::DiffWave(c) => (c.position_channel, c.position_frames),
+            AudioNetworkConfig::Unet1d(c) => (c.position_channel, c.position_frames),
+        };
+        on && frames.is_none()
+    }
+
     /// Turn the position channel on, scaled to `frames` (the training clip length), or off with
     /// None.
     pub fn set_position_channel(&mut self, frames: Option<i64>) {

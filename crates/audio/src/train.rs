@@ -11,7 +11,6 @@
 
 use crate::clip::AudioClip;
 use crate::data::{files_for_held_out, split_indices, AudioDataConfig, AudioDataset, Split};
-use crate::diffwave::DiffWaveConfig;
 use crate::eval::MIN_HELD_OUT_CLIPS;
 use crate::features::save_spectrogram_png;
 use crate::network::{AudioNetwork, AudioNetworkConfig};
@@ -67,7 +66,9 @@ pub struct AudioTrainConfig {
     /// Fraction of training labels replaced by the null class (classifier-free guidance's
     /// unconditional half; Ho & Salimans use 0.1 to 0.2).
     pub label_dropout: f64,
-    /// What the normalised training clips are multiplied by before noise is added.
+    /// What the normalised training clips are multiplied by before noise is added. (A run
+    /// written before the field existed had none: read as a factor of 1, not today's default.)
+    #[serde(default)]
     pub data_scale: DataScale,
 }
 
@@ -125,23 +126,66 @@ pub fn diffwave_schedule() -> DdpmConfig {
     }
 }
 
+/// The recipe's network (chosen at equal training time on the drums, BENCHMARKS.md "Choosing
+/// the audio recipe"): a UNet1d of five levels (16, 32, 64, 96 and 128 channels, x4 between
+/// them, so the middle runs at 1/256 of the rate and its receptive field spans a whole
+/// half-second clip), and self-attention in the two coarsest levels' blocks and the middle. No
+/// position channel: with a receptive field over the whole clip the network placed the decay as
+/// well without it (the measurement's ablation).
+pub fn recipe_network() -> AudioNetworkConfig {
+    AudioNetworkConfig::Unet1d(crate::unet1d::UNet1dConfig {
+        block_out_channels: vec![16, 32, 64, 96, 128],
+        down_factors: vec![4, 4, 4, 4],
+        attention_levels: vec![false, false, false, true, true],
+        ..crate::unet1d::UNet1dConfig::default()
+    })
+}
+
+/// The recipe's schedule: DiffWave's betas rescaled to end at pure noise (zero terminal SNR, Lin
+/// et al. 2023), sampled from the last step ("trailing"); it needs v- or sample-prediction.
+pub fn recipe_schedule() -> DdpmConfig {
+    let mut scheduler = diffwave_schedule();
+    scheduler.schedule.rescale_betas_zero_snr = true;
+    scheduler.timestep_spacing = diffuse_core::schedule::TimestepSpacing::Trailing;
+    scheduler
+}
+
+/// The default clip length of `data` at `sample_rate` for `network`: about 0.512 s for drums
+/// (one-shots decay within it) and 1.024 s otherwise, rounded up to a length the network takes
+/// whole (a multiple of the UNet's down factors), so no clip is padded with clean silence.
+pub fn default_clip_frames(data: &str, sample_rate: u32, network: &AudioNetworkConfig) -> usize {
+    let seconds = match data {
+        "drums" => 0.512,
+        _ => 1.024,
+    };
+    let frames = (seconds * sample_rate as f64).round().max(1.0) as i64;
+    let multiple = network.length_multiple().max(1);
+    (((frames + multiple - 1) / multiple) * multiple) as usize
+}
+
 impl Default for AudioTrainConfig {
+    /// The measured recipe: [`recipe_network`], [`recipe_schedule`] with v-prediction, the clips
+    /// scaled to a spread of 0.5, previews by DDIM in 50 steps (DiffWave's 6-step schedule fits
+    /// only its own linear betas).
     fn default() -> Self {
         AudioTrainConfig {
             data: "speech".into(),
             audio: AudioDataConfig::default(),
-            network: AudioNetworkConfig::DiffWave(DiffWaveConfig::default()),
-            scheduler: diffwave_schedule(),
-            objective: ObjectiveConfig::default(),
+            network: recipe_network(),
+            scheduler: recipe_schedule(),
+            objective: ObjectiveConfig {
+                prediction_type: diffuse_core::prediction::PredictionType::VPrediction,
+                ..ObjectiveConfig::default()
+            },
             batch_size: 16,
             train: TrainConfig::default(),
             sample_every: 500,
             sample_num: 4,
-            sample_sampler: "diffwave-fast".into(),
+            sample_sampler: "ddim".into(),
             sample_steps: None,
             class_conditional: false,
             label_dropout: 0.1,
-            data_scale: DataScale::default(),
+            data_scale: DataScale::Std(0.5),
         }
     }
 }
@@ -242,6 +286,12 @@ pub fn complete_config(config: &mut AudioTrainConfig) -> Result<()> {
         c
     };
     config.network.set_channels(c, out);
+    // A position channel without a length counts over the training clips.
+    if config.network.position_channel_unsized() {
+        config
+            .network
+            .set_position_channel(Some(config.audio.clip_frames as i64));
+    }
     config.scheduler.prediction_type = config.objective.prediction_type;
     config.scheduler.variance_type = match config.objective.learned_variance {
         Some(lv) => lv.variance_type,

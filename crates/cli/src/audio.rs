@@ -22,10 +22,9 @@ use diffuse_audio::judge::AudioJudge;
 use diffuse_audio::network::AudioNetworkConfig;
 use diffuse_audio::pipeline::{AudioPipeline, AudioSampleOptions};
 use diffuse_audio::train::{
-    check_config, default_holdout, default_sample_rate, load_dataset, read_run_config,
-    train_audio_model, AudioTrainConfig, DataScale, RUN_CONFIG,
+    check_config, default_clip_frames, default_holdout, default_sample_rate, load_dataset,
+    read_run_config, recipe_network, train_audio_model, AudioTrainConfig, DataScale, RUN_CONFIG,
 };
-use diffuse_audio::unet1d::UNet1dConfig;
 use diffuse_audio::wav::{read_audio_exact, write_wav, write_wav_exact, SampleFormat};
 use diffuse_core::editing::Resampling;
 use diffuse_tensor::atomic::temp_path_for;
@@ -55,9 +54,9 @@ pub struct TrainAudioArgs {
     /// 1 (mono) or 2 (stereo).
     #[arg(long, default_value_t = 1)]
     pub channels: usize,
-    /// Length of the training clips in seconds (longer files are cut, shorter ones padded with silence).
-    #[arg(long, default_value_t = 1.0)]
-    pub seconds: f64,
+    /// Length of the training clips in seconds (longer files are cut, shorter ones padded with silence; default: 0.512 for drums, 1.024 otherwise, rounded up to a length the network takes whole).
+    #[arg(long)]
+    pub seconds: Option<f64>,
     /// Loudness normalisation: peak (to 0.95), peak:LEVEL, rms:DBFS or none.
     #[arg(long, default_value = "peak")]
     pub normalize: String,
@@ -73,9 +72,9 @@ pub struct TrainAudioArgs {
     /// Fraction of the files held out for validation (`eval audio` uses them) with --holdout every.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
-    /// diffwave (dilated residual convolutions) or unet1d.
-    #[arg(long, default_value = "diffwave")]
-    pub network: String,
+    /// unet1d (the default: five levels of 16 to 128 channels, attention in the two coarsest) or diffwave (dilated residual convolutions).
+    #[arg(long)]
+    pub network: Option<String>,
     /// A network config.json to start from (its channels are filled from the data).
     #[arg(long)]
     pub network_config: Option<PathBuf>,
@@ -106,9 +105,9 @@ pub struct TrainAudioArgs {
     /// UNet1d: self-attention in the down and up blocks of these levels (0 = the finest), e.g. 3,4.
     #[arg(long, value_delimiter = ',')]
     pub attention_levels: Option<Vec<usize>>,
-    /// Give the network where in the clip each sample lies (an input channel counting 0 to 1 over the training length), so it can shape a decay.
-    #[arg(long)]
-    pub position_channel: bool,
+    /// Give the network where in the clip each sample lies (an input channel counting 0 to 1 over the training length); off by default (the recipe's UNet sees the whole clip and placed the decay as well without it).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub position_channel: Option<bool>,
     /// Condition on the data's classes (drum kits' instruments, or one subfolder per class), for `sample audio --class`.
     #[arg(long)]
     pub class_conditional: bool,
@@ -116,7 +115,7 @@ pub struct TrainAudioArgs {
     #[arg(long, default_value_t = 0.1)]
     pub label_dropout: f64,
     /// Scale of the normalised training clips: std:S (to a standard deviation of S), a factor, or none.
-    #[arg(long, default_value = "none")]
+    #[arg(long, default_value = "std:0.5")]
     pub data_scale: String,
     #[command(flatten)]
     pub objective: ObjectiveArgs,
@@ -125,7 +124,7 @@ pub struct TrainAudioArgs {
     /// Optimiser steps (default 1000; with --resume, extends the run when larger).
     #[arg(long)]
     pub steps: Option<u64>,
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 4e-4)]
     pub lr: f64,
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
@@ -137,8 +136,8 @@ pub struct TrainAudioArgs {
     pub sample_every: u64,
     #[arg(long, default_value_t = 4)]
     pub sample_num: usize,
-    /// Sampler of the previews.
-    #[arg(long, default_value = "diffwave-fast")]
+    /// Sampler of the previews (diffwave-fast suits only DiffWave's own linear schedule).
+    #[arg(long, default_value = "ddim")]
     pub sample_sampler: String,
     /// Steps of the preview sampler (default: its own).
     #[arg(long)]
@@ -173,11 +172,12 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
             args.channels
         );
     }
-    if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= MAX_CLIP_SECONDS) {
-        bail!(
-            "--seconds: must be a positive length of at most {MAX_CLIP_SECONDS} (an hour), got {}",
-            args.seconds
-        );
+    if let Some(seconds) = args.seconds {
+        if !(seconds.is_finite() && seconds > 0.0 && seconds <= MAX_CLIP_SECONDS) {
+            bail!(
+                "--seconds: must be a positive length of at most {MAX_CLIP_SECONDS} (an hour), got {seconds}"
+            );
+        }
     }
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!(
@@ -215,19 +215,19 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
         None if crate::given::given("val_fraction") => Holdout::EveryKth,
         None => default_holdout(&data),
     };
-    let audio = AudioDataConfig {
+    let mut audio = AudioDataConfig {
         sample_rate,
         channels: args.channels,
-        clip_frames: (args.seconds * sample_rate as f64).round().max(1.0) as usize,
+        clip_frames: 1,
         normalize,
         trim_silence,
         validation_fraction: args.val_fraction,
         holdout,
     };
-    let chosen = match args.network.as_str() {
+    let chosen = match args.network.as_deref().unwrap_or("unet1d") {
         "diffwave" => AudioNetworkConfig::DiffWave(DiffWaveConfig::default()),
-        "unet1d" => AudioNetworkConfig::Unet1d(UNet1dConfig::default()),
-        other => bail!("--network: expected diffwave or unet1d, got '{other}'"),
+        "unet1d" => recipe_network(),
+        other => bail!("--network: expected unet1d or diffwave, got '{other}'"),
     };
     let mut network = match &args.network_config {
         Some(path) => {
@@ -235,7 +235,7 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
                 .map_err(|e| anyhow!("--network-config: {e}"))?;
             // The file decides the network; a typed --network naming another one would be
             // silently ignored, so it is refused (the default, not typed, is no choice at all).
-            if crate::given::given("network") && file.name() != chosen.name() {
+            if args.network.is_some() && file.name() != chosen.name() {
                 bail!(
                     "--network: {} is a {} network config, not {}; drop --network (the file decides) or give a {} config file",
                     path.display(),
@@ -282,6 +282,9 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
                 if args.down_factors.is_none() {
                     c.down_factors = vec![4; v.len().saturating_sub(1)];
                 }
+                // Keep the recipe's attention in the two coarsest levels (with three or more).
+                let n = v.len();
+                c.attention_levels = (0..n).map(|l| n >= 3 && l + 2 >= n).collect();
                 // Narrow networks get one attention head as wide as the last level.
                 if let Some(&last) = v.last() {
                     if last > 0 && last % c.attention_head_dim != 0 {
@@ -313,9 +316,19 @@ fn build_config(args: &TrainAudioArgs) -> Result<AudioTrainConfig> {
             }
         }
     }
-    if args.position_channel {
-        network.set_position_channel(Some(audio.clip_frames as i64));
-    }
+    audio.clip_frames = match args.seconds {
+        Some(seconds) => (seconds * sample_rate as f64).round().max(1.0) as usize,
+        None => default_clip_frames(&data, sample_rate, &network),
+    };
+    // Off unless asked for (a --network-config file says for itself); sized to the clips.
+    let position = match (args.position_channel, &args.network_config) {
+        (Some(on), _) => on,
+        (None, Some(_)) => {
+            network.position_frames().is_some() || network.position_channel_unsized()
+        }
+        (None, None) => false,
+    };
+    network.set_position_channel(position.then_some(audio.clip_frames as i64));
     if !(0.0..1.0).contains(&args.label_dropout) {
         bail!(
             "--label-dropout: must lie in [0, 1), got {}",
@@ -432,7 +445,10 @@ fn network_error(args: &TrainAudioArgs, message: &str) -> anyhow::Error {
     }
     match &args.network_config {
         Some(path) => anyhow!("--network-config: {}: {message}", path.display()),
-        None => anyhow!("--network {}: {message}", args.network),
+        None => anyhow!(
+            "--network {}: {message}",
+            args.network.as_deref().unwrap_or("unet1d")
+        ),
     }
 }
 
@@ -1099,7 +1115,6 @@ pub fn eval(args: EvalAudioArgs) -> Result<()> {
     let requested_keys: Option<Vec<String>> = requested
         .as_ref()
         .map(|r| r.iter().map(|&c| class_key(&model_class_name(c))).collect());
-    let labelled_held = held_names.iter().any(Option::is_some);
     let index_of_name: Vec<i64> = held_names
         .iter()
         .map(|n| match (n, &requested_keys) {
@@ -1110,6 +1125,9 @@ pub fn eval(args: EvalAudioArgs) -> Result<()> {
             _ => -1,
         })
         .collect();
+    // Held-out data whose classes are not the model's (other audio, class folders of other
+    // names) is compared whole, as for an unconditional model.
+    let labelled_held = index_of_name.iter().any(|&i| i >= 0);
     let (real, real_requested) = match &requested_keys {
         Some(_) if labelled_held => select_rows(held_out.clips(), &index_of_name, &|l| l >= 0),
         _ => (held_out.clips().shallow_clone(), index_of_name.clone()),

@@ -54,6 +54,18 @@ fn labelled(data: &AudioDataset) -> (Tensor, Tensor, Vec<String>) {
     )
 }
 
+/// The judge network with `--members` networks (the default's otherwise).
+fn with_members(
+    mut network: diffuse_tensor::classifier::ClassifierConfig,
+    members: Option<i64>,
+) -> Result<diffuse_tensor::classifier::ClassifierConfig> {
+    if let Some(k) = members {
+        network.members = k;
+    }
+    network.validate().map_err(|e| anyhow!("--members: {e}"))?;
+    Ok(network)
+}
+
 pub fn train(args: &TrainClassifierArgs, device: Device) -> Result<()> {
     if crate::given::given("resolution") {
         bail!("--resolution: only for images; {} holds audio", args.data);
@@ -127,7 +139,10 @@ pub fn train(args: &TrainClassifierArgs, device: Device) -> Result<()> {
     cfg.validate()
         .map_err(|e| anyhow!("--steps/--batch-size/--lr: {e}"))?;
     let augment = JudgeAugment::default();
-    let network = judge_network_config(&input, class_names.len() as i64);
+    let network = with_members(
+        judge_network_config(&input, class_names.len() as i64),
+        args.members,
+    )?;
     let started = std::time::Instant::now();
     let vs = tch::nn::VarStore::new(device);
     let model = Classifier::new(&vs.root(), &network)?;

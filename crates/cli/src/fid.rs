@@ -125,6 +125,9 @@ pub struct TrainClassifierArgs {
     pub lr: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Networks in the ensemble, each from its own initial weights, predicting by their averaged probabilities (default: 1 for images, 1 for audio).
+    #[arg(long)]
+    pub members: Option<i64>,
     /// Image side (default: the dataset's own). Images only.
     #[arg(long)]
     pub resolution: Option<u32>,
@@ -201,8 +204,10 @@ pub fn train(args: TrainClassifierArgs) -> Result<()> {
         in_channels: train_set.channels(),
         resolution: train_set.height(),
         num_classes: classes,
+        members: args.members.unwrap_or(1),
         ..ClassifierConfig::default()
     };
+    config.validate().map_err(|e| anyhow!("--members: {e}"))?;
     let defaults = ClassifierTrainConfig::default();
     let train_config = ClassifierTrainConfig {
         steps: args.steps.unwrap_or(defaults.steps),

@@ -127,9 +127,9 @@ impl<S: SamplerSet> SamplerFlags<S> {
 /// The training objective and the noise schedule.
 #[derive(Args, Clone, Debug)]
 pub struct ObjectiveArgs {
-    /// epsilon, sample or v_prediction.
-    #[arg(long, default_value = "epsilon")]
-    pub prediction_type: String,
+    /// epsilon, sample or v_prediction (default: epsilon for images, v_prediction for audio).
+    #[arg(long)]
+    pub prediction_type: Option<String>,
     /// simple (L_simple) or hybrid (learned variance, L_simple + 0.001 L_vlb).
     #[arg(long, default_value = "simple")]
     pub objective: String,
@@ -158,9 +158,10 @@ pub struct ObjectiveArgs {
     #[arg(long)]
     pub beta_end: Option<f64>,
     /// Rescale the schedule to end at pure noise (Lin et al. 2023) with trailing timesteps;
-    /// needs --prediction-type v_prediction or sample.
-    #[arg(long)]
-    pub zero_terminal_snr: bool,
+    /// needs --prediction-type v_prediction or sample (default: off for images, on for audio;
+    /// `--zero-terminal-snr false` turns it off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub zero_terminal_snr: Option<bool>,
 }
 
 /// Parse a snake_case serde enum from a flag value (dashes accepted for underscores).
@@ -201,17 +202,32 @@ impl ObjectiveArgs {
                 *slot = v;
             }
         }
-        objective.prediction_type = self
-            .prediction_type
-            .parse::<PredictionType>()
-            .map_err(|e| anyhow!("--prediction-type: {e}"))?;
-        if self.zero_terminal_snr {
-            if objective.prediction_type == PredictionType::Epsilon {
+        if let Some(name) = &self.prediction_type {
+            objective.prediction_type = name
+                .parse::<PredictionType>()
+                .map_err(|e| anyhow!("--prediction-type: {e}"))?;
+        }
+        let epsilon = objective.prediction_type == PredictionType::Epsilon;
+        match self.zero_terminal_snr {
+            Some(true) if epsilon => {
                 bail!("--zero-terminal-snr: needs --prediction-type v_prediction or sample (at zero SNR the noise says nothing about the data)");
             }
-            // Lin et al. 2023, sec. 3.1 and 3.3: the rescaled schedule, sampled from its last step.
-            schedule.rescale_betas_zero_snr = true;
-            scheduler.timestep_spacing = TimestepSpacing::Trailing;
+            Some(true) => {
+                // Lin et al. 2023, sec. 3.1 and 3.3: the rescaled schedule, sampled from its
+                // last step.
+                schedule.rescale_betas_zero_snr = true;
+                scheduler.timestep_spacing = TimestepSpacing::Trailing;
+            }
+            // Off as asked, or a modality's default schedule that an epsilon prediction typed
+            // by the user cannot use: the plain schedule and its spacing.
+            Some(false) | None
+                if schedule.rescale_betas_zero_snr
+                    && (epsilon || self.zero_terminal_snr.is_some()) =>
+            {
+                schedule.rescale_betas_zero_snr = false;
+                scheduler.timestep_spacing = DdpmConfig::default().timestep_spacing;
+            }
+            _ => {}
         }
         objective.weighting = match self.weighting.as_str() {
             "uniform" => Weighting::Uniform,
@@ -311,6 +327,42 @@ mod tests {
             err.starts_with("--zero-terminal-snr: needs --prediction-type"),
             "{err}"
         );
+        // A modality whose default is v-prediction at zero terminal SNR (audio): kept when no
+        // flag is typed, turned off by `--zero-terminal-snr false`, and left out when the user
+        // asks for epsilon prediction.
+        let audio = |args: &[&str]| {
+            #[derive(clap::Parser)]
+            struct Cli {
+                #[command(flatten)]
+                objective: ObjectiveArgs,
+            }
+            let cli = <Cli as clap::Parser>::try_parse_from(
+                std::iter::once("x").chain(args.iter().copied()),
+            )?;
+            let mut scheduler = DdpmConfig::default();
+            scheduler.schedule.rescale_betas_zero_snr = true;
+            scheduler.timestep_spacing = TimestepSpacing::Trailing;
+            let mut config = ObjectiveConfig {
+                prediction_type: PredictionType::VPrediction,
+                ..ObjectiveConfig::default()
+            };
+            cli.objective.apply(&mut scheduler, &mut config)?;
+            anyhow::Ok((scheduler, config))
+        };
+        let (scheduler, config) = audio(&[]).unwrap();
+        assert!(scheduler.schedule.rescale_betas_zero_snr);
+        assert_eq!(config.prediction_type, PredictionType::VPrediction);
+        let (scheduler, config) = audio(&["--zero-terminal-snr", "false"]).unwrap();
+        assert!(!scheduler.schedule.rescale_betas_zero_snr);
+        assert_eq!(
+            scheduler.timestep_spacing,
+            DdpmConfig::default().timestep_spacing
+        );
+        assert_eq!(config.prediction_type, PredictionType::VPrediction);
+        let (scheduler, config) = audio(&["--prediction-type", "epsilon"]).unwrap();
+        assert!(!scheduler.schedule.rescale_betas_zero_snr);
+        assert_eq!(config.prediction_type, PredictionType::Epsilon);
+        assert!(audio(&["--prediction-type", "epsilon", "--zero-terminal-snr"]).is_err());
     }
 
     #[test]

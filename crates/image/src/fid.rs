@@ -86,13 +86,13 @@ impl FidReport {
             dataset: reference_data.to_string(),
             reference_split: reference_split.to_string(),
             reference_count: reference.count,
-            feature_dim: config.feature_dim,
+            feature_dim: config.feature_width(),
             classifier_test_accuracy: info.test_accuracy,
             protocol: format!(
                 "Fréchet distance (Heusel et al. 2017) between Gaussians fitted to the {}-d penultimate \
                  features of diffuse's {} classifier (test accuracy {:.2}%) for {} generated images and \
                  {} images of the {} {} split; not comparable to Inception-v3 FID",
-                config.feature_dim,
+                config.feature_width(),
                 info.dataset,
                 100.0 * info.test_accuracy,
                 samples.count,

@@ -171,28 +171,7 @@ impl InitModel {
                 .map(|_| ())
                 .map_err(|e| Error::InvalidArgument(format!("--init: {e}")));
         }
-        let variables = vs.variables();
-        let tensors = load_tensors(&path)?
-            .tensors
-            .into_iter()
-            .map(|(name, tensor)| {
-                let adapted = match variables.get(&name) {
-                    Some(var)
-                        if VOCABULARY_ROWS.contains(&name.as_str())
-                            && var.size() != tensor.size()
-                            && var.size()[1..] == tensor.size()[1..] =>
-                    {
-                        let rows = var.size()[0].min(tensor.size()[0]);
-                        let value = var.detach().to_device(Device::Cpu).copy();
-                        value.narrow(0, 0, rows).copy_(&tensor.narrow(0, 0, rows));
-                        value
-                    }
-                    _ => tensor,
-                };
-                (name, adapted)
-            })
-            .collect();
-        let report = load_named_into(vs, tensors, &path, false)
+        let report = load_adapted(vs, load_tensors(&path)?.tensors, &path)
             .map_err(|e| Error::InvalidArgument(format!("--init: {e}")))?;
         tracing::info!(
             model = %self.dir.display(),
@@ -205,6 +184,39 @@ impl InitModel {
         );
         Ok(())
     }
+}
+
+/// Load another process's network weights into `vs`, a network of the same shape (see
+/// [`InitModel`]): the vocabulary rows (token embedding, output layer) keep the ids both share and
+/// the seed's initialisation for a row only the run has (`[MASK]`), or drop a row only the source
+/// has; weights the run lacks (adaLN) are left out and ones only the run has keep the seed's
+/// (zero adaLN makes each block start as the source's). `source` names the weights in errors.
+pub fn load_adapted(
+    vs: &VarStore,
+    tensors: Vec<(String, Tensor)>,
+    source: &Path,
+) -> Result<diffuse_tensor::weights::LoadReport> {
+    let variables = vs.variables();
+    let tensors = tensors
+        .into_iter()
+        .map(|(name, tensor)| {
+            let adapted = match variables.get(&name) {
+                Some(var)
+                    if VOCABULARY_ROWS.contains(&name.as_str())
+                        && var.size() != tensor.size()
+                        && var.size()[1..] == tensor.size()[1..] =>
+                {
+                    let rows = var.size()[0].min(tensor.size()[0]);
+                    let value = var.detach().to_device(Device::Cpu).copy();
+                    value.narrow(0, 0, rows).copy_(&tensor.narrow(0, 0, rows));
+                    value
+                }
+                _ => tensor,
+            };
+            (name, adapted)
+        })
+        .collect();
+    load_named_into(vs, tensors, source, false)
 }
 
 /// The network's variables indexed by token id in their first dimension.

@@ -671,7 +671,15 @@ fn relative_trimming_follows_the_peak_and_old_absolute_configs_still_load() {
     let json = serde_json::to_string(&old).unwrap();
     assert!(json.contains(r#""trim_silence":0.01,"#), "{json}");
     assert_eq!(serde_json::from_str::<AudioDataConfig>(&json).unwrap(), old);
-    // The bundled drums model's own record.
+    // The record of the drums model bundled before (2026-11), as it was written.
+    let old_record = r#"{"sample_rate": 16000, "channels": 1, "clip_frames": 8000, "data": {
+        "sample_rate": 16000, "channels": 1, "clip_frames": 8000, "normalize": "peak:0.95",
+        "trim_silence": 0.01, "validation_fraction": 0.1}, "dataset": "drums", "steps": 2500}"#;
+    let info: serde_json::Value = serde_json::from_str(old_record).unwrap();
+    let bundled: AudioDataConfig = serde_json::from_value(info["data"].clone()).unwrap();
+    assert_eq!(bundled.trim_silence, Some(Trim::Absolute(0.01)));
+    assert_eq!(bundled.holdout, Holdout::EveryKth);
+    // The bundled model's record today: relative trimming, two kits held out.
     let info: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/models/drums/diffuse.json"),
@@ -680,8 +688,11 @@ fn relative_trimming_follows_the_peak_and_old_absolute_configs_still_load() {
     )
     .unwrap();
     let bundled: AudioDataConfig = serde_json::from_value(info["data"].clone()).unwrap();
-    assert_eq!(bundled.trim_silence, Some(Trim::Absolute(0.01)));
-    assert_eq!(bundled.holdout, Holdout::EveryKth);
+    assert_eq!(bundled.trim_silence, Some(Trim::RelativeDb(-40.0)));
+    assert_eq!(
+        bundled.holdout,
+        Holdout::Groups(vec!["BJA_Pacific".into(), "Audiophob".into()])
+    );
     // New configs trim relative to the peak, written as a string.
     let default = serde_json::to_value(AudioDataConfig::default()).unwrap();
     assert_eq!(default["trim_silence"], "-40dB");

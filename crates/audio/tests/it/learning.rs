@@ -11,7 +11,10 @@ use diffuse_audio::data::AudioDataset;
 use diffuse_audio::diffwave::DiffWaveConfig;
 use diffuse_audio::network::AudioNetworkConfig;
 use diffuse_audio::pipeline::{AudioPipeline, AudioSampleOptions};
-use diffuse_audio::train::{sine_clips, train_audio_model, AudioTrainConfig};
+use diffuse_audio::train::{
+    diffwave_schedule, sine_clips, train_audio_model, AudioTrainConfig, DataScale,
+};
+use diffuse_core::losses::ObjectiveConfig;
 use diffuse_core::sampler_choice::SamplerChoice;
 use tch::{Device, Kind, Tensor};
 
@@ -60,9 +63,15 @@ fn diffwave_learns_a_set_of_sine_frequencies() {
     tch::manual_seed(0);
     let clips = sine_clips(512, FRAMES, RATE, &FREQUENCIES);
     let data = AudioDataset::from_clips(clips, RATE, Vec::new());
+    // DiffWave's own recipe (epsilon on its linear schedule, clips as they are), not the
+    // default UNet recipe.
     let mut config = AudioTrainConfig {
         data: "sines".into(),
         network: small_diffwave(),
+        scheduler: diffwave_schedule(),
+        objective: ObjectiveConfig::default(),
+        data_scale: DataScale::Fixed(1.0),
+        sample_sampler: "diffwave-fast".into(),
         batch_size: 32,
         sample_every: 0,
         sample_num: 2,
@@ -152,7 +161,6 @@ fn diffwave_learns_a_set_of_sine_frequencies() {
 /// network untrained puts far fewer clips at the requested frequency.
 #[test]
 fn class_conditional_diffwave_makes_the_requested_frequency() {
-    use diffuse_audio::train::DataScale;
     use diffuse_core::prediction::PredictionType;
     let _guard = rng_lock();
     tch::manual_seed(0);

@@ -664,16 +664,28 @@ fn attention_levels_add_attention_after_every_resnet_of_their_levels() {
 }
 
 #[test]
-fn the_bundled_drum_model_still_loads_strictly() {
+fn the_bundled_drum_model_loads_strictly_and_old_configs_still_read() {
+    // The bundled model: the recipe's class-conditional UNet1d, every weight in place.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/models/drums");
     let config = AudioNetworkConfig::from_json_file(&dir.join("config.json")).unwrap();
-    assert_eq!(config.num_classes(), None);
+    assert_eq!(config.num_classes(), Some(6));
     assert_eq!(config.position_frames(), None);
     let vs = VarStore::new(Device::Cpu);
     AudioNetwork::new(&vs.root(), &config).unwrap();
     let (report, _) = load_var_store(&vs, &dir.join("model.safetensors"), true).unwrap();
     assert!(report.is_clean());
-    // Written back, the config has none of the new fields.
+    // The config of the model bundled before (2026-11), written before class embeddings,
+    // position channels and attention levels: it reads as an unconditional UNet without them,
+    // and written back it has none of the new fields.
+    let old = r#"{"type": "unet1d", "in_channels": 1, "out_channels": 1,
+        "block_out_channels": [16, 32, 64, 128], "down_factors": [4, 4, 4],
+        "layers_per_block": 2, "attention": true, "attention_head_dim": 32,
+        "norm_num_groups": 8, "dropout": 0.0, "time_embed_dim": 128}"#;
+    let config: AudioNetworkConfig = serde_json::from_str(old).unwrap();
+    assert_eq!(config.num_classes(), None);
+    assert_eq!(config.position_frames(), None);
+    let vs = VarStore::new(Device::Cpu);
+    AudioNetwork::new(&vs.root(), &config).unwrap();
     let text = serde_json::to_string(&config).unwrap();
     for field in [
         "num_class_embeds",

@@ -586,9 +586,11 @@ fn bench_text(device: Device) -> Result<()> {
 /// One `text_quality` case: a process and its recipe, named as `DIFFUSE_BENCH_TEXT_CASES` lists
 /// it: `mdlm`, `bd3lm-B`, `d3pm-absorbing`, `d3pm-uniform` or `autoregressive`, optionally
 /// followed by `+count` (the exact-count estimator, in training and scoring), `+masked-ce` (the
-/// unweighted masked cross-entropy as the training loss) and `+clip=LO-HI` (mask rates drawn from
-/// [LO, HI] in training).
-fn text_quality_case(name: &str) -> Result<diffuse_text::process::ProcessConfig> {
+/// unweighted masked cross-entropy as the training loss), `+clip=LO-HI` (mask rates drawn from
+/// [LO, HI] in training) and `+ar=F` (a split budget: the autoregressive baseline trains for the
+/// share F of the budget, then its weights are adapted into the process, which trains for the
+/// rest, as `train text --init` adapts a model; the share is returned beside the config).
+fn text_quality_case(name: &str) -> Result<(diffuse_text::process::ProcessConfig, Option<f64>)> {
     use diffuse_text::process::{ProcessConfig, ProcessKind};
     let mut parts = name.split('+');
     let head = parts.next().unwrap_or_default();
@@ -609,9 +611,18 @@ fn text_quality_case(name: &str) -> Result<diffuse_text::process::ProcessConfig>
     if let Some(b) = block {
         config.block_size = b;
     }
+    let mut ar_share = None;
     for part in parts {
         match part.split_once('=') {
             None if part == "count" => config.estimator = "count".into(),
+            Some(("ar", share)) => {
+                let share: f64 = share
+                    .parse()
+                    .ok()
+                    .filter(|f| *f > 0.0 && *f < 1.0)
+                    .with_context(|| format!("case {name}: ar=F with F in (0, 1)"))?;
+                ar_share = Some(share);
+            }
             None if part == "masked-ce" => config.loss = "masked-ce".into(),
             Some(("clip", range)) => {
                 let (lo, hi) = range
@@ -619,7 +630,7 @@ fn text_quality_case(name: &str) -> Result<diffuse_text::process::ProcessConfig>
                     .with_context(|| format!("case {name}: clip=LO-HI"))?;
                 config.mask_rate_range = Some([lo.parse()?, hi.parse()?]);
             }
-            _ => bail!("case {name}: unknown part '{part}' (count, masked-ce or clip=LO-HI)"),
+            _ => bail!("case {name}: unknown part '{part}' (count, masked-ce, clip=LO-HI or ar=F)"),
         }
     }
     if !kind.is_masked_diffusion()
@@ -627,7 +638,64 @@ fn text_quality_case(name: &str) -> Result<diffuse_text::process::ProcessConfig>
     {
         bail!("case {name}: +count, +masked-ce and +clip apply to mdlm and bd3lm");
     }
-    Ok(config)
+    if kind == diffuse_text::process::ProcessKind::Autoregressive && ar_share.is_some() {
+        bail!("case {name}: +ar=F adapts the autoregressive model into another process");
+    }
+    Ok((config, ar_share))
+}
+
+/// Train `net` with `process` for `seconds` of wall time by `text_quality`'s recipe (AdamW at
+/// `lr`, linear warmup over `warmup` steps, then cosine decay to 0 at the end of the budget by
+/// elapsed time, so every process ends annealed whatever its step rate; gradient clipping at 1;
+/// EMA 0.999), leave the EMA weights in `vs`, and return the steps made.
+#[allow(clippy::too_many_arguments)]
+fn train_text_for(
+    vs: &VarStore,
+    net: &diffuse_text::transformer::TextTransformer,
+    process: &diffuse_text::process::TextProcess,
+    time_conditioning: bool,
+    data: &diffuse_text::corpus::TokenizedCorpus,
+    (batch, seed, warmup, lr): (usize, u64, u64, f64),
+    seconds: f64,
+    device: Device,
+) -> Result<u64> {
+    use diffuse_tensor::ema::{Ema, EmaConfig};
+    use std::time::Instant;
+    let sampler = data.train.sampler(batch, seed)?;
+    let mut opt = AdamW::new(
+        vs,
+        AdamWConfig {
+            lr,
+            ..Default::default()
+        },
+    )?;
+    let mut ema = Ema::new(
+        vs,
+        EmaConfig {
+            decay: 0.999,
+            ..EmaConfig::default()
+        },
+    )?;
+    let start = Instant::now();
+    let budget = Duration::from_secs_f64(seconds);
+    let mut steps = 0u64;
+    while start.elapsed() < budget {
+        let x0 = data.train.sampled_batch(&sampler, steps, device);
+        opt.zero_grad();
+        let loss = process.loss(net, &x0, time_conditioning)?;
+        loss.backward();
+        diffuse_tensor::grad::clip_grad_norm(opt.parameters(), 1.0);
+        let done = (start.elapsed().as_secs_f64() / seconds).min(1.0);
+        let factor = (steps as f64 / warmup as f64).min(1.0)
+            * 0.5
+            * (1.0 + (std::f64::consts::PI * done).cos());
+        opt.step(lr * factor);
+        ema.update(vs);
+        steps += 1;
+    }
+    diffuse_cli::measure::sync(device);
+    ema.copy_to(vs);
+    Ok(steps)
 }
 
 /// Validation bits/char of the text processes after the same wall-clock training budget
@@ -640,10 +708,11 @@ fn text_quality_case(name: &str) -> Result<diffuse_text::process::ProcessConfig>
 /// per sequence (per block for BD3-LM), D3PM's whole bound with T = 100 (not the default 1000,
 /// whose bound takes 10x longer to evaluate), the autoregressive model exactly. Cases:
 /// `DIFFUSE_BENCH_TEXT_CASES` (comma-separated, see [`text_quality_case`]), by default
-/// `autoregressive,bd3lm-4,bd3lm-16,mdlm,d3pm-absorbing`. The MDLM network's config.json goes to
+/// `autoregressive,bd3lm-4,bd3lm-16,mdlm,d3pm-absorbing`; a case with `+ar=F` trains the
+/// autoregressive baseline for the share F of the budget and the process from its adapted
+/// weights for the rest, the budget counted once. The MDLM network's config.json goes to
 /// target/bench-cache for the peer, which trains it in PyTorch with the same recipe.
 fn bench_text_quality(device: Device) -> Result<()> {
-    use diffuse_tensor::ema::{Ema, EmaConfig};
     use diffuse_text::corpus::{default_datasets_dir, Corpus};
     use diffuse_text::process::{ProcessKind, TextProcess};
     use diffuse_text::transformer::TextTransformer;
@@ -659,13 +728,13 @@ fn bench_text_quality(device: Device) -> Result<()> {
     };
     let cases = std::env::var("DIFFUSE_BENCH_TEXT_CASES")
         .unwrap_or_else(|_| "autoregressive,bd3lm-4,bd3lm-16,mdlm,d3pm-absorbing".into());
-    let cases: Vec<(String, diffuse_text::process::ProcessConfig)> = cases
+    type Case = (diffuse_text::process::ProcessConfig, Option<f64>);
+    let cases: Vec<(String, Case)> = cases
         .split(',')
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .map(|c| Ok((c.to_owned(), text_quality_case(c)?)))
         .collect::<Result<_>>()?;
-    let budget = Duration::from_secs_f64(seconds);
     let (seq_len, batch, seed, warmup, lr) = (128usize, 32usize, 0u64, 100u64, 1e-3);
     let corpus = Corpus::load("shakespeare", &default_datasets_dir())?;
     let tokenizer = corpus.char_tokenizer()?;
@@ -673,56 +742,72 @@ fn bench_text_quality(device: Device) -> Result<()> {
     let validation = &data.validation;
     let chars_per_token = validation.stats().chars_per_token();
     let v = tokenizer.vocab_size() as i64;
-    for (name, process_config) in cases {
+    let recipe = (batch, seed, warmup, lr);
+    for (name, (process_config, ar_share)) in cases {
         let kind = process_config.kind;
         let (input, output) = kind.vocab_sizes(v);
         let mut config = bench_text_config(input, output, kind == ProcessKind::Autoregressive);
         config.time_conditioning = process_config.time_conditioning;
         process_config.check_seq_len(seq_len)?;
-        if kind == ProcessKind::Mdlm {
+        if kind == ProcessKind::Mdlm && ar_share.is_none() {
             // The peer trains the same network for MDLM.
             config.to_json_file(&bench_cache()?.join("text_quality_mdlm_config.json"))?;
+        }
+        let start = Instant::now();
+        // A split budget: the autoregressive baseline first, its EMA weights adapted into the
+        // process's network (the seed's `[MASK]` row, attention no longer causal).
+        let mut pretrained = None;
+        if let Some(share) = ar_share {
+            let ar_kind = ProcessKind::Autoregressive;
+            let ar_process_config = diffuse_text::process::ProcessConfig::new(ar_kind);
+            let (ar_in, ar_out) = ar_kind.vocab_sizes(v);
+            let mut ar_config = bench_text_config(ar_in, ar_out, true);
+            ar_config.time_conditioning = ar_process_config.time_conditioning;
+            diffuse_tensor::manual_seed(seed);
+            let ar_vs = VarStore::new(device);
+            let ar_net = TextTransformer::new(&ar_vs.root(), &ar_config)?;
+            let ar_process = TextProcess::new(&ar_process_config, v)?;
+            let ar_steps = train_text_for(
+                &ar_vs,
+                &ar_net,
+                &ar_process,
+                ar_process_config.time_conditioning,
+                &data,
+                recipe,
+                seconds * share,
+                device,
+            )?;
+            let tensors = ar_vs
+                .variables()
+                .into_iter()
+                .map(|(name, t)| (name, t.detach().to_device(Device::Cpu)))
+                .collect();
+            pretrained = Some((tensors, ar_steps));
         }
         diffuse_tensor::manual_seed(seed);
         let vs = VarStore::new(device);
         let net = TextTransformer::new(&vs.root(), &config)?;
-        let process = TextProcess::new(&process_config, v)?;
-        let sampler = data.train.sampler(batch, seed)?;
-        let mut opt = AdamW::new(
-            &vs,
-            AdamWConfig {
-                lr,
-                ..Default::default()
-            },
-        )?;
-        let mut ema = Ema::new(
-            &vs,
-            EmaConfig {
-                decay: 0.999,
-                ..EmaConfig::default()
-            },
-        )?;
-        let start = Instant::now();
-        let mut steps = 0u64;
-        while start.elapsed() < budget {
-            let x0 = data.train.sampled_batch(&sampler, steps, device);
-            opt.zero_grad();
-            let loss = process.loss(&net, &x0, process_config.time_conditioning)?;
-            loss.backward();
-            diffuse_tensor::grad::clip_grad_norm(opt.parameters(), 1.0);
-            // Linear warmup (the first step's rate is 0), then cosine decay to 0 at the end of
-            // the time budget: every process ends its run annealed, whatever its step rate.
-            let done = (start.elapsed().as_secs_f64() / seconds).min(1.0);
-            let factor = (steps as f64 / warmup as f64).min(1.0)
-                * 0.5
-                * (1.0 + (std::f64::consts::PI * done).cos());
-            opt.step(lr * factor);
-            ema.update(&vs);
-            steps += 1;
+        if let Some((tensors, _)) = pretrained.as_mut() {
+            diffuse_text::train::load_adapted(
+                &vs,
+                std::mem::take(tensors),
+                std::path::Path::new("the autoregressive phase"),
+            )?;
         }
-        diffuse_cli::measure::sync(device);
-        let ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
-        ema.copy_to(&vs);
+        let process = TextProcess::new(&process_config, v)?;
+        let left = seconds - start.elapsed().as_secs_f64();
+        let steps = train_text_for(
+            &vs,
+            &net,
+            &process,
+            process_config.time_conditioning,
+            &data,
+            recipe,
+            left,
+            device,
+        )?;
+        let ms = start.elapsed().as_secs_f64() * 1e3
+            / (steps + pretrained.as_ref().map_or(0, |p| p.1)) as f64;
         let nll = process.nll(
             &net,
             process_config.time_conditioning,
@@ -742,6 +827,10 @@ fn bench_text_quality(device: Device) -> Result<()> {
             ProcessKind::Mdlm => format!("upper bound, 4 {draws} per sequence"),
             ProcessKind::Bd3lm => format!("upper bound, 4 {draws} per block"),
             _ => format!("upper bound, T = {}", process_config.d3pm_timesteps),
+        };
+        let steps = match &pretrained {
+            Some((_, ar_steps)) => format!("{ar_steps} autoregressive steps, then {steps}"),
+            None => format!("{steps}"),
         };
         emit(
             &format!("{name}, {seconds} s of training"),
