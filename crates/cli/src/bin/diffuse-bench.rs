@@ -583,6 +583,19 @@ fn bench_text(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// The training budget of the quality benchmarks: `DIFFUSE_BENCH_SECONDS`, or `default`.
+fn bench_seconds(default: f64) -> Result<f64> {
+    match std::env::var("DIFFUSE_BENCH_SECONDS") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|s: &f64| *s > 0.0 && s.is_finite())
+            .with_context(|| format!("DIFFUSE_BENCH_SECONDS={v:?}: expected seconds > 0")),
+        Err(_) => Ok(default),
+    }
+}
+
 /// One `text_quality` case: a process and its recipe, named as `DIFFUSE_BENCH_TEXT_CASES` lists
 /// it: `mdlm`, `bd3lm-B`, `d3pm-absorbing`, `d3pm-uniform` or `autoregressive`, optionally
 /// followed by `+count` (the exact-count estimator, in training and scoring), `+masked-ce` (the
@@ -717,15 +730,7 @@ fn bench_text_quality(device: Device) -> Result<()> {
     use diffuse_text::process::{ProcessKind, TextProcess};
     use diffuse_text::transformer::TextTransformer;
     use std::time::Instant;
-    let seconds: f64 = match std::env::var("DIFFUSE_BENCH_SECONDS") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .ok()
-            .filter(|s: &f64| *s > 0.0 && s.is_finite())
-            .with_context(|| format!("DIFFUSE_BENCH_SECONDS={v:?}: expected seconds > 0"))?,
-        Err(_) => 120.0,
-    };
+    let seconds = bench_seconds(120.0)?;
     let cases = std::env::var("DIFFUSE_BENCH_TEXT_CASES")
         .unwrap_or_else(|_| "autoregressive,bd3lm-4,bd3lm-16,mdlm,d3pm-absorbing".into());
     type Case = (diffuse_text::process::ProcessConfig, Option<f64>);
@@ -863,15 +868,7 @@ fn bench_poisson(device: Device) -> Result<()> {
     use diffuse_tensor::data::EpochSampler;
     use diffuse_tensor::lr::{LrSchedule, LrScheduleKind};
     use std::time::Instant;
-    let seconds: f64 = match std::env::var("DIFFUSE_BENCH_SECONDS") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .ok()
-            .filter(|s: &f64| *s > 0.0 && s.is_finite())
-            .with_context(|| format!("DIFFUSE_BENCH_SECONDS={v:?}: expected seconds > 0"))?,
-        Err(_) => 300.0,
-    };
+    let seconds = bench_seconds(300.0)?;
     let budget = Duration::from_secs_f64(seconds);
     let (batch, num_samples, sample_steps, bpd_images) = (64usize, 500usize, 50usize, 20usize);
     let datasets = ImageDataset::default_datasets_dir();
