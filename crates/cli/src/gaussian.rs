@@ -298,6 +298,15 @@ mod tests {
     }
 
     fn objective(args: &[&str]) -> Result<(DdpmConfig, ObjectiveConfig)> {
+        objective_over(args, DdpmConfig::default(), ObjectiveConfig::default())
+    }
+
+    /// The flags applied over a modality's defaults.
+    fn objective_over(
+        args: &[&str],
+        mut scheduler: DdpmConfig,
+        mut config: ObjectiveConfig,
+    ) -> Result<(DdpmConfig, ObjectiveConfig)> {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
@@ -306,7 +315,6 @@ mod tests {
         let cli = <Cli as clap::Parser>::try_parse_from(
             std::iter::once("x").chain(args.iter().copied()),
         )?;
-        let (mut scheduler, mut config) = (DdpmConfig::default(), ObjectiveConfig::default());
         cli.objective.apply(&mut scheduler, &mut config)?;
         Ok((scheduler, config))
     }
@@ -331,23 +339,14 @@ mod tests {
         // flag is typed, turned off by `--zero-terminal-snr false`, and left out when the user
         // asks for epsilon prediction.
         let audio = |args: &[&str]| {
-            #[derive(clap::Parser)]
-            struct Cli {
-                #[command(flatten)]
-                objective: ObjectiveArgs,
-            }
-            let cli = <Cli as clap::Parser>::try_parse_from(
-                std::iter::once("x").chain(args.iter().copied()),
-            )?;
             let mut scheduler = DdpmConfig::default();
             scheduler.schedule.rescale_betas_zero_snr = true;
             scheduler.timestep_spacing = TimestepSpacing::Trailing;
-            let mut config = ObjectiveConfig {
+            let config = ObjectiveConfig {
                 prediction_type: PredictionType::VPrediction,
                 ..ObjectiveConfig::default()
             };
-            cli.objective.apply(&mut scheduler, &mut config)?;
-            anyhow::Ok((scheduler, config))
+            objective_over(args, scheduler, config)
         };
         let (scheduler, config) = audio(&[]).unwrap();
         assert!(scheduler.schedule.rescale_betas_zero_snr);
