@@ -407,6 +407,276 @@ fn train_resume_sample_inpaint_edit_and_eval_on_the_mnist_subset() {
     );
     // Seeded: the same command gives the same number.
     assert_eq!(fid()["value"].as_f64().unwrap(), value);
+    // The distance between its floor (16 real train images against the same reference) and its
+    // bound (16 noise images), precision and recall beside the real images' own, the class mix.
+    let floor = first["floor"].as_f64().unwrap();
+    assert!(floor.is_finite() && floor > 0.0, "floor {floor}");
+    assert_eq!(first["floor_images"], 16);
+    assert_eq!(first["floor_held_out"], true);
+    let ratio = first["ratio"].as_f64().unwrap();
+    assert!(
+        (ratio - value / floor).abs() <= 1e-12 * ratio.abs(),
+        "{first}"
+    );
+    let noise = first["noise_bound"].as_f64().unwrap();
+    assert!(
+        noise > floor,
+        "noise bound {noise} not above the floor {floor}"
+    );
+    for key in ["precision_recall", "real_precision_recall"] {
+        let pr = &first[key];
+        for figure in ["precision", "recall"] {
+            let v = pr[figure].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{key}.{figure} {v}");
+        }
+        assert_eq!(pr["neighbours"], 3);
+        assert_eq!(pr["real"], 16);
+        assert_eq!(pr["generated"], 16);
+    }
+    for key in ["generated_mix", "test_mix"] {
+        let mix: Vec<f64> = first[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(mix.len(), 10, "{key}");
+        assert!(
+            (mix.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+            "{key} {mix:?}"
+        );
+    }
+    assert_eq!(first["test_images"], 128);
+    assert!(first["conditional"].is_null(), "{first}");
+    // As text, with the pictures: the class histogram only (no classes were asked for).
+    let plots = tmp.path().join("plots");
+    let eval_fid = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "image",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--metric",
+            "fid",
+            "--classifier",
+            s(&classifier),
+            "--batch-size",
+            "8",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "4",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    let r = eval_fid(&["--num", "16", "--plots", s(&plots)]);
+    assert!(r.success(), "{}", r.stderr);
+    for needle in [
+        "Fréchet distance",
+        "floor",
+        "16 real train images",
+        "ratio",
+        "bound",
+        "precision",
+        "recall",
+        "(real: ",
+        "Kynkäänniemi",
+    ] {
+        assert!(r.stdout.contains(needle), "no {needle:?} in: {}", r.stdout);
+    }
+    assert!(plots.join("classes.png").is_file());
+    assert!(!plots.join("confusion.png").exists());
+    // Classes for a model without them; the report's flags without the report; too few images.
+    for (extra, needles) in [
+        (
+            &["--num", "16", "--classes", "3"][..],
+            &["--classes", "not class-conditioned"][..],
+        ),
+        (&["--num", "3"], &["--num", "at least 4"]),
+    ] {
+        assert_user_error(&eval_fid(extra), needles);
+    }
+    for flag in ["--classes", "--plots"] {
+        let r = diffuse(
+            &[
+                "eval",
+                "image",
+                "--model",
+                s(&model),
+                "--data",
+                s(&data),
+                "--metric",
+                "bpd",
+                flag,
+                "3",
+                "--device",
+                "cpu",
+            ],
+            None,
+        );
+        assert_user_error(&r, &[flag, "only for --metric fid"]);
+    }
+}
+
+/// A class-conditional model asked for every class in turn (and for some), judged by a classifier
+/// trained on the same subset: the share of images put in the requested class per class, beside
+/// the classifier's own on test images, and one clear line for classes it does not have.
+#[test]
+fn eval_fid_reports_a_class_conditional_model_per_requested_class() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture("mnist-subset");
+    let run = tmp.path().join("run");
+    let r = diffuse(
+        &train_args(s(&data), s(&run), &["--class-conditional"]),
+        None,
+    );
+    assert!(r.success(), "train failed: {}", r.stderr);
+    let model = run.join("model");
+    let classifier = tmp.path().join("classifier");
+    let r = diffuse(
+        &[
+            "train",
+            "classifier",
+            "--data",
+            s(&data),
+            "--out",
+            s(&classifier),
+            "--steps",
+            "30",
+            "--batch-size",
+            "32",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(r.success(), "{}", r.stderr);
+    let plots = tmp.path().join("plots");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "image",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--metric",
+            "fid",
+            "--classifier",
+            s(&classifier),
+            "--batch-size",
+            "10",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args, None)
+    };
+    // Every class, two images each, guided.
+    let r = eval(&[
+        "--num",
+        "20",
+        "--guidance",
+        "2",
+        "--json",
+        "--plots",
+        s(&plots),
+    ]);
+    assert!(r.success(), "{}", r.stderr);
+    let report = serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["fid"].clone();
+    let c = &report["conditional"];
+    let per_class = c["per_class"].as_array().unwrap();
+    assert_eq!(per_class.len(), 10, "{c}");
+    let mut mean = 0.0;
+    for (i, p) in per_class.iter().enumerate() {
+        assert_eq!(p["class"], i.to_string());
+        assert_eq!(p["clips"], 2);
+        let a = p["accuracy"].as_f64().unwrap();
+        assert!([0.0, 0.5, 1.0].contains(&a), "{p}");
+        mean += a / 10.0;
+    }
+    assert!((c["mean_accuracy"].as_f64().unwrap() - mean).abs() < 1e-12);
+    let confusion = c["confusion"].as_array().unwrap();
+    for (i, row) in confusion.iter().enumerate() {
+        let row: Vec<u64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(row.len(), 10);
+        assert_eq!(row.iter().sum::<u64>(), 2, "row {i}");
+        assert_eq!(
+            row[i] as f64 / 2.0,
+            per_class[i]["accuracy"].as_f64().unwrap()
+        );
+    }
+    assert!((c["chance"].as_f64().unwrap() - 0.1).abs() < 1e-12);
+    // The classifier's own share on the test images of each class (every class has some).
+    let real = c["real_mean_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&real), "{c}");
+    let tested: u64 = c["real_per_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["clips"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tested, 128);
+    assert_eq!(report["requested_classes"].as_array().unwrap().len(), 10);
+    assert_eq!(report["guidance"], 2.0);
+    assert!(plots.join("confusion.png").is_file() && plots.join("classes.png").is_file());
+    // Some classes, shared out evenly; as text.
+    let r = eval(&["--num", "9", "--classes", "3,7"]);
+    assert!(r.success(), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("in the requested class:") && r.stdout.contains("chance 10.0%"),
+        "{}",
+        r.stdout
+    );
+    let r = eval(&["--num", "9", "--classes", "3,7", "--json"]);
+    let report = serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["fid"].clone();
+    let clips: Vec<(String, u64)> = report["conditional"]["per_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["class"].as_str().unwrap().to_string(),
+                p["clips"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(clips, [("3".to_string(), 5), ("7".to_string(), 4)]);
+    // Mistakes: one line each, nothing written.
+    let nothing = tmp.path().join("nothing");
+    for (extra, needles) in [
+        (&["--classes", "12"][..], &["--classes", "out of range"][..]),
+        (&["--classes", "seven"], &["--classes", "'seven'"]),
+        (&["--classes", ","], &["--classes", "names no class"]),
+        (
+            &["--class", "3", "--classes", "4"],
+            &["--classes", "either --class or --classes"],
+        ),
+        (&["--num", "5"], &["--num", "10 requested classes"]),
+    ] {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--plots", s(&nothing)]);
+        assert_user_error(&eval(&args), needles);
+        assert!(!nothing.exists(), "{extra:?} wrote its pictures");
+    }
 }
 
 /// diffusers' `DDPMPipeline` / `DDIMPipeline` with `generator=torch.manual_seed(S)` on the

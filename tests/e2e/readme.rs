@@ -160,7 +160,14 @@ fn shorten(args: &[String]) -> Vec<String> {
             }
         }
         "sample" | "inpaint" | "eval" => {
-            cap(&mut tail, "--num", 4.0);
+            // An image evaluation asks a class-conditional model for every class, and needs an
+            // image of each (ten here).
+            let images = if verb == "eval" && kind == "image" {
+                10.0
+            } else {
+                4.0
+            };
+            cap(&mut tail, "--num", images);
             cap(&mut tail, "--steps", 4.0);
             cap(&mut tail, "--resample", 2.0);
             cap(&mut tail, "--limit", 2.0);
@@ -178,7 +185,7 @@ fn shorten(args: &[String]) -> Vec<String> {
                 // Evaluations default to hundreds of samples, every held-out item, or a
                 // sampler's full step count; each takes these flags.
                 let sizes: &[(&str, &str)] = match kind.as_str() {
-                    "image" => &[("--num", "4"), ("--limit", "2"), ("--steps", "4")],
+                    "image" => &[("--num", "10"), ("--limit", "2"), ("--steps", "4")],
                     "audio" => &[("--num", "2"), ("--steps", "4")],
                     "text" => &[("--limit", "2")],
                     "counts" => &[("--num", "50"), ("--limit", "2"), ("--steps", "4")],

@@ -8,7 +8,8 @@ over T = 200 in float64; DiffWave's fast sampler (Kong et al. 2021, appendix B) 
 beta^infer = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5] run as its own ancestral chain, the network asked
 at the aligned fractional timesteps, no clamping of the chain; DDPM ancestral sampling with
 fixed-small variance and x0 clipped to [-1, 1] on 50 leading-spaced timesteps and on all 200.
-Peak memory as in image.py."""
+Then the bundled drums model's network (the audio recipe) sampled by guided DDIM and trained at
+its batch (`drums_recipe_cases`). Peak memory as in image.py."""
 import json
 import math
 import os
@@ -34,12 +35,11 @@ def load_config(name):
         return json.load(f)
 
 
-def train_step_case(device, config):
+def train_step_case(device, config, name=None, batch=8, length=16384):
     torch.manual_seed(0)
     model = build_network(config).to(device).train()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
-    batch, length = 8, 16384
     x0 = torch.randn(batch, 1, length, device=device) * 0.3
     abar = ALPHAS_CUMPROD.to(device)
 
@@ -57,7 +57,7 @@ def train_step_case(device, config):
     reset_peak_rss()
     ms = time_ms(device, 1, 3, 5.0, step)
     audio_s = batch * length / RATE
-    emit(f"{config['type']} b{batch}x{length} train step (fwd+bwd+adamw)", ms,
+    emit(f"{name or config['type']} b{batch}x{length} train step (fwd+bwd+adamw)", ms,
          f"{params:.2f}M parameters, {audio_s * 1e3 / ms:.4f} s of 16 kHz audio per s{memory_note()}")
 
 
@@ -125,6 +125,73 @@ def ddpm(model, x, steps):
     return x
 
 
+def zero_snr_alphas_cumprod(betas):
+    """Lin et al. 2023, algorithm 1 (diffusers' rescale_zero_terminal_snr): shift and scale
+    sqrt(alpha_bar) so the last step is pure noise and the first is unchanged."""
+    sqrt_abar = torch.cumprod(1.0 - betas, 0).sqrt()
+    first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
+    sqrt_abar = (sqrt_abar - last) * (first / (first - last))
+    return sqrt_abar.square()
+
+
+@torch.no_grad()
+def ddim_guided(model, x, steps, label, null, scale, abar, clip):
+    """DDIM (Song et al. 2021, eta 0) on `steps` trailing timesteps of a v-prediction model, x0
+    clipped to +-clip, the final step to alpha_bar 1 (diffusers' DDIMScheduler with
+    set_alpha_to_one), each step guided (Ho & Salimans 2022) by the null class's output."""
+    n = len(abar)
+    ratio = n / steps
+    timesteps = [round(n - k * ratio) - 1 for k in range(steps)]
+    b = x.shape[0]
+    cond = torch.full((b,), label, dtype=torch.int64, device=x.device)
+    uncond = torch.full((b,), null, dtype=torch.int64, device=x.device)
+    for i, t in enumerate(timesteps):
+        tt = torch.full((b,), float(t), device=x.device)
+        v_c = forward_any_length(model, x, tt, cond)
+        v_u = forward_any_length(model, x, tt, uncond)
+        v = v_u + (v_c - v_u) * scale
+        a, s = math.sqrt(abar[t]), math.sqrt(1.0 - abar[t])
+        x0 = (x * a - v * s).clamp(-clip, clip)
+        eps = v * a + x * s
+        abar_prev = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
+        x = x0 * math.sqrt(abar_prev) + eps * math.sqrt(max(1.0 - abar_prev, 0.0))
+    return x
+
+
+def drums_recipe_cases(device):
+    """The bundled drums model's network (data/models/drums/config.json, weights left random:
+    they do not change the cost) sampled as the library's bench case does: 5 clips of 0.512 s,
+    DDIM 50 steps, guidance 3 for class 0; then its training step at batch 16 x 8192."""
+    model_dir = os.path.join(ROOT, "data", "models", "drums")
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    with open(os.path.join(model_dir, "scheduler_config.json")) as f:
+        scheduler = json.load(f)
+    with open(os.path.join(model_dir, "diffuse.json")) as f:
+        info = json.load(f)
+    betas = torch.linspace(scheduler["beta_start"], scheduler["beta_end"],
+                           scheduler["num_train_timesteps"], dtype=torch.float64)
+    abar = zero_snr_alphas_cumprod(betas).tolist()
+    torch.manual_seed(0)
+    model = build_network(config).to(device).eval()
+    frames = info["clip_frames"]
+    null = config["num_class_embeds"] - 1
+
+    def run():
+        torch.manual_seed(1)
+        x = torch.randn(5, 1, frames).to(device)
+        ddim_guided(model, x, 50, 0, null, 3.0, abar, scheduler["clip_sample_range"])
+
+    reset_peak_rss()
+    ms = time_ms(device, 1, 3, 0.0, run)
+    audio_s = 5 * frames / RATE
+    emit("drums recipe sample 5 x 0.512 s, ddim 50 steps, guidance 3", ms,
+         f"100 model calls at batch 5, real-time factor {audio_s * 1e3 / ms:.4f} (s of audio per s)"
+         f"{memory_note()}")
+    del model
+    train_step_case(device, config, "drums recipe", 16, 8192)
+
+
 def main():
     a = args()
     device = torch.device(a.device)
@@ -150,6 +217,8 @@ def main():
         emit(f"diffwave sample 1 s at 16 kHz, {name} {steps} steps", ms,
              f"{steps} model calls, real-time factor {1e3 / ms:.4f} (s of audio per s){memory_note()}")
 
+    del model
+    drums_recipe_cases(device)
     train_step_case(device, unet_config)
     train_step_case(device, diffwave_config)
 

@@ -17,18 +17,23 @@
 //!
 //! With a judge ([`crate::judge`]) the report adds what it hears ([`JudgeReport`]): how often
 //! clips asked for a class are heard as that class, the class mix and confidence of all
-//! generated clips, and the kernel distance (KID) on its features, each beside the same figure
-//! for real held-out clips and for shaped noise.
+//! generated clips (both computed by `diffuse_tensor::quality`, which images share), and the
+//! kernel distance (KID) on its features, each beside the same figure for real held-out clips
+//! and for shaped noise.
 
 use crate::clip::AudioClip;
 use crate::data::Normalize;
 use crate::features::{log_mel_spectrogram, MelConfig};
-use crate::judge::{AudioJudge, ClassAccuracy};
+use crate::judge::AudioJudge;
 use diffuse_tensor::frechet::{frechet_distance, FeatureStats};
 use diffuse_tensor::kid::{kernel_inception_distance, Kid};
+use diffuse_tensor::quality::{conditional_report, mix_and_confidence};
 use diffuse_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+
+/// How clips asked for classes were heard: the report every modality shares.
+pub use diffuse_tensor::quality::ConditionalReport;
 
 /// The three distances to the reference set, and what they were computed on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -196,25 +201,6 @@ impl From<Kid> for KidFigure {
     }
 }
 
-/// How clips asked for classes were heard.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ConditionalReport {
-    /// Per requested class: its generated clips and the share heard as it.
-    pub per_class: Vec<ClassAccuracy>,
-    /// Mean over the requested classes of their shares.
-    pub mean_accuracy: f64,
-    /// The same for real held-out clips of those classes (what a perfect model would get).
-    pub real_per_class: Vec<ClassAccuracy>,
-    /// Their mean over the classes with real clips (`None` when the held-out clips have no
-    /// labels the judge knows).
-    pub real_mean_accuracy: Option<f64>,
-    /// One over the judge's classes: what clips of no class would get by chance.
-    pub chance: f64,
-    /// `confusion[requested][heard]`, rows in the order of `per_class`, columns the judge's
-    /// classes.
-    pub confusion: Vec<Vec<u64>>,
-}
-
 /// What the judge hears in generated clips, each figure beside real held-out clips and noise.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JudgeReport {
@@ -253,19 +239,6 @@ pub fn resample_clips(clips: &Tensor, from: u32, to: u32) -> Result<Tensor> {
     Ok(Tensor::stack(&out, 0))
 }
 
-/// Share of rows predicted as each of `k` classes, and the mean largest probability.
-fn mix_and_confidence(logits: &Tensor, k: i64) -> (Vec<f64>, f64) {
-    let n = logits.size()[0].max(1) as f64;
-    let predicted = logits.argmax(-1, false);
-    let counts = predicted.bincount::<Tensor>(None, k).to_kind(Kind::Double) / n;
-    let confidence = logits
-        .softmax(-1, Kind::Double)
-        .amax([-1i64].as_slice(), false)
-        .mean(Kind::Double)
-        .double_value(&[]);
-    (Vec::<f64>::try_from(counts).expect("a vector"), confidence)
-}
-
 /// The judge's report on `generated` clips (`[N, C, L]` at `sample_rate`), `requested` `[N]`
 /// the judge's class index each clip was asked for (conditional models), against the held-out
 /// `reference` and `second` sets (their labels `[.]` in the judge's indices, -1 for none).
@@ -296,60 +269,17 @@ pub fn judge_report(
         Ok(kernel_inception_distance(x, &ref_features, 100, 1000, seed)?.into())
     };
     let names = judge.class_names();
-    let conditional = requested.map(|requested| {
-        let requested = requested.to_kind(Kind::Int64).to_device(Device::Cpu);
-        let heard = gen_logits.argmax(-1, false);
-        let real_heard = real_logits.argmax(-1, false);
-        let labels = real_labels.to_kind(Kind::Int64).to_device(Device::Cpu);
-        let mut classes: Vec<i64> = Vec::<i64>::try_from(&requested).expect("a vector");
-        classes.sort_unstable();
-        classes.dedup();
-        let share = |who: &Tensor, heard: &Tensor, c: i64| {
-            let mask = who.eq(c);
-            let clips = mask.sum(Kind::Int64).int64_value(&[]) as u64;
-            let hits = heard
-                .eq(c)
-                .logical_and(&mask)
-                .sum(Kind::Int64)
-                .int64_value(&[]);
-            ClassAccuracy {
-                class: names[c as usize].clone(),
-                clips,
-                accuracy: (clips > 0).then(|| hits as f64 / clips as f64),
-            }
-        };
-        let per_class: Vec<ClassAccuracy> = classes
-            .iter()
-            .map(|&c| share(&requested, &heard, c))
-            .collect();
-        let real_per_class: Vec<ClassAccuracy> = classes
-            .iter()
-            .map(|&c| share(&labels, &real_heard, c))
-            .collect();
-        let mean = |v: &[ClassAccuracy]| {
-            let a: Vec<f64> = v.iter().filter_map(|c| c.accuracy).collect();
-            (!a.is_empty()).then(|| a.iter().sum::<f64>() / a.len() as f64)
-        };
-        let confusion = classes
-            .iter()
-            .map(|&c| {
-                let rows = heard.masked_select(&requested.eq(c));
-                Vec::<i64>::try_from(rows.bincount::<Tensor>(None, k))
-                    .expect("a vector")
-                    .into_iter()
-                    .map(|v| v as u64)
-                    .collect()
-            })
-            .collect();
-        ConditionalReport {
-            mean_accuracy: mean(&per_class).unwrap_or(0.0),
-            real_mean_accuracy: mean(&real_per_class),
-            per_class,
-            real_per_class,
-            chance: 1.0 / k as f64,
-            confusion,
-        }
-    });
+    let conditional = requested
+        .map(|requested| {
+            conditional_report(
+                requested,
+                &gen_logits.argmax(-1, false),
+                real_labels,
+                &real_logits.argmax(-1, false),
+                names,
+            )
+        })
+        .transpose()?;
     Ok(JudgeReport {
         classes: names.to_vec(),
         judge_held_out_accuracy: judge.record.held_out.accuracy,

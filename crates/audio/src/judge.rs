@@ -347,14 +347,8 @@ pub struct ClassReport {
     pub confusion: Vec<Vec<u64>>,
 }
 
-/// One class's line of a [`ClassReport`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ClassAccuracy {
-    pub class: String,
-    pub clips: u64,
-    /// Share of its clips predicted as it (NaN without clips; written as null).
-    pub accuracy: Option<f64>,
-}
+/// One class's line of a [`ClassReport`] (shared with every modality's judging).
+pub use diffuse_tensor::quality::ClassAccuracy;
 
 impl ClassReport {
     /// The report of predictions `[N]` against labels `[N]` over `class_names`.

@@ -2,6 +2,7 @@
 //! `inpaint audio` (fill a gap in a recording) and `eval audio` (the log-mel Fréchet distance
 //! between bounds), thin over `diffuse-audio`.
 
+use crate::class_key;
 use crate::gaussian::{ObjectiveArgs, SamplerChoiceArgs};
 use crate::model_kind::{check_model_kind, ModelKind};
 use crate::run_dir::{
@@ -951,14 +952,6 @@ pub struct EvalAudioArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Normalised class name, for matching a model's classes with a judge's or a dataset's.
-fn class_key(name: &str) -> String {
-    name.chars()
-        .filter(|c| c.is_alphanumeric())
-        .flat_map(char::to_lowercase)
-        .collect()
 }
 
 /// The judge `eval audio` uses: `--judge DIR`, none for `--judge none`, else the dataset's

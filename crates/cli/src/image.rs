@@ -632,6 +632,14 @@ pub struct EvalImageArgs {
     /// fid: classifier directory (default: data/models/<dataset>-classifier).
     #[arg(long)]
     pub classifier: Option<PathBuf>,
+    /// fid, class-conditional models: classes to ask for, comma-separated names or numbers, the
+    /// --num images shared out evenly (default: every class; --class asks for one).
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// fid: folder to write the pictures into: classes.png (the classifier's class histogram of
+    /// generated and test images) and, for a class-conditional model, confusion.png.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     /// Print the results as JSON.
@@ -648,12 +656,23 @@ pub fn eval(args: EvalImageArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size: must be at least 1");
     }
+    let fid = args.metric.iter().any(|m| m == "fid");
+    for (flag, given) in [
+        ("--classes", args.classes.is_some()),
+        ("--plots", args.plots.is_some()),
+    ] {
+        if given && !fid {
+            bail!("{flag}: only for --metric fid");
+        }
+    }
     let device = device(&args.sampler.device)?;
     let pipeline = load_pipeline(&args.model, device, "eval")?;
-    if args.metric.iter().any(|m| m == "fid") {
-        // A sampler that does not fit is refused before the bound's long computation.
-        pipeline.check_sample_options(&args.sampler.options(args.num, Some(args.batch_size))?)?;
-    }
+    // Checked before the bound's long computation: the sampler, the classes, the pictures' folder.
+    let requested = if fid {
+        crate::fid::check_fid_args(&pipeline, &args)?
+    } else {
+        None
+    };
     let data_name = args
         .data
         .clone()
@@ -717,7 +736,13 @@ pub fn eval(args: EvalImageArgs) -> Result<()> {
                 );
             }
             "fid" => {
-                let value = crate::fid::eval_fid(&pipeline, &data_name, &test, &args)?;
+                let value = crate::fid::eval_fid(
+                    &pipeline,
+                    &data_name,
+                    &test,
+                    requested.as_deref(),
+                    &args,
+                )?;
                 if !args.json {
                     println!("{}", value["summary"].as_str().unwrap_or_default());
                 }

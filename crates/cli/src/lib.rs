@@ -41,6 +41,15 @@ pub fn init_logging(verbosity: u8) {
         .try_init();
 }
 
+/// Normalised class name (letters and digits, lower case), for matching a model's classes with
+/// a judge's, a classifier's or a dataset's: `Hi-Hat` and `hihat` are one class.
+pub(crate) fn class_key(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 /// `n` and a noun in agreement: "1 image", "4 images" (nouns that take a plain "s").
 pub fn count_of(n: impl Into<u64>, noun: &str) -> String {
     let n = n.into();

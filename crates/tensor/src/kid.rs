@@ -7,6 +7,7 @@
 //! when two sets share a distribution. Computed in f64 on the CPU; subsets come from a seeded
 //! generator of their own, so the figure does not depend on libtorch's global one.
 
+use crate::seed::SplitMix;
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -60,7 +61,7 @@ pub fn kernel_inception_distance(
             "KID needs subsets of at least 2 feature vectors and at least one subset, got {subsets} of {size}"
         )));
     }
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix::new(seed);
     let mut estimates = Vec::with_capacity(subsets);
     for _ in 0..subsets {
         let pick = |rows: i64, t: &Tensor, rng: &mut SplitMix| {
@@ -80,30 +81,6 @@ pub fn kernel_inception_distance(
         subsets,
         subset_size: size,
     })
-}
-
-/// SplitMix64 (Steele et al. 2014): a small seeded generator for the subsets.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// `k` distinct indices of `0..n` (a partial Fisher-Yates shuffle).
-    fn sample(&mut self, n: usize, k: usize) -> Vec<i64> {
-        let mut all: Vec<i64> = (0..n as i64).collect();
-        for i in 0..k {
-            let j = i + (self.next() % (n - i) as u64) as usize;
-            all.swap(i, j);
-        }
-        all.truncate(k);
-        all
-    }
 }
 
 #[cfg(test)]
@@ -152,10 +129,6 @@ mod tests {
         assert_eq!(a.subset_size, 30);
         let c = kernel_inception_distance(&x, &y, 10, 20, 8).unwrap();
         assert!(c.std > 0.0 && c.mean != a.mean);
-        let mut rng = SplitMix(3);
-        let mut idx = rng.sample(10, 10);
-        idx.sort_unstable();
-        assert_eq!(idx, (0..10).collect::<Vec<i64>>());
         assert!(kernel_inception_distance(&x, &features(5, 2, 0.0), 1, 5, 0).is_err());
         assert!(kernel_inception_distance(&x, &y, 1, 1, 0).is_err());
     }

@@ -29,6 +29,7 @@ pub mod optim;
 pub mod plot;
 pub mod precision;
 pub mod progress;
+pub mod quality;
 pub mod runtime;
 pub mod seed;
 pub mod train;

@@ -1260,10 +1260,13 @@ fn audio_schedule() -> diffuse_core::schedule::BetaScheduleConfig {
 }
 
 /// One epsilon-MSE training step (random timesteps and noise, backward, AdamW at 2e-4) of
-/// `config`'s network on `[8, 1, 16384]` audio, through the library's objective; emits the case.
+/// `config`'s network on `[batch, 1, len]` audio, through the library's objective, named `name`;
+/// emits the case.
 fn bench_audio_train_step(
     device: Device,
+    name: &str,
     config: &diffuse_audio::network::AudioNetworkConfig,
+    (batch, len): (i64, i64),
 ) -> Result<()> {
     use diffuse_audio::network::{parameter_count, AudioDenoiser, AudioNetwork};
     use diffuse_core::losses::{Objective, ObjectiveConfig};
@@ -1284,7 +1287,6 @@ fn bench_audio_train_step(
         NoiseSchedule::new(&audio_schedule())?,
         ObjectiveConfig::default(),
     )?;
-    let (batch, len) = (8i64, 16384i64);
     let x0 = Tensor::randn([batch, 1, len], (Kind::Float, device)) * 0.3;
     let model = AudioDenoiser {
         net: &net,
@@ -1309,10 +1311,7 @@ fn bench_audio_train_step(
     }
     let audio_s = (batch * len) as f64 / 16000.0;
     emit(
-        &format!(
-            "{} b{batch}x{len} train step (fwd+bwd+adamw)",
-            config.name()
-        ),
+        &format!("{name} b{batch}x{len} train step (fwd+bwd+adamw)"),
         ms,
         &format!(
             "{params:.2}M parameters, {:.4} s of 16 kHz audio per s{}",
@@ -1330,8 +1329,9 @@ fn bench_audio_train_step(
 /// sampler (aligned fractional timesteps), with DDPM on 50 strided timesteps (leading spacing:
 /// 196, 192, ..., 0) and with full 200-step DDPM (both clip x0 to [-1, 1], diffusers' default);
 /// then epsilon-MSE training steps at batch 8 x 16384 samples of the default UNet1d (2.1 M
-/// parameters, its config also written for the peer) and of DiffWave. `work` gives the
-/// real-time factor (seconds of audio per second of compute) and the peak resident set.
+/// parameters, its config also written for the peer) and of DiffWave, with the bundled drums
+/// model ([`bench_audio_recipe`]) before them. `work` gives the real-time factor (seconds of audio per second
+/// of compute) and the peak resident set.
 fn bench_audio(device: Device) -> Result<()> {
     use diffuse_audio::diffwave::DiffWaveConfig;
     use diffuse_audio::network::{AudioDenoiser, AudioNetwork, AudioNetworkConfig};
@@ -1412,9 +1412,60 @@ fn bench_audio(device: Device) -> Result<()> {
         );
     }
 
-    bench_audio_train_step(device, &unet)?;
-    bench_audio_train_step(device, &diffwave)?;
+    drop(net);
+    drop(vs);
+    // Then the larger footprints, DiffWave's training step (8 GB) last.
+    bench_audio_recipe(device)?;
+    bench_audio_train_step(device, unet.name(), &unet, (8, 16384))?;
+    bench_audio_train_step(device, diffwave.name(), &diffwave, (8, 16384))?;
     Ok(())
+}
+
+/// The bundled drums model (`data/models/drums`: the recipe's five-level UNet1d with attention
+/// in its two coarsest levels, class-conditional, v-prediction on the zero-terminal-SNR
+/// schedule), as a user runs it: one clip per drum class (5 x 0.512 s) by DDIM in 50 trailing
+/// steps with classifier-free guidance at 3 (two network calls per step), through the
+/// pipeline's own sampling; then its training step at the recipe's batch (16 x 8192).
+fn bench_audio_recipe(device: Device) -> Result<()> {
+    use diffuse_audio::pipeline::{AudioPipeline, AudioSampleOptions};
+    use diffuse_core::sampler_choice::SamplerChoice;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/models/drums");
+    let pipeline = AudioPipeline::load(&dir, device)?;
+    let options = AudioSampleOptions {
+        num: 5,
+        sampler: SamplerChoice {
+            name: Some("ddim".into()),
+            steps: Some(50),
+            ..SamplerChoice::default()
+        },
+        seed: Some(1),
+        class: Some(0),
+        guidance: 3.0,
+        ..AudioSampleOptions::default()
+    };
+    let mut failed = None;
+    reset_peak_rss();
+    let ms = time_ms(device, 1, 3, Duration::ZERO, || {
+        if let Err(e) = pipeline.sample(&options, |_, _| {}) {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let audio_s = 5.0 * pipeline.frames_for(None)? as f64 / 16000.0;
+    emit(
+        "drums recipe sample 5 x 0.512 s, ddim 50 steps, guidance 3",
+        ms,
+        &format!(
+            "100 model calls at batch 5, real-time factor {:.4} (s of audio per s){}",
+            audio_s * 1e3 / ms,
+            memory_note()
+        ),
+    );
+    let config = pipeline.network.config().clone();
+    drop(pipeline);
+    bench_audio_train_step(device, "drums recipe", &config, (16, 8192))
 }
 
 fn main() -> std::process::ExitCode {

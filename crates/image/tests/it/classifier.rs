@@ -7,7 +7,10 @@ use diffuse_image::classifier::{
     Classifier, ClassifierConfig, ClassifierInfo, ClassifierTrainConfig,
 };
 use diffuse_image::data::ImageDataset;
-use diffuse_image::fid::{classifier_features, frechet_distance, FeatureStats, FidReport};
+use diffuse_image::fid::{
+    classifier_features, classifier_logits_and_features, frechet_distance, quality_report,
+    FeatureStats, FidReport, QualityInputs,
+};
 use diffuse_tensor::{manual_seed, Error};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -276,4 +279,102 @@ fn classifier_learns_mnist_and_round_trips() {
     assert!(load_reference_stats(&dir.path().join("absent"))
         .unwrap()
         .is_none());
+}
+
+/// The quality report's exact identities: generated images that are the training images
+/// themselves sit at their own floor (ratio 1, the same precision and recall as the real ones),
+/// noise sits above it, and images asked for classes are counted as the classifier sees them.
+#[test]
+fn the_quality_report_puts_training_images_at_their_floor() {
+    let (train_x, _) = mnist_subset("train");
+    let (test_x, test_y) = mnist_subset("t10k");
+    let cfg = ClassifierConfig {
+        channels: vec![8, 16],
+        feature_dim: 16,
+        ..Default::default()
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = {
+        let _guard = crate::rng_lock();
+        manual_seed(5);
+        Classifier::new(&vs.root(), &cfg).unwrap()
+    };
+    let info = ClassifierInfo {
+        dataset: "mnist-subset".into(),
+        test_accuracy: 0.5,
+        ..Default::default()
+    };
+    let reference = FeatureStats::from_features(&classifier_features(&model, &test_x, 64));
+    let names: Vec<String> = (0..10).map(|c| c.to_string()).collect();
+    // All 256 training images, as floats: the floor set is the same images in another order.
+    let generated = train_x.to_kind(Kind::Float) / 127.5 - 1.0;
+    let predicted = classifier_logits_and_features(&model, &generated, 64)
+        .0
+        .argmax(-1, false);
+    let inputs = QualityInputs {
+        generated: &generated,
+        requested: Some(&predicted),
+        reference: &reference,
+        reference_data: ("mnist-subset", "test"),
+        train: &train_x,
+        train_held_out: true,
+        test: &test_x,
+        test_labels: Some(&test_y),
+        class_names: &names,
+        seed: 3,
+        batch_size: 64,
+    };
+    let report = {
+        let _guard = crate::rng_lock();
+        quality_report(&model, &info, &inputs).unwrap()
+    };
+    assert_eq!(report.floor_images, 256);
+    // The same images in another order: only the summation order of the statistics differs.
+    assert!((report.ratio - 1.0).abs() < 1e-6, "{}", report.ratio);
+    assert_eq!(report.precision_recall, report.real_precision_recall);
+    assert_eq!(report.precision_recall.real, 128);
+    assert!(report.noise_bound > report.floor, "{report:?}");
+    // Every image was "asked for" the class the classifier puts it in: all shares are 1.
+    let c = report.conditional.as_ref().unwrap();
+    assert_eq!(c.mean_accuracy, 1.0);
+    assert!(c.per_class.iter().all(|p| p.accuracy == Some(1.0)));
+    let asked: u64 = c.per_class.iter().map(|p| p.clips).sum();
+    assert_eq!(asked, 256);
+    assert!((report.generated_mix.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    assert_eq!(report.test_images, 128);
+    assert!(
+        report.summary().contains("ratio 1.0x"),
+        "{}",
+        report.summary()
+    );
+    // Seeded: the same inputs give the same report.
+    let again = {
+        let _guard = crate::rng_lock();
+        quality_report(&model, &info, &inputs).unwrap()
+    };
+    assert_eq!(again, report);
+    // Too few images, and names that are not the classifier's, are errors.
+    let few = generated.narrow(0, 0, 3);
+    let bad = [
+        quality_report(
+            &model,
+            &info,
+            &QualityInputs {
+                generated: &few,
+                requested: None,
+                ..inputs
+            },
+        ),
+        quality_report(
+            &model,
+            &info,
+            &QualityInputs {
+                class_names: &names[..9],
+                ..inputs
+            },
+        ),
+    ];
+    for r in bad {
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    }
 }
