@@ -1387,15 +1387,7 @@ pub fn eval(args: EvalAudioArgs) -> Result<()> {
         );
         if let Some(j) = &judged {
             if let Some(c) = &j.conditional {
-                let line = |v: &[diffuse_audio::judge::ClassAccuracy]| {
-                    v.iter()
-                        .map(|p| match p.accuracy {
-                            Some(a) => format!("{} {:.0}%", p.class, 100.0 * a),
-                            None => format!("{} -", p.class),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
+                let line = diffuse_tensor::quality::format_shares;
                 let real = match c.real_mean_accuracy {
                     Some(real) => format!(
                         "real held-out clips {:.1}% ({})",

@@ -254,15 +254,7 @@ impl QualityReport {
             self.noise_confidence
         );
         if let Some(c) = &self.conditional {
-            let shares = |v: &[diffuse_tensor::quality::ClassAccuracy]| {
-                v.iter()
-                    .map(|p| match p.accuracy {
-                        Some(a) => format!("{} {:.0}%", p.class, 100.0 * a),
-                        None => format!("{} -", p.class),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let shares = diffuse_tensor::quality::format_shares;
             let real = match c.real_mean_accuracy {
                 Some(real) => format!(
                     "the classifier on test images of these classes {:.1}% ({})",

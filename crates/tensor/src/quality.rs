@@ -42,6 +42,18 @@ pub struct ClassAccuracy {
     pub accuracy: Option<f64>,
 }
 
+/// Each class's share as a report line reads it: "kick 100%, snare 75%, tom -" (`-`: no examples).
+pub fn format_shares(shares: &[ClassAccuracy]) -> String {
+    shares
+        .iter()
+        .map(|p| match p.accuracy {
+            Some(a) => format!("{} {:.0}%", p.class, 100.0 * a),
+            None => format!("{} -", p.class),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How examples asked for classes were classified.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConditionalReport {
